@@ -1,0 +1,54 @@
+# citygate — every set-up step lives here, so a fresh Debian / Raspberry Pi OS machine
+# with python3 needs only `make demo` or `make test`.
+
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+
+.PHONY: help venv test lint typecheck pytest demo bench soak mosquitto clean
+
+help:
+	@echo "make demo   set up and run the zero-setup demo (simulators, broker, agent, live view)"
+	@echo "make test   set up and run every test (ruff, mypy, pytest with a real Mosquitto)"
+	@echo "make bench  performance figures (throughput, CPU per reading, RSS, latency)"
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml hardware-sim/pyproject.toml
+	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || \
+		{ echo "citygate needs Python >= 3.11 (found $$($(PYTHON) --version))"; exit 1; }
+	@$(PYTHON) -c 'import ensurepip, venv' 2>/dev/null || { \
+		if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq python3-venv; \
+		else echo "python3-venv is missing: run  sudo apt-get install python3-venv"; exit 1; fi; }
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev,demo]' -e ./hardware-sim
+	@touch $(STAMP)
+
+mosquitto:
+	@command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || { \
+		if [ "$$(id -u)" = 0 ]; then echo "installing mosquitto (Debian package) for the tests"; \
+			apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq mosquitto >/dev/null; \
+		else echo "the tests need a real Mosquitto broker: run  sudo apt-get install mosquitto"; exit 1; fi; }
+
+lint: venv
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+typecheck: venv
+	$(VENV)/bin/mypy
+
+pytest: venv mosquitto
+	$(VENV)/bin/pytest -q
+
+test: lint typecheck pytest
+
+demo: venv
+	$(VENV)/bin/citygate demo
+
+bench: venv mosquitto
+	$(PY) -m tests.bench
+
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache var

@@ -1,0 +1,133 @@
+"""``citygate-sim``: run hardware simulators from the command line.
+
+    citygate-sim modbus-tcp [--host 127.0.0.1] [--port 5020] --unit 1=sdm630 \\
+        --unit 2=sdm120 [--speed 1] [--seed N]
+
+Prints exactly one line, ``listening on HOST:PORT``, to stdout once ready; logs
+go to stderr (requests at debug level, ``-v``). Exits 0 on SIGINT or SIGTERM,
+2 on a usage error, 1 if it cannot listen.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+from collections.abc import Sequence
+
+from hwsim.modbus import MODELS, Meter, ModbusTcpSimulator, make_meter
+
+logger = logging.getLogger("hwsim")
+
+_SEED_STRIDE = 1000
+
+
+def _unit_spec(text: str) -> tuple[int, str]:
+    unit_text, separator, model = text.partition("=")
+    if not separator or not unit_text.strip().isdigit() or not model:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected UNIT=MODEL, e.g. 1=sdm630")
+    unit = int(unit_text)
+    if not 0 <= unit <= 255:
+        raise argparse.ArgumentTypeError(f"{text!r}: unit id outside 0..255")
+    return unit, model.strip()
+
+
+def _positive(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"{text!r}: must be a positive number")
+    return value
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="citygate-sim", description="Hardware simulators for citygate."
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    tcp = commands.add_parser(
+        "modbus-tcp",
+        help="Modbus TCP energy meters",
+        description=f"Serve simulated meters over Modbus TCP. Models: {', '.join(MODELS)}.",
+    )
+    tcp.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    tcp.add_argument("--port", type=int, default=5020, help="TCP port; 0 picks a free one")
+    tcp.add_argument(
+        "--unit",
+        dest="units",
+        action="append",
+        type=_unit_spec,
+        metavar="UNIT=MODEL",
+        help="serve MODEL at unit id UNIT (repeatable; default 1=sdm630)",
+    )
+    tcp.add_argument("--speed", type=_positive, default=1.0, help="simulated time multiplier")
+    tcp.add_argument("--seed", type=int, default=0, help="base seed (each unit gets its own)")
+    tcp.add_argument(
+        "--unknown-unit",
+        choices=("silent", "gateway_error"),
+        default="silent",
+        help="answer to unit ids nobody serves: none, or exception 0x0B",
+    )
+    tcp.add_argument(
+        "--unmapped",
+        choices=("exception", "zero"),
+        default="exception",
+        help="unmapped registers in a read: exception 02 (default) or zeros",
+    )
+    tcp.add_argument("-v", "--verbose", action="store_true", help="log every request")
+    return parser
+
+
+async def _serve_modbus_tcp(args: argparse.Namespace, meters: dict[int, Meter]) -> int:
+    simulator = ModbusTcpSimulator(
+        meters, host=args.host, port=args.port, unknown_unit=args.unknown_unit
+    )
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
+    try:
+        async with simulator:
+            print(f"listening on {simulator.bound_host}:{simulator.port}", flush=True)
+            await stop.wait()
+            logger.info("stopping")
+    finally:
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(signum)
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``citygate-sim``; returns the exit status."""
+    parser = _parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        stream=sys.stderr,
+        format="%(levelname)s %(name)s: %(message)s",
+    )
+    units: list[tuple[int, str]] = args.units or [(1, "sdm630")]
+    meters: dict[int, Meter] = {}
+    for unit, model in units:
+        if unit in meters:
+            parser.error(f"unit {unit} given twice")
+        try:
+            meters[unit] = make_meter(
+                model,
+                seed=args.seed * _SEED_STRIDE + unit,
+                speed=args.speed,
+                unmapped=args.unmapped,
+            )
+        except ValueError as error:
+            parser.error(f"unit {unit}: {error}")
+    try:
+        return asyncio.run(_serve_modbus_tcp(args, meters))
+    except KeyboardInterrupt:  # Ctrl-C before the signal handlers were installed
+        return 0
+    except OSError as error:
+        logger.error("cannot listen on %s:%s: %s", args.host, args.port, error)
+        return 1

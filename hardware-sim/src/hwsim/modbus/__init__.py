@@ -1,0 +1,146 @@
+"""Simulated Modbus energy meters, served over Modbus TCP.
+
+Models (:func:`make_meter`): ``sdm630``, ``sdm120`` (Eastron register maps,
+values from a simulated building supply), ``generic<N>`` (N random-walk float32
+input registers) and ``typed`` (known values of every type in every word order).
+
+Layers, each usable alone:
+
+* :func:`handle_pdu` / :class:`RequestHandler`: sans-I/O, PDU bytes in, PDU bytes out;
+* :class:`MbapDecoder` / :func:`encode_adu`: Modbus TCP framing, sans-I/O;
+* :class:`ModbusTcpSimulator`: the asyncio TCP server with fault injection.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+
+from ._banks import BitBank, RegisterBank
+from ._eastron import SDM120_REGISTERS, SDM630_REGISTERS, Sdm120, Sdm630
+from ._mbap import (
+    MAX_PDU_SIZE,
+    NEED_DATA,
+    Discarded,
+    MbapDecoder,
+    MbapFrame,
+    MbapFramingError,
+    NeedData,
+    encode_adu,
+)
+from ._meter import ADVANCE_PERIOD, Clock, Meter, Register, StaticMeter, Unmapped
+from ._pdu import (
+    MAX_READ_BITS,
+    MAX_READ_REGISTERS,
+    Device,
+    ExceptionCode,
+    FunctionCode,
+    Table,
+    exception_response,
+    handle_pdu,
+    pack_bits,
+)
+from ._server import Fault, FaultKind, ModbusTcpSimulator, RequestHandler, UnknownUnit
+from ._synthetic import (
+    SPEC_COILS_ON,
+    SPEC_DISCRETE_INPUTS_ON,
+    TYPED_BASE_ADDRESS,
+    TYPED_VALUES,
+    GenericMeter,
+    TypedMeter,
+    typed_address,
+)
+from ._values import (
+    ValueType,
+    WordOrder,
+    decode_value,
+    encode_value,
+    rearrange,
+    register_count,
+)
+
+__all__ = [
+    "ADVANCE_PERIOD",
+    "MAX_PDU_SIZE",
+    "MAX_READ_BITS",
+    "MAX_READ_REGISTERS",
+    "MODELS",
+    "NEED_DATA",
+    "SDM120_REGISTERS",
+    "SDM630_REGISTERS",
+    "SPEC_COILS_ON",
+    "SPEC_DISCRETE_INPUTS_ON",
+    "TYPED_BASE_ADDRESS",
+    "TYPED_VALUES",
+    "BitBank",
+    "Clock",
+    "Device",
+    "Discarded",
+    "ExceptionCode",
+    "Fault",
+    "FaultKind",
+    "FunctionCode",
+    "GenericMeter",
+    "MbapDecoder",
+    "MbapFrame",
+    "MbapFramingError",
+    "Meter",
+    "ModbusTcpSimulator",
+    "NeedData",
+    "Register",
+    "RegisterBank",
+    "RequestHandler",
+    "Sdm120",
+    "Sdm630",
+    "StaticMeter",
+    "Table",
+    "TypedMeter",
+    "UnknownUnit",
+    "Unmapped",
+    "ValueType",
+    "WordOrder",
+    "decode_value",
+    "encode_adu",
+    "encode_value",
+    "exception_response",
+    "handle_pdu",
+    "make_meter",
+    "pack_bits",
+    "rearrange",
+    "register_count",
+    "typed_address",
+]
+
+MODELS = ("sdm630", "sdm120", "typed", "generic<N>")
+"""Model names :func:`make_meter` accepts (``generic<N>``: e.g. ``generic100``)."""
+
+_GENERIC = re.compile(r"generic([0-9]+)")
+
+
+def make_meter(
+    model: str,
+    seed: int = 0,
+    *,
+    clock: Clock = time.monotonic,
+    speed: float = 1.0,
+    start_time: float | None = None,
+    unmapped: Unmapped = "exception",
+) -> Meter:
+    """A new meter of ``model``; ``seed`` picks its installation and noise.
+
+    ``clock`` is the monotonic clock the state advances on, ``speed`` multiplies
+    simulated time (energy, load curves; for demos), ``start_time`` is the Unix
+    time at which the load curves start (default now, local time of day).
+    ``unmapped``: unmapped registers in a read give exception 02, or read as 0.
+    Raises ValueError for an unknown model or a bad parameter.
+    """
+    if model == "sdm630":
+        return Sdm630(seed, clock=clock, speed=speed, start_time=start_time, unmapped=unmapped)
+    if model == "sdm120":
+        return Sdm120(seed, clock=clock, speed=speed, start_time=start_time, unmapped=unmapped)
+    if model == "typed":
+        return TypedMeter(unmapped=unmapped)
+    generic = _GENERIC.fullmatch(model)
+    if generic is not None:
+        return GenericMeter(int(generic[1]), seed, clock=clock, speed=speed, unmapped=unmapped)
+    raise ValueError(f"unknown meter model {model!r}; models: {', '.join(MODELS)}")

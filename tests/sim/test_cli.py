@@ -1,0 +1,92 @@
+"""``python -m hwsim`` as a subprocess: the line it prints, a read, a clean exit."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import signal
+import struct
+import sys
+
+import pytest
+from hwsim.modbus import ModbusTcpSimulator, TypedMeter
+
+TIMEOUT = 10.0
+
+
+async def start(*args: str) -> asyncio.subprocess.Process:
+    return await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "hwsim",
+        *args,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+
+
+async def read_registers(port: int, unit: int, function: int, address: int, count: int) -> bytes:
+    async with asyncio.timeout(TIMEOUT):
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(struct.pack(">HHHBBHH", 1, 0, 6, unit, function, address, count))
+        await writer.drain()
+        _, _, length, _ = struct.unpack(">HHHB", await reader.readexactly(7))
+        pdu = await reader.readexactly(length - 1)
+        writer.close()
+        await writer.wait_closed()
+    return pdu
+
+
+@pytest.mark.parametrize("stop_signal", [signal.SIGTERM, signal.SIGINT])
+async def test_serves_until_signalled(stop_signal: signal.Signals) -> None:
+    process = await start("modbus-tcp", "--port", "0", "--unit", "1=sdm630", "--unit", "7=typed")
+    assert process.stdout is not None
+    try:
+        async with asyncio.timeout(TIMEOUT):
+            line = (await process.stdout.readline()).decode()
+        match = re.fullmatch(r"listening on 127\.0\.0\.1:(\d+)\n", line)
+        assert match, line
+        port = int(match[1])
+        voltage = await read_registers(port, 1, 4, 0x0000, 2)
+        assert voltage[:2] == bytes.fromhex("04 04")
+        assert 207.0 <= struct.unpack(">f", voltage[2:])[0] <= 253.0
+        assert await read_registers(port, 7, 4, 8, 1) == bytes.fromhex("04 02 000A")
+        process.send_signal(stop_signal)
+        async with asyncio.timeout(TIMEOUT):
+            rest, _ = await process.communicate()
+        assert process.returncode == 0
+        assert rest == b""  # exactly one line on stdout
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["modbus-tcp", "--unit", "1=sdm999"], "unknown meter model"),
+        (["modbus-tcp", "--unit", "one=sdm630"], "UNIT=MODEL"),
+        (["modbus-tcp", "--unit", "300=sdm630"], "0..255"),
+        (["modbus-tcp", "--unit", "1=sdm630", "--unit", "1=sdm120"], "twice"),
+        (["modbus-tcp", "--speed", "0"], "positive"),
+        ([], "COMMAND"),
+    ],
+)
+async def test_usage_errors_exit_2(args: list[str], message: str) -> None:
+    process = await start(*args)
+    async with asyncio.timeout(TIMEOUT):
+        stdout, stderr = await process.communicate()
+    assert process.returncode == 2
+    assert stdout == b""
+    assert message in stderr.decode()
+
+
+async def test_port_in_use_exits_1() -> None:
+    async with ModbusTcpSimulator({1: TypedMeter()}) as busy:
+        process = await start("modbus-tcp", "--port", str(busy.port))
+        async with asyncio.timeout(TIMEOUT):
+            stdout, stderr = await process.communicate()
+    assert process.returncode == 1
+    assert stdout == b""
+    assert "cannot listen" in stderr.decode()

@@ -1,0 +1,387 @@
+"""The Modbus driver's I/O shell: pymodbus's TCP client under citygate's control.
+
+pymodbus's own retries and automatic reconnection are off: every request runs
+under ``asyncio.timeout(timeout)`` and is retried ``retries`` times on timeout
+only; a connection lost between polls is reopened once at the next poll, and
+the supervisor's backoff governs anything beyond that.
+
+Errors (all :class:`~drivers.api.DriverError`, never logged here):
+
+* :class:`~drivers.api.TransportError` — refused, unreachable, no answer in
+  time, connection closed;
+* :class:`~drivers.api.DeviceError` — a Modbus exception reply, named by code;
+* :class:`~drivers.api.DecodeError` — a malformed reply (checked by
+  :mod:`drivers.modbus.frame` before pymodbus sees it, and by register count).
+
+pymodbus logs every one of these conditions itself; its logger is held at
+CRITICAL unless this module's logger is enabled for DEBUG.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.metadata
+import logging
+from collections.abc import Awaitable, Callable, Mapping
+from types import TracebackType
+from typing import TYPE_CHECKING, Final, Self
+
+from pymodbus.client import AsyncModbusTcpClient
+from pymodbus.exceptions import ConnectionException, ModbusException, ModbusIOException
+from pymodbus.pdu import ModbusPDU
+
+from agent import __version__ as agent_version
+from drivers.api import (
+    DecodeError,
+    DeviceContext,
+    DeviceError,
+    DriverError,
+    DriverFactory,
+    Field,
+    Measurement,
+    TransportError,
+)
+from drivers.modbus.config import FIELDS, ModbusConfig, configure
+from drivers.modbus.decode import BIT_TABLES, Table
+from drivers.modbus.frame import ReadRequestFrame, check_reply, parse_read_request
+from drivers.modbus.plan import MAX_BITS, MAX_REGISTERS
+
+__all__ = [
+    "EXCEPTION_NAMES",
+    "ModbusFactory",
+    "ModbusRtuDriver",
+    "ModbusTcpDriver",
+    "factory",
+    "read_raw",
+]
+
+_log = logging.getLogger(__name__)
+
+EXCEPTION_NAMES: Final[dict[int, str]] = {
+    0x01: "illegal function",
+    0x02: "illegal data address",
+    0x03: "illegal data value",
+    0x04: "server device failure",
+    0x05: "acknowledge",
+    0x06: "server device busy",
+    0x08: "memory parity error",
+    0x0A: "gateway path unavailable",
+    0x0B: "gateway target device failed to respond",
+}
+"""Exception codes of the Modbus Application Protocol spec (v1.1b3, 7)."""
+
+_FUNCTION: Final[dict[Table, int]] = {
+    "coil": 0x01,
+    "discrete": 0x02,
+    "holding": 0x03,
+    "input": 0x04,
+}
+_WHAT: Final[dict[Table, str]] = {
+    "coil": "coils",
+    "discrete": "discrete inputs",
+    "holding": "holding registers",
+    "input": "input registers",
+}
+# pymodbus's own reply timeout stays longer than ours, so ours always fires first
+# and pymodbus never counts a timeout, retries or drops the connection on its own.
+_LIBRARY_TIMEOUT_MARGIN: Final = 5.0
+
+_Reader = Callable[[AsyncModbusTcpClient, int, int, int], Awaitable[ModbusPDU]]
+_READERS: Final[dict[Table, _Reader]] = {
+    "coil": lambda c, a, n, u: c.read_coils(a, count=n, device_id=u),
+    "discrete": lambda c, a, n, u: c.read_discrete_inputs(a, count=n, device_id=u),
+    "holding": lambda c, a, n, u: c.read_holding_registers(a, count=n, device_id=u),
+    "input": lambda c, a, n, u: c.read_input_registers(a, count=n, device_id=u),
+}
+
+
+def _seconds(value: float) -> str:
+    return f"{value * 1000:g}ms" if value < 1 else f"{value:g}s"
+
+
+def _span(table: Table, address: int, count: int) -> str:
+    if count == 1:
+        return f"{_WHAT[table]} 0x{address:04X}"
+    return f"{_WHAT[table]} 0x{address:04X}–0x{address + count - 1:04X}"
+
+
+def _quiet_pymodbus() -> None:
+    debug = _log.isEnabledFor(logging.DEBUG)
+    logging.getLogger("pymodbus").setLevel(logging.NOTSET if debug else logging.CRITICAL)
+
+
+class _TcpSession:
+    """One TCP connection to one unit: connect, read with timeout and retries."""
+
+    def __init__(self, host: str, port: int, unit: int, timeout: float, retries: int) -> None:
+        self.host = host
+        self.port = port
+        self.unit = unit
+        self.timeout = timeout
+        self.retries = retries
+        self._client: AsyncModbusTcpClient | None = None
+        self._sent: ReadRequestFrame | None = None
+        self._bad_reply: str | None = None
+        self._waiting = False
+
+    @property
+    def connected(self) -> bool:
+        return self._client is not None and self._client.connected
+
+    async def connect(self) -> None:
+        """Open a fresh connection; raise TransportError."""
+        self.close()
+        _quiet_pymodbus()
+        client = AsyncModbusTcpClient(
+            self.host,
+            port=self.port,
+            name=f"citygate {self.host}:{self.port}",
+            reconnect_delay=0,
+            timeout=self.timeout + _LIBRARY_TIMEOUT_MARGIN,
+            retries=0,
+            trace_packet=self._trace_packet,
+        )
+        try:
+            async with asyncio.timeout(self.timeout):
+                connected = await client.connect()
+        except TimeoutError:
+            client.close()
+            raise TransportError(
+                f"no answer from {self.host}:{self.port} within {_seconds(self.timeout)}"
+            ) from None
+        if not connected:
+            client.close()
+            raise TransportError(
+                f"cannot connect to {self.host}:{self.port} (refused, unreachable or unknown host)"
+            )
+        self._client = client
+
+    def close(self) -> None:
+        if self._client is not None:
+            self._client.close()
+            self._client = None
+
+    async def read(self, table: Table, address: int, count: int) -> list[int] | list[bool]:
+        """Read once (plus retries on timeout); raise a DriverError."""
+        reader = _READERS[table]
+        for _ in range(self.retries + 1):
+            client = self._client
+            if client is None or not client.connected:
+                raise TransportError(f"connection to {self.host}:{self.port} closed by the device")
+            self._bad_reply = None
+            self._waiting = True
+            try:
+                async with asyncio.timeout(self.timeout):
+                    response = await reader(client, address, count, self.unit)
+            except TimeoutError:
+                if self._bad_reply is not None:
+                    raise self._malformed(table, address, count) from None
+                if not client.connected:
+                    raise TransportError(
+                        f"connection to {self.host}:{self.port} closed while waiting"
+                        f" for unit {self.unit}"
+                    ) from None
+                continue
+            except DecodeError:
+                raise self._malformed(table, address, count) from None
+            except ConnectionException:
+                raise TransportError(
+                    f"connection to {self.host}:{self.port} closed by the device"
+                ) from None
+            except ModbusIOException as exc:
+                raise DecodeError(
+                    f"bad reply to reading {_span(table, address, count)}"
+                    f" from {self.host}:{self.port} unit {self.unit}: {exc}"
+                ) from None
+            except ModbusException as exc:
+                raise TransportError(f"{self.host}:{self.port} unit {self.unit}: {exc}") from None
+            finally:
+                self._waiting = False
+            return self._values(response, table, address, count)
+        attempts = f" ({self.retries + 1} attempts)" if self.retries else ""
+        raise TransportError(
+            f"no answer from {self.host}:{self.port} unit {self.unit}"
+            f" within {_seconds(self.timeout)}{attempts}"
+        )
+
+    def _values(
+        self, response: ModbusPDU, table: Table, address: int, count: int
+    ) -> list[int] | list[bool]:
+        if response.isError():
+            code = response.exception_code
+            name = EXCEPTION_NAMES.get(code, "unknown exception")
+            raise DeviceError(f"exception {code} ({name}) reading {_span(table, address, count)}")
+        if table in BIT_TABLES:
+            bits = list(response.bits)
+            if len(bits) < count:
+                raise DecodeError(
+                    f"reply to reading {_span(table, address, count)} holds {len(bits)} bits"
+                )
+            return bits[:count]
+        registers = list(response.registers)
+        if len(registers) != count:
+            raise DecodeError(
+                f"reply to reading {_span(table, address, count)}"
+                f" holds {len(registers)} registers, expected {count}"
+            )
+        return registers
+
+    def _malformed(self, table: Table, address: int, count: int) -> DecodeError:
+        return DecodeError(
+            f"malformed reply to reading {_span(table, address, count)}"
+            f" from {self.host}:{self.port} unit {self.unit}: {self._bad_reply}"
+        )
+
+    def _trace_packet(self, sending: bool, data: bytes) -> bytes:
+        # Runs inside pymodbus's protocol callbacks: must not raise.
+        if sending:
+            self._sent = parse_read_request(data)
+            return data
+        if self._bad_reply is not None:
+            return b""
+        if self._sent is None:
+            return data
+        problem = check_reply(data, self._sent)
+        if problem is None:
+            return data
+        self._bad_reply = problem
+        self._fail_waiting_request()
+        return b""  # pymodbus never sees it; the buffer is reset by the next request
+
+    def _fail_waiting_request(self) -> None:
+        # Wake the pending request at once instead of at its timeout. This
+        # reaches into pymodbus's transaction manager (pinned to 3.16); without
+        # it the request still ends, as DecodeError, when its timeout expires.
+        if not self._waiting or self._client is None:
+            return
+        future = getattr(getattr(self._client, "ctx", None), "response_future", None)
+        if isinstance(future, asyncio.Future) and not future.done():
+            future.set_exception(DecodeError(self._bad_reply or "malformed reply"))
+
+
+class ModbusTcpDriver:
+    """A Modbus TCP device, polled: ``async with driver: await driver.poll()``."""
+
+    def __init__(self, config: ModbusConfig) -> None:
+        if config.host is None:
+            raise ValueError("ModbusTcpDriver needs a config with host")
+        self.config = config
+        self._session = _TcpSession(
+            config.host, config.port, config.unit, config.timeout, config.retries
+        )
+
+    async def __aenter__(self) -> Self:
+        await self._session.connect()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self._session.close()
+
+    async def poll(self) -> list[Measurement]:
+        """Read every register of the plan once; raise a DriverError on failure.
+
+        A connection the device closed since the last poll is reopened once.
+        """
+        if not self._session.connected:
+            await self._session.connect()
+        plan = self.config.plan
+        replies: list[list[int] | list[bool]] = []
+        for request in plan.requests:
+            replies.append(await self._session.read(request.table, request.address, request.count))
+        return plan.decode(replies)
+
+
+class ModbusRtuDriver:
+    """Placeholder for Modbus RTU over a ``[[serial]]`` line: opening it fails."""
+
+    def __init__(self, config: ModbusConfig) -> None:
+        self.config = config
+
+    async def __aenter__(self) -> Self:
+        raise DriverError("Modbus RTU arrives with issue 4")
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        return None
+
+    async def poll(self) -> list[Measurement]:
+        """Never reached: opening the driver fails."""
+        raise DriverError("Modbus RTU arrives with issue 4")
+
+
+async def read_raw(
+    host: str,
+    port: int,
+    unit: int,
+    address: int,
+    count: int,
+    table: Table,
+    timeout: float,  # noqa: ASYNC109 - per request (with retries), not a deadline
+    *,
+    retries: int = 1,
+) -> list[int] | list[bool]:
+    """Read ``count`` registers (or bits) once, for the byte-order assistant.
+
+    Raises ValueError for arguments out of range, DriverError for the device.
+    """
+    if table not in _FUNCTION:
+        raise ValueError(f'table must be one of {", ".join(_FUNCTION)}, not "{table}"')
+    limit = MAX_BITS if table in BIT_TABLES else MAX_REGISTERS
+    if not 1 <= count <= limit:
+        raise ValueError(f"count must be 1–{limit} for {_WHAT[table]}")
+    if not 0 <= address <= 0xFFFF or address + count > 0x10000:
+        raise ValueError("address and count must stay within 0x0000–0xFFFF")
+    if not 0 <= unit <= 247:
+        raise ValueError("unit must be 0–247")
+    if timeout <= 0:
+        raise ValueError("timeout must be more than 0")
+    session = _TcpSession(host, port, unit, timeout, retries)
+    await session.connect()
+    try:
+        return await session.read(table, address, count)
+    finally:
+        session.close()
+
+
+def _version() -> str:
+    try:
+        return importlib.metadata.version("citygate")
+    except importlib.metadata.PackageNotFoundError:
+        return agent_version
+
+
+class ModbusFactory:
+    """The ``modbus`` driver: energy meters over Modbus TCP (RTU with issue 4)."""
+
+    name: str = "modbus"
+    version: str = _version()
+    default_interval: float = 10.0
+    fields: Mapping[str, Field] = FIELDS
+
+    def configure(self, options: Mapping[str, object], context: DeviceContext) -> ModbusConfig:
+        """Check a device's options; see :func:`drivers.modbus.config.configure`."""
+        return configure(options, context)
+
+    def create(
+        self, config: ModbusConfig, context: DeviceContext
+    ) -> ModbusTcpDriver | ModbusRtuDriver:
+        """One driver per device."""
+        if config.serial is not None:
+            return ModbusRtuDriver(config)
+        return ModbusTcpDriver(config)
+
+
+factory: Final = ModbusFactory()
+"""The entry point ``citygate.drivers: modbus``."""
+
+if TYPE_CHECKING:
+    _: DriverFactory = factory

@@ -1,0 +1,260 @@
+"""``citygate demo``: simulators, a broker, the agent, and a live view of what arrives.
+
+Everything runs in this one process on loopback: the hardware simulators
+(package ``hwsim``), an embedded MQTT broker (amqtt, bound to 127.0.0.1 only)
+unless ``--broker URL`` names a real one, and the agent on a generated config
+that is written to a temporary folder (its path is printed, so it can be read
+and copied). Ctrl-C stops everything in order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import signal
+import socket
+import sys
+import tempfile
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import aiomqtt
+
+from agent import logs, registry
+from agent.config import load
+
+GATEWAY_ID = "gw-demo"
+
+log = logging.getLogger("citygate.demo")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def demo_config(modbus_port: int, broker_url: str, protocol: str, data_dir: Path) -> str:
+    """The gateway.toml the demo runs."""
+    return f"""\
+# Written by `citygate demo`: the simulators listen on loopback.
+[gateway]
+id = "{GATEWAY_ID}"
+data_dir = "{data_dir}"
+log_level = "warning"
+labels = {{ site = "demo" }}
+
+[mqtt]
+url = "{broker_url}"
+protocol = "{protocol}"
+linger = "100ms"
+
+[[device]]
+id = "meter-townhall"
+driver = "modbus"
+host = "127.0.0.1"
+port = {modbus_port}
+unit = 1
+profile = "eastron-sdm630"
+interval = "2s"
+labels = {{ building = "town hall" }}
+
+[[device]]
+id = "meter-library"
+driver = "modbus"
+host = "127.0.0.1"
+port = {modbus_port}
+unit = 2
+profile = "eastron-sdm120"
+interval = "5s"
+"""
+
+
+@contextlib.asynccontextmanager
+async def _embedded_broker(port: int) -> AsyncIterator[None]:
+    try:
+        from amqtt.broker import Broker
+    except ImportError:
+        raise SystemExit(
+            "the embedded broker needs the demo extra: pip install 'citygate[demo]' "
+            "(or use --broker mqtt://HOST:PORT)"
+        ) from None
+    for name in ("amqtt", "transitions"):
+        logging.getLogger(name).setLevel(logging.CRITICAL)
+    broker = Broker(
+        {
+            "listeners": {"default": {"type": "tcp", "bind": f"127.0.0.1:{port}"}},
+            "plugins": {
+                "amqtt.plugins.authentication.AnonymousAuthPlugin": {"allow_anonymous": True}
+            },
+        }
+    )
+    await broker.start()
+    try:
+        yield
+    finally:
+        with contextlib.suppress(Exception):
+            async with asyncio.timeout(5):
+                await broker.shutdown()
+
+
+def _format_value(record: dict[str, Any]) -> str:
+    if "v" in record:
+        value = record["v"]
+        text = f"{value:.6g}" if isinstance(value, float) else str(value)
+    elif "vb" in record:
+        text = str(record["vb"]).lower()
+    else:
+        text = str(record.get("vs", ""))
+    unit = record.get("u")
+    return f"{text} {unit}" if unit else text
+
+
+class LiveView:
+    """Prints what reaches the broker: a refreshed table on a terminal, lines otherwise."""
+
+    def __init__(self, tty: bool) -> None:
+        self.tty = tty
+        self.latest: dict[str, dict[str, str]] = {}
+        self.seq: dict[str, int] = {}
+        self.arrived: dict[str, float] = {}
+        self.status: dict[str, str] = {}
+        self.messages = 0
+
+    def on_message(self, topic: str, payload: bytes) -> None:
+        parts = topic.split("/")
+        if len(parts) == 4 and parts[3] == "data":
+            device = parts[2]
+            pack = json.loads(payload)
+            values = self.latest.setdefault(device, {})
+            for record in pack:
+                if "seq" in record:
+                    self.seq[device] = record["seq"]
+                values[record["n"]] = _format_value(record)
+            self.arrived[device] = time.time()
+            self.messages += 1
+            if not self.tty:
+                shown = ", ".join(f"{n}={v}" for n, v in list(values.items())[:6])
+                print(
+                    f"{device} seq {self.seq.get(device)}: {shown}, … ({len(values)} readings)",
+                    flush=True,
+                )
+        elif len(parts) == 4 and parts[3] == "status":
+            state = json.loads(payload).get("state", "?")
+            self.status[parts[2]] = state
+            if not self.tty:
+                print(f"{parts[2]} is {state}", flush=True)
+        elif len(parts) == 3 and parts[2] == "status" and not self.tty:
+            print(f"gateway {parts[1]} is {payload.decode(errors='replace')}", flush=True)
+
+    def render(self, header: str) -> None:
+        if not self.tty:
+            return
+        lines = [header, ""]
+        for device in sorted(self.latest):
+            age = time.time() - self.arrived.get(device, time.time())
+            lines.append(
+                f"\x1b[1m{device}\x1b[0m  {self.status.get(device, '?')}  "
+                f"seq {self.seq.get(device)}  "
+                f"({age:.0f} s ago)"
+            )
+            items = list(self.latest[device].items())
+            for i in range(0, len(items), 3):
+                row = items[i : i + 3]
+                lines.append("  " + "".join(f"{n:<22}{v:>16}   " for n, v in row))
+            lines.append("")
+        lines.append(f"{self.messages} data messages received.  Ctrl-C stops the demo.")
+        sys.stdout.write("\x1b[H\x1b[2J" + "\n".join(lines) + "\n")
+        sys.stdout.flush()
+
+
+async def _watch(broker_url: str, protocol: str, view: LiveView, header: str) -> None:
+    url = urlsplit(broker_url)
+    version = aiomqtt.ProtocolVersion.V5 if protocol == "5" else aiomqtt.ProtocolVersion.V311
+    while True:
+        try:
+            async with aiomqtt.Client(
+                url.hostname or "127.0.0.1",
+                url.port or 1883,
+                protocol=version,
+                identifier="citygate-demo-view",
+            ) as client:
+                await client.subscribe(f"city/{GATEWAY_ID}/#", qos=1)
+                last_render = 0.0
+                async for message in client.messages:
+                    payload = (
+                        message.payload
+                        if isinstance(message.payload, bytes)
+                        else str(message.payload).encode()
+                    )
+                    view.on_message(str(message.topic), payload)
+                    if time.monotonic() - last_render > 0.5:
+                        view.render(header)
+                        last_render = time.monotonic()
+        except aiomqtt.MqttError as exc:
+            log.debug("live view: %s; reconnecting", exc)
+            await asyncio.sleep(1.0)
+
+
+async def _demo(broker: str | None) -> None:
+    try:
+        from hwsim.modbus import ModbusTcpSimulator, make_meter
+    except ImportError:
+        raise SystemExit(
+            "the demo needs the simulators: pip install -e hardware-sim (make demo does it)"
+        ) from None
+    from agent.app import Agent
+
+    with tempfile.TemporaryDirectory(prefix="citygate-demo-") as tmp:
+        workdir = Path(tmp)
+        meters = {1: make_meter("sdm630", seed=1), 2: make_meter("sdm120", seed=2)}
+        simulator = ModbusTcpSimulator(meters, host="127.0.0.1", port=0)
+        async with simulator, contextlib.AsyncExitStack() as stack:
+            if broker is None:
+                port = _free_port()
+                await stack.enter_async_context(_embedded_broker(port))
+                broker_url, protocol = (
+                    f"mqtt://127.0.0.1:{port}",
+                    "3.1.1",
+                )  # amqtt speaks MQTT 3.1.1
+            else:
+                broker_url, protocol = broker, "5"
+            config_path = workdir / "gateway.toml"
+            config_path.write_text(
+                demo_config(simulator.port, broker_url, protocol, workdir / "var")
+            )
+            config = load(config_path, registry.factories())
+            header = (
+                f"citygate demo — Modbus TCP simulator on 127.0.0.1:{simulator.port}, "
+                f"broker {broker_url}\n"
+                f"config: {config_path}"
+            )
+            print(header, flush=True)
+            agent = Agent(config, registry.factories())
+            view = LiveView(sys.stdout.isatty())
+            loop = asyncio.get_running_loop()
+            stop = asyncio.Event()
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                loop.add_signal_handler(sig, stop.set)
+            async with asyncio.TaskGroup() as tg:
+                agent_task = tg.create_task(agent.run(), name="agent")
+                watch_task = tg.create_task(
+                    _watch(broker_url, protocol, view, header), name="live-view"
+                )
+                await stop.wait()
+                print("\nstopping the demo…", flush=True)
+                agent.request_stop()
+                await agent_task
+                watch_task.cancel()
+
+
+def run_demo(broker: str | None = None) -> int:
+    """Run the demo until Ctrl-C."""
+    logs.setup("warning")
+    asyncio.run(_demo(broker))
+    return 0

@@ -1,0 +1,79 @@
+"""Samples from the device supervisors → SenML bodies → the buffer, in batches.
+
+Supervisors ``await submit(sample)`` into a bounded queue: when the buffer
+cannot keep up, polls wait (back-pressure) instead of piling up in memory. One
+writer task drains the queue into one buffer transaction per batch.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+
+from agent.buffer import AsyncBuffer, NewSample
+from agent.model import Sample
+from agent.senml import encode_body
+
+log = logging.getLogger(__name__)
+
+QUEUE_SAMPLES = 2000
+BATCH_SAMPLES = 500
+
+
+class BufferWriter:
+    """Owns the queue between the supervisors and the buffer."""
+
+    def __init__(self, buffer: AsyncBuffer, on_buffered: Callable[[int], None]) -> None:
+        self._buffer = buffer
+        self._on_buffered = on_buffered
+        self._queue: asyncio.Queue[Sample | None] = asyncio.Queue(maxsize=QUEUE_SAMPLES)
+        self._dropping = False
+        self._dropped_in_episode = 0
+
+    async def submit(self, sample: Sample) -> None:
+        """Queue a sample for the buffer; waits while the queue is full."""
+        await self._queue.put(sample)
+
+    async def close(self) -> None:
+        """Let :meth:`run` write what is queued, then end."""
+        await self._queue.put(None)
+
+    async def run(self) -> None:
+        while True:
+            first = await self._queue.get()
+            batch: list[Sample] = []
+            closing = first is None
+            if first is not None:
+                batch.append(first)
+            while len(batch) < BATCH_SAMPLES and not self._queue.empty():
+                item = self._queue.get_nowait()
+                if item is None:
+                    closing = True
+                    break
+                batch.append(item)
+            if batch:
+                await self._write(batch)
+            if closing:
+                return
+
+    async def _write(self, batch: list[Sample]) -> None:
+        new = [
+            NewSample(s.device_id, s.time, s.clock_synced, len(s.readings), encode_body(s.readings))
+            for s in batch
+        ]
+        result = await self._buffer.append(new)
+        if result.dropped:
+            self._dropped_in_episode += result.dropped
+            if not self._dropping:
+                self._dropping = True
+                log.warning(
+                    "buffer full: dropping samples (buffer.when_full); see metrics.dropped_samples"
+                )
+        elif self._dropping:
+            self._dropping = False
+            log.warning("buffer no longer full; %d samples were dropped", self._dropped_in_episode)
+            self._dropped_in_episode = 0
+        stored = sum(n.readings for n, seq in zip(new, result.seqs, strict=True) if seq is not None)
+        if stored:
+            self._on_buffered(stored)

@@ -1,0 +1,60 @@
+"""Find drivers: the entry-point group ``citygate.drivers``.
+
+Built-in drivers are registered by citygate's own distribution under the same
+group, so a plugin package and a built-in are found the same way.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from importlib.metadata import entry_points
+
+from drivers.api import DriverFactory
+
+GROUP = "citygate.drivers"
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class DriverEntry:
+    """One entry point: its factory, or why it could not be loaded."""
+
+    name: str
+    source: str  # the distribution that ships it ("citygate" for built-ins)
+    value: str  # module:attribute
+    factory: DriverFactory | None
+    error: str | None = None
+
+    @property
+    def builtin(self) -> bool:
+        return self.source == "citygate"
+
+
+def discover() -> list[DriverEntry]:
+    """Load every driver entry point; a broken plugin is reported, not fatal."""
+    entries: list[DriverEntry] = []
+    for ep in sorted(entry_points(group=GROUP), key=lambda ep: ep.name):
+        source = ep.dist.name if ep.dist is not None else "?"
+        try:
+            factory = ep.load()
+        except Exception as exc:  # a plugin's import error must not stop the agent
+            log.error("driver %s from %s cannot be loaded: %s", ep.name, source, exc)
+            entries.append(
+                DriverEntry(ep.name, source, ep.value, None, f"{type(exc).__name__}: {exc}")
+            )
+            continue
+        if getattr(factory, "name", None) != ep.name:
+            error = (
+                f"entry point {ep.name!r} names a factory called {getattr(factory, 'name', None)!r}"
+            )
+            entries.append(DriverEntry(ep.name, source, ep.value, None, error))
+            continue
+        entries.append(DriverEntry(ep.name, source, ep.value, factory))
+    return entries
+
+
+def factories(entries: list[DriverEntry] | None = None) -> dict[str, DriverFactory]:
+    """The loadable drivers by name."""
+    found = discover() if entries is None else entries
+    return {e.name: e.factory for e in found if e.factory is not None}

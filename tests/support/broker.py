@@ -1,0 +1,183 @@
+"""A real Mosquitto for tests: spawned on a free loopback port, stoppable, restartable."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import socket
+import subprocess
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+
+
+def mosquitto_binary() -> str:
+    found = shutil.which("mosquitto") or (
+        "/usr/sbin/mosquitto" if Path("/usr/sbin/mosquitto").exists() else None
+    )
+    if found is None:
+        raise RuntimeError("mosquitto is not installed: run `sudo apt-get install mosquitto`")
+    return found
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class Mosquitto:
+    """One broker process; ``start()`` again after ``stop()`` reuses the port."""
+
+    def __init__(
+        self,
+        workdir: Path,
+        *,
+        port: int | None = None,
+        extra_conf: str = "",
+        anonymous: bool = True,
+    ) -> None:
+        self.workdir = workdir
+        self.anonymous = anonymous
+        self.port = port or free_port()
+        self.extra_conf = extra_conf
+        self.process: subprocess.Popen[bytes] | None = None
+        self.url = f"mqtt://127.0.0.1:{self.port}"
+
+    def _write_conf(self) -> Path:
+        conf = self.workdir / "mosquitto.conf"
+        conf.write_text(
+            f"listener {self.port} 127.0.0.1\n"
+            f"allow_anonymous {'true' if self.anonymous else 'false'}\n"
+            "persistence false\n"
+            # As root, Mosquitto would switch to its own user and lose access to the test's files.
+            "user root\n"
+            # Mosquitto's default (1000) silently drops QoS 1 messages to a slow subscriber.
+            "max_queued_messages 1000000\n"
+            "max_inflight_messages 100\n"
+            f"log_dest file {self.workdir / 'mosquitto.log'}\n" + self.extra_conf
+        )
+        return conf
+
+    def start(self, timeout: float = 10.0) -> None:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        conf = self._write_conf()
+        self.process = subprocess.Popen(
+            [mosquitto_binary(), "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+        )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                err = self.process.stderr.read().decode() if self.process.stderr else ""
+                raise RuntimeError(f"mosquitto exited: {err}")
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
+                    return
+            except OSError:
+                time.sleep(0.02)
+        raise RuntimeError("mosquitto did not start listening")
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(5)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(5)
+        self.process = None
+
+    def kill(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(5)
+        self.process = None
+
+
+@dataclass
+class Received:
+    topic: str
+    payload: bytes
+    retain: bool
+
+
+@dataclass
+class Subscriber:
+    """A paho subscriber on its own thread that records every message (QoS 1)."""
+
+    port: int
+    topic: str = "#"
+    messages: list[Received] = field(default_factory=list)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def __post_init__(self) -> None:
+        self.client = mqtt.Client(
+            CallbackAPIVersion.VERSION2, client_id=f"test-sub-{time.monotonic_ns()}"
+        )
+        self.connected = threading.Event()
+
+        def on_connect(
+            client: mqtt.Client, userdata: Any, flags: Any, rc: Any, props: Any = None
+        ) -> None:
+            client.subscribe(self.topic, qos=1)
+            self.connected.set()
+
+        def on_message(client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
+            with self.lock:
+                self.messages.append(Received(msg.topic, msg.payload, bool(msg.retain)))
+
+        self.client.on_connect = on_connect
+        self.client.on_message = on_message
+        self.client.reconnect_delay_set(0.1, 0.5)
+
+    def start(self) -> Subscriber:
+        self.client.connect_async("127.0.0.1", self.port, keepalive=10)
+        self.client.loop_start()
+        if not self.connected.wait(10):
+            raise RuntimeError("subscriber could not connect")
+        time.sleep(0.05)  # let the SUBACK arrive
+        return self
+
+    def stop(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
+
+    def snapshot(self, suffix: str | None = None) -> list[Received]:
+        with self.lock:
+            return [m for m in self.messages if suffix is None or m.topic.endswith(suffix)]
+
+    def data_records(self) -> list[dict[str, Any]]:
+        """Every SenML record of every data message, resolved (bn/bt/seq carried)."""
+        out: list[dict[str, Any]] = []
+        for m in self.snapshot("/data"):
+            pack = json.loads(m.payload)
+            bn = bt = seq = clock = None
+            for rec in pack:
+                bn = rec.get("bn", bn)
+                if "bt" in rec:
+                    bt, seq, clock = rec["bt"], rec["seq"], rec.get("clock")
+                out.append(
+                    {**rec, "bn": bn, "bt": bt, "seq": seq, "clock": clock, "topic": m.topic}
+                )
+        return out
+
+    def seqs(self) -> list[int]:
+        seen: list[int] = []
+        for m in self.snapshot("/data"):
+            for rec in json.loads(m.payload):
+                if "seq" in rec:
+                    seen.append(rec["seq"])
+        return seen
+
+    def wait_for(self, predicate: Any, timeout: float = 15.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if predicate():
+                return
+            time.sleep(0.02)
+        raise AssertionError("condition not met within timeout")

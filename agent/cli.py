@@ -129,7 +129,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except CitygateError as exc:
         print(f"citygate {command}: {exc}", file=sys.stderr)
         return EXIT_FAILURE
-    parser.error(f"unknown command {command}")  # exits 2
+    print(f"citygate: unknown command {command}", file=sys.stderr)
+    return EXIT_USAGE
 
 
 def _load(path: Path) -> Config:

@@ -342,7 +342,7 @@ def test_demo_shows_live_readings_and_stops_on_ctrl_c() -> None:
             if sum("seq" in s for s in seen) >= 3 and any("meter-library seq" in s for s in seen):
                 break
         demo.send_signal(signal.SIGINT)
-        out, err = demo.communicate(timeout=20)
+        _, err = demo.communicate(timeout=20)
     finally:
         if demo.poll() is None:
             demo.kill()

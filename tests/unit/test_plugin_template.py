@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -54,6 +55,8 @@ async def test_driver_reads_a_sysfs_like_tree(tmp_path: Path) -> None:
 
 def test_installed_template_is_listed_as_a_plugin(tmp_path: Path) -> None:
     target = tmp_path / "site"
+    source = tmp_path / "plugin"  # a copy: building writes build/ and *.egg-info beside the sources
+    shutil.copytree(TEMPLATE, source, ignore=shutil.ignore_patterns("build", "*.egg-info"))
     subprocess.run(
         [
             sys.executable,
@@ -65,7 +68,7 @@ def test_installed_template_is_listed_as_a_plugin(tmp_path: Path) -> None:
             "--no-build-isolation",
             "--target",
             str(target),
-            str(TEMPLATE),
+            str(source),
         ],
         check=True,
         capture_output=True,

@@ -166,7 +166,7 @@ class LiveView:
             items = list(self.latest[device].items())
             for i in range(0, len(items), 3):
                 row = items[i : i + 3]
-                lines.append("  " + "".join(f"{n:<22}{v:>16}   " for n, v in row))
+                lines.append("  " + "".join(f"{n:<26}{v:>16}   " for n, v in row))
             lines.append("")
         lines.append(f"{self.messages} data messages received.  Ctrl-C stops the demo.")
         sys.stdout.write("\x1b[H\x1b[2J" + "\n".join(lines) + "\n")

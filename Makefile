@@ -6,7 +6,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: help venv test lint typecheck pytest demo bench soak mosquitto clean
+.PHONY: help venv test lint typecheck pytest demo bench soak mosquitto clean install uninstall wheels
 
 help:
 	@echo "make demo   set up and run the zero-setup demo (simulators, broker, agent, live view)"
@@ -49,6 +49,17 @@ demo: venv
 
 bench: venv mosquitto
 	$(PY) -m tests.bench
+
+# Install as a service into /opt/citygate (root): `make install`, or offline with
+# `make install WHEELS=DIR` where DIR was made by `make wheels WHEELS=DIR` on a connected machine.
+install:
+	systemd/install.sh install $(if $(WHEELS),--wheels $(WHEELS))
+
+uninstall:
+	systemd/install.sh uninstall
+
+wheels:
+	systemd/install.sh wheels $(or $(WHEELS),dist/wheels)
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache var

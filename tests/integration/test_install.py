@@ -41,7 +41,8 @@ def test_offline_install_and_uninstall(tmp_path: Path) -> None:
     assert config.is_file()
     assert (stage / "etc/citygate/mqtt-password").stat().st_mode & 0o077 == 0
 
-    # The installed agent checks the example config with its installed profiles (no repository on the path).
+    # The installed agent checks the example config with its installed profiles,
+    # with no repository on the path.
     checked = subprocess.run(
         [str(citygate), "check", "-c", str(config)],
         capture_output=True,

@@ -750,10 +750,19 @@ class _Loader:
         """Every ``[[serial]]``; a line with errors is kept (with defaults where it
         is wrong) so that devices naming it do not report it as missing."""
         drivers_by_line: dict[str, set[str]] = {}
-        for _, table in device_tables:
+        first_driver: dict[str, str] = {}
+        for place, table in device_tables:
             line, driver = table.get("serial"), table.get("driver")
             if isinstance(line, str) and isinstance(driver, str):
                 drivers_by_line.setdefault(line, set()).add(driver)
+                first = first_driver.setdefault(line, driver)
+                if driver != first:
+                    self.at_value(
+                        place,
+                        ("serial",),
+                        f"serial line {_quote(line)} carries {first} devices; a line carries one "
+                        f"protocol, so this {driver} device needs a line of its own",
+                    )
         lines: dict[str, SerialLineConfig] = {}
         first_seen: dict[str, str] = {}
         for place, table in serial_tables:

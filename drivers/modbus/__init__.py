@@ -1,22 +1,24 @@
-"""The ``modbus`` driver: energy meters over Modbus TCP (RTU with issue 4).
+"""The ``modbus`` driver: energy meters over Modbus TCP or RTU (a shared serial line).
 
 Sans-I/O parts, importable without pymodbus:
 
 * :mod:`.decode` — register specs and the compiled per-request decoder;
-* :mod:`.plan` — coalescing registers into read requests;
+* :mod:`.plan` — coalescing registers into read requests (and splitting them at gaps);
 * :mod:`.profile` — register tables and meter profile files;
 * :mod:`.config` — the driver's config keys and checks;
 * :mod:`.frame` — Modbus TCP reply checks;
+* :mod:`.rtu` — Modbus RTU framing: CRC, requests, the reply framer;
 * :mod:`.assistant` — the byte-order assistant of ``citygate scan modbus``.
 
-The I/O shell and the entry point (``factory``, ``read_raw``) live in
-:mod:`drivers.modbus.driver`.
+The I/O shell and the entry point (``factory``, ``read_raw``, ``read_raw_serial``)
+live in :mod:`drivers.modbus.driver`; unit discovery on a serial line in
+:mod:`drivers.modbus.scan`.
 """
 
 from drivers.modbus.assistant import assistant_json, format_assistant
 from drivers.modbus.config import FIELDS, ModbusConfig, configure
 from drivers.modbus.decode import BlockDecoder, RegisterSpec, bench_decode, decode_value
-from drivers.modbus.plan import ReadPlan, ReadRequest, plan_requests
+from drivers.modbus.plan import ReadPlan, ReadRequest, plan_requests, split_at_gaps
 from drivers.modbus.profile import Profile, builtin_profiles, find_profile, load_profile
 
 __all__ = [
@@ -36,4 +38,5 @@ __all__ = [
     "format_assistant",
     "load_profile",
     "plan_requests",
+    "split_at_gaps",
 ]

@@ -14,7 +14,7 @@ from typing import Any, Final
 
 from drivers.api import ConfigIssue, DeviceContext, DriverConfigError, Field, SerialLineConfig
 from drivers.modbus.decode import RegisterSpec
-from drivers.modbus.plan import MAX_REGISTERS, ReadPlan
+from drivers.modbus.plan import MAX_REGISTERS, RTU_REQUEST_COST, ReadPlan
 from drivers.modbus.profile import (
     REGISTER_FIELDS,
     Profile,
@@ -37,7 +37,9 @@ FIELDS: Final[dict[str, Field]] = {
     "profile": Field(
         "str", None, "a built-in meter profile (eastron-sdm630, …) or the path of a profile file"
     ),
-    "timeout": Field("duration", 1.0, "reply timeout per request"),
+    "timeout": Field(
+        "duration", None, "reply timeout per request (default: the line's for RTU, else 1s)"
+    ),
     "retries": Field("int", 1, "extra attempts after a timeout", minimum=0, maximum=10),
     "max_gap": Field(
         "int",
@@ -64,7 +66,12 @@ FIELDS: Final[dict[str, Field]] = {
 
 @dataclass(frozen=True, slots=True)
 class ModbusConfig:
-    """One Modbus device, checked, with its read plan compiled."""
+    """One Modbus device, checked, with its read plan compiled.
+
+    ``plan`` is the device's: the driver narrows it in place when the meter
+    refuses reads across unused registers, so every driver created from this
+    config (after a reconnect too) reads the narrowed requests.
+    """
 
     registers: tuple[RegisterSpec, ...]
     plan: ReadPlan
@@ -111,8 +118,19 @@ def configure(options: Mapping[str, Any], context: DeviceContext) -> ModbusConfi
                     ("serial",), f'no [[serial]] line has id "{serial_id}" (defined: {defined})'
                 )
             )
+        if options.get("unit") == 0:
+            issues.append(
+                ConfigIssue(
+                    ("unit",),
+                    "unit 0 is the broadcast address on a serial line: no device answers it",
+                )
+            )
 
-    timeout = float(_option(options, "timeout", 1.0))
+    given_timeout = options.get("timeout")
+    if given_timeout is not None:
+        timeout = float(given_timeout)
+    else:
+        timeout = serial.timeout if serial is not None else 1.0
     if not math.isfinite(timeout) or timeout <= 0:
         issues.append(ConfigIssue(("timeout",), "timeout must be more than 0"))
 
@@ -139,7 +157,13 @@ def configure(options: Mapping[str, Any], context: DeviceContext) -> ModbusConfi
     plan: ReadPlan | None = None
     if not issues:
         try:
-            plan = ReadPlan.build(registers, max_gap=max_gap, max_registers=max_registers)
+            plan = ReadPlan.build(
+                registers,
+                max_gap=max_gap,
+                max_registers=max_registers,
+                # On a serial line every request costs wire time: read gaps only when cheaper.
+                request_cost=RTU_REQUEST_COST if serial is not None else None,
+            )
         except ValueError as exc:
             issues.append(ConfigIssue(("max_registers",), str(exc)))
     if issues or plan is None:

@@ -1,4 +1,6 @@
-"""The Modbus driver's I/O shell: pymodbus's TCP client under citygate's control.
+"""The Modbus driver's I/O shell: pymodbus's TCP client under citygate's control,
+and Modbus RTU on a runtime-owned serial line (:class:`drivers.api.SerialLine`)
+with citygate's own sans-I/O framing (:mod:`drivers.modbus.rtu`).
 
 pymodbus's own retries and automatic reconnection are off: every request runs
 under ``asyncio.timeout(timeout)`` and is retried ``retries`` times on timeout
@@ -9,9 +11,16 @@ Errors (all :class:`~drivers.api.DriverError`, never logged here):
 
 * :class:`~drivers.api.TransportError` — refused, unreachable, no answer in
   time, connection closed;
-* :class:`~drivers.api.DeviceError` — a Modbus exception reply, named by code;
+* :class:`~drivers.api.DeviceError` — a Modbus exception reply, named by code
+  (:class:`ModbusExceptionError`, which carries the code);
 * :class:`~drivers.api.DecodeError` — a malformed reply (checked by
   :mod:`drivers.modbus.frame` before pymodbus sees it, and by register count).
+
+Strict meters answer exception 02 (illegal data address) to a read that
+bridges unused addresses. When a coalesced request that bridges a gap gets 02,
+the driver splits it into its gap-free runs (:func:`~drivers.modbus.plan.split_at_gaps`),
+reads them at once and keeps them in the device's plan from then on, logging
+one info line per device. A 02 to a gap-free request is a DeviceError.
 
 pymodbus logs every one of these conditions itself; its logger is held at
 CRITICAL unless this module's logger is enabled for DEBUG.
@@ -31,28 +40,36 @@ from pymodbus.exceptions import ConnectionException, ModbusException, ModbusIOEx
 from pymodbus.pdu import ModbusPDU
 
 from agent import __version__ as agent_version
+from agent.lines import LineOwner
 from drivers.api import (
     DecodeError,
     DeviceContext,
     DeviceError,
-    DriverError,
     DriverFactory,
     Field,
     Measurement,
+    SerialLine,
+    SerialLineConfig,
+    SerialWire,
     TransportError,
 )
 from drivers.modbus.config import FIELDS, ModbusConfig, configure
 from drivers.modbus.decode import BIT_TABLES, Table
 from drivers.modbus.frame import ReadRequestFrame, check_reply, parse_read_request
-from drivers.modbus.plan import MAX_BITS, MAX_REGISTERS
+from drivers.modbus.plan import MAX_BITS, MAX_REGISTERS, ReadRequest, split_at_gaps
+from drivers.modbus.rtu import BadReply, ExceptionReply, RtuReplyFramer, encode_read_request
 
 __all__ = [
     "EXCEPTION_NAMES",
+    "ILLEGAL_DATA_ADDRESS",
+    "ModbusExceptionError",
     "ModbusFactory",
     "ModbusRtuDriver",
     "ModbusTcpDriver",
+    "RtuSession",
     "factory",
     "read_raw",
+    "read_raw_serial",
 ]
 
 _log = logging.getLogger(__name__)
@@ -69,6 +86,7 @@ EXCEPTION_NAMES: Final[dict[int, str]] = {
     0x0B: "gateway target device failed to respond",
 }
 """Exception codes of the Modbus Application Protocol spec (v1.1b3, 7)."""
+ILLEGAL_DATA_ADDRESS: Final = 0x02
 
 _FUNCTION: Final[dict[Table, int]] = {
     "coil": 0x01,
@@ -85,6 +103,12 @@ _WHAT: Final[dict[Table, str]] = {
 # pymodbus's own reply timeout stays longer than ours, so ours always fires first
 # and pymodbus never counts a timeout, retries or drops the connection on its own.
 _LIBRARY_TIMEOUT_MARGIN: Final = 5.0
+# pymodbus 3.16 empties its receive buffer when it holds more than one largest frame
+# (264 bytes), so a late reply to an abandoned request arriving in one segment with
+# the current reply (two 80-register replies: 338 bytes) would lose both and the
+# request would time out. With room for a few frames its framer skips the late ones
+# by transaction id (retries ≤ 10: at most 11 late replies and the current one).
+_RECEIVE_BUFFER_BYTES: Final = 16 * 264
 
 _Reader = Callable[[AsyncModbusTcpClient, int, int, int], Awaitable[ModbusPDU]]
 _READERS: Final[dict[Table, _Reader]] = {
@@ -105,9 +129,30 @@ def _span(table: Table, address: int, count: int) -> str:
     return f"{_WHAT[table]} 0x{address:04X}–0x{address + count - 1:04X}"
 
 
+class ModbusExceptionError(DeviceError):
+    """The device answered a read with a Modbus exception response.
+
+    ``code`` is the exception code; ``table``, ``address`` and ``count`` the read.
+    """
+
+    def __init__(self, code: int, table: Table, address: int, count: int) -> None:
+        name = EXCEPTION_NAMES.get(code, "unknown exception")
+        super().__init__(f"exception {code} ({name}) reading {_span(table, address, count)}")
+        self.code = code
+        self.table: Table = table
+        self.address = address
+        self.count = count
+
+
 def _quiet_pymodbus() -> None:
     debug = _log.isEnabledFor(logging.DEBUG)
     logging.getLogger("pymodbus").setLevel(logging.NOTSET if debug else logging.CRITICAL)
+
+
+def _widen_receive_buffer(client: AsyncModbusTcpClient) -> None:
+    # Reaches into pymodbus's transaction manager (pinned to 3.16); without it a
+    # late reply can cost the next request a timeout (see _RECEIVE_BUFFER_BYTES).
+    client.ctx.max_buffer_size = max(client.ctx.max_buffer_size, _RECEIVE_BUFFER_BYTES)
 
 
 class _TcpSession:
@@ -141,6 +186,7 @@ class _TcpSession:
             retries=0,
             trace_packet=self._trace_packet,
         )
+        _widen_receive_buffer(client)
         try:
             async with asyncio.timeout(self.timeout):
                 connected = await client.connect()
@@ -208,9 +254,7 @@ class _TcpSession:
         self, response: ModbusPDU, table: Table, address: int, count: int
     ) -> list[int] | list[bool]:
         if response.isError():
-            code = response.exception_code
-            name = EXCEPTION_NAMES.get(code, "unknown exception")
-            raise DeviceError(f"exception {code} ({name}) reading {_span(table, address, count)}")
+            raise ModbusExceptionError(response.exception_code, table, address, count)
         if table in BIT_TABLES:
             bits = list(response.bits)
             if len(bits) < count:
@@ -260,12 +304,16 @@ class _TcpSession:
 
 
 class ModbusTcpDriver:
-    """A Modbus TCP device, polled: ``async with driver: await driver.poll()``."""
+    """A Modbus TCP device, polled: ``async with driver: await driver.poll()``.
 
-    def __init__(self, config: ModbusConfig) -> None:
+    ``device_id`` names the device in log lines (default: its address).
+    """
+
+    def __init__(self, config: ModbusConfig, device_id: str | None = None) -> None:
         if config.host is None:
             raise ValueError("ModbusTcpDriver needs a config with host")
         self.config = config
+        self.device_id = device_id if device_id is not None else config.where
         self._session = _TcpSession(
             config.host, config.port, config.unit, config.timeout, config.retries
         )
@@ -285,25 +333,136 @@ class ModbusTcpDriver:
     async def poll(self) -> list[Measurement]:
         """Read every register of the plan once; raise a DriverError on failure.
 
-        A connection the device closed since the last poll is reopened once.
+        A connection the device closed since the last poll is reopened once. A
+        request bridging unused addresses that the device refuses (exception 02)
+        is split into gap-free requests, read now and in every later poll.
         """
         if not self._session.connected:
             await self._session.connect()
-        plan = self.config.plan
-        replies: list[list[int] | list[bool]] = []
-        for request in plan.requests:
-            replies.append(await self._session.read(request.table, request.address, request.count))
-        return plan.decode(replies)
+        return await _read_plan(self.config, self.device_id, self._read)
+
+    async def _read(self, request: ReadRequest) -> list[int] | list[bool]:
+        return await self._session.read(request.table, request.address, request.count)
+
+
+async def _read_plan(
+    config: ModbusConfig,
+    device_id: str,
+    read: Callable[[ReadRequest], Awaitable[list[int] | list[bool]]],
+) -> list[Measurement]:
+    """Read a device's plan with ``read``, splitting requests a strict meter refuses."""
+    plan = config.plan
+    splits_before = plan.split_count
+    replies: list[list[int] | list[bool]] = []
+    split: list[tuple[ReadRequest, int]] = []
+    try:
+        for request in plan.requests:  # this poll's requests, even if the plan splits
+            try:
+                replies.append(await read(request))
+            except ModbusExceptionError as exc:
+                if exc.code != ILLEGAL_DATA_ADDRESS or len(split_at_gaps(request)) < 2:
+                    raise
+                parts = plan.split_request(len(replies))
+                split.append((request, len(parts)))
+                for part in parts:
+                    replies.append(await read(part))
+    finally:
+        if split:
+            _log_split(device_id, split, first=splits_before == 0)
+    return plan.decode(replies)
+
+
+def _log_split(device_id: str, split: list[tuple[ReadRequest, int]], *, first: bool) -> None:
+    # One info line per device: later splits (a poll cut short earlier) at debug.
+    _log.log(
+        logging.INFO if first else logging.DEBUG,
+        "%s: meter refuses reads across unused registers; reading %s from now on",
+        device_id,
+        ", ".join(
+            f"0x{request.address:04X}–0x{request.end - 1:04X} in {parts} requests"
+            for request, parts in split
+        ),
+    )
+
+
+class RtuSession:
+    """Reads of one unit on a serial line, one exchange per attempt, inside a turn
+    the caller holds (``async with line.turn(...) as wire``)."""
+
+    def __init__(self, line: SerialLine, unit: int, timeout: float, retries: int) -> None:
+        self.line = line
+        self.unit = unit
+        self.timeout = timeout
+        self.retries = retries
+
+    @property
+    def where(self) -> str:
+        return f"serial {self.line.config.id} unit {self.unit}"
+
+    async def read(
+        self, wire: SerialWire, table: Table, address: int, count: int
+    ) -> list[int] | list[bool]:
+        """Read once (plus retries on silence); raise a DriverError."""
+        function = _FUNCTION[table]
+        request = encode_read_request(self.unit, function, address, count)
+        for _ in range(self.retries + 1):
+            framer = RtuReplyFramer(self.unit, function, count)
+            await wire.exchange(request, framer, self.timeout)
+            if framer.stray_bytes:
+                wire.note("stray_bytes")
+            if framer.wrong_units:
+                wire.note("wrong_unit")
+            outcome = framer.outcome
+            if outcome is None:
+                kind, message = framer.failure()
+                if kind == "silent":
+                    continue
+                wire.note(kind)
+                raise DecodeError(f"{message} reading {_span(table, address, count)}")
+            if isinstance(outcome, BadReply):
+                wire.note(outcome.kind)
+                raise DecodeError(
+                    f"{outcome.message} reading {_span(table, address, count)} from {self.where}"
+                )
+            if isinstance(outcome, ExceptionReply):
+                wire.note("exception")
+                raise ModbusExceptionError(outcome.code, table, address, count)
+            if table in BIT_TABLES:
+                return outcome.bits(count)
+            return outcome.registers()
+        attempts = f" ({self.retries + 1} attempts)" if self.retries else ""
+        raise TransportError(
+            f"no answer from {self.where} within {_seconds(self.timeout)}{attempts}"
+        )
 
 
 class ModbusRtuDriver:
-    """Placeholder for Modbus RTU over a ``[[serial]]`` line: opening it fails."""
+    """A Modbus RTU device on a ``[[serial]]`` line: ``async with driver: await driver.poll()``.
 
-    def __init__(self, config: ModbusConfig) -> None:
+    ``line`` is the runtime's owner of the line; without one (a tool polling one
+    device) the driver opens a line of its own while it is entered. A poll takes
+    one turn on the line for all its requests; a request without an answer gives
+    the line to the other devices before its retry.
+    """
+
+    def __init__(
+        self, config: ModbusConfig, device_id: str | None = None, line: SerialLine | None = None
+    ) -> None:
+        if config.serial is None:
+            raise ValueError("ModbusRtuDriver needs a config with serial")
         self.config = config
+        self.device_id = device_id if device_id is not None else config.where
+        self._given_line = line
+        self._own_line: LineOwner | None = None
+        self._session: RtuSession | None = None
 
     async def __aenter__(self) -> Self:
-        raise DriverError("Modbus RTU arrives with issue 4")
+        line = self._given_line
+        if line is None:
+            assert self.config.serial is not None
+            self._own_line = line = LineOwner(self.config.serial, protocol="modbus")
+        self._session = RtuSession(line, self.config.unit, self.config.timeout, self.config.retries)
+        return self
 
     async def __aexit__(
         self,
@@ -311,11 +470,30 @@ class ModbusRtuDriver:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        return None
+        if self._own_line is not None:
+            self._own_line.close()
+            self._own_line = None
+        self._session = None
 
     async def poll(self) -> list[Measurement]:
-        """Never reached: opening the driver fails."""
-        raise DriverError("Modbus RTU arrives with issue 4")
+        """Read every register of the plan once, in one turn on the line."""
+        session = self._session
+        if session is None:
+            raise RuntimeError("enter the driver (async with) before polling")
+        async with session.line.turn(self.device_id) as wire:
+
+            async def read(request: ReadRequest) -> list[int] | list[bool]:
+                return await session.read(wire, request.table, request.address, request.count)
+
+            return await _read_plan(self.config, self.device_id, read)
+
+    async def read_raw(self, table: Table, address: int, count: int) -> list[int] | list[bool]:
+        """Read ``count`` registers (or bits) once, outside the plan (the assistant, scan)."""
+        session = self._session
+        if session is None:
+            raise RuntimeError("enter the driver (async with) before reading")
+        async with session.line.turn(self.device_id) as wire:
+            return await session.read(wire, table, address, count)
 
 
 async def read_raw(
@@ -333,6 +511,16 @@ async def read_raw(
 
     Raises ValueError for arguments out of range, DriverError for the device.
     """
+    _check_raw(unit, address, count, table, timeout)
+    session = _TcpSession(host, port, unit, timeout, retries)
+    await session.connect()
+    try:
+        return await session.read(table, address, count)
+    finally:
+        session.close()
+
+
+def _check_raw(unit: int, address: int, count: int, table: Table, timeout: float) -> None:
     if table not in _FUNCTION:
         raise ValueError(f'table must be one of {", ".join(_FUNCTION)}, not "{table}"')
     limit = MAX_BITS if table in BIT_TABLES else MAX_REGISTERS
@@ -344,12 +532,29 @@ async def read_raw(
         raise ValueError("unit must be 0–247")
     if timeout <= 0:
         raise ValueError("timeout must be more than 0")
-    session = _TcpSession(host, port, unit, timeout, retries)
-    await session.connect()
+
+
+async def read_raw_serial(
+    line: SerialLineConfig,
+    unit: int,
+    address: int,
+    count: int,
+    table: Table,
+    timeout: float,  # noqa: ASYNC109 - per request (with retries), not a deadline
+    *,
+    retries: int = 1,
+) -> list[int] | list[bool]:
+    """Like :func:`read_raw`, on a serial line (Modbus RTU) opened for this read."""
+    _check_raw(unit, address, count, table, timeout)
+    if unit == 0:
+        raise ValueError("unit must be 1–247 on a serial line (0 is the broadcast address)")
+    owner = LineOwner(line, protocol="modbus")
     try:
-        return await session.read(table, address, count)
+        session = RtuSession(owner, unit, timeout, retries)
+        async with owner.turn("scan") as wire:
+            return await session.read(wire, table, address, count)
     finally:
-        session.close()
+        owner.close()
 
 
 def _version() -> str:
@@ -360,7 +565,7 @@ def _version() -> str:
 
 
 class ModbusFactory:
-    """The ``modbus`` driver: energy meters over Modbus TCP (RTU with issue 4)."""
+    """The ``modbus`` driver: energy meters over Modbus TCP or RTU."""
 
     name: str = "modbus"
     version: str = _version()
@@ -376,8 +581,8 @@ class ModbusFactory:
     ) -> ModbusTcpDriver | ModbusRtuDriver:
         """One driver per device."""
         if config.serial is not None:
-            return ModbusRtuDriver(config)
-        return ModbusTcpDriver(config)
+            return ModbusRtuDriver(config, context.device_id, context.lines.get(config.serial.id))
+        return ModbusTcpDriver(config, context.device_id)
 
 
 factory: Final = ModbusFactory()

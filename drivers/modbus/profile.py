@@ -17,6 +17,7 @@ carry ``file=`` and a path from that file's top, e.g. ``("registers", 3, "unit")
 from __future__ import annotations
 
 import difflib
+import functools
 import math
 import re
 import sys
@@ -381,7 +382,20 @@ def find_profile(reference: str, config_dir: Path) -> Path:
 
 
 def load_profile(path: Path) -> Profile:
-    """Read and check a profile file; raise DriverConfigError listing every issue."""
+    """Read and check a profile file; raise DriverConfigError listing every issue.
+
+    A file is parsed once however many devices use it (cached by path, size and
+    modification time, so an edited profile is read again).
+    """
+    try:
+        stat = path.stat()
+    except OSError:
+        return _load_profile(path, None)
+    return _load_profile(path, (stat.st_mtime_ns, stat.st_size))
+
+
+@functools.lru_cache(maxsize=64)
+def _load_profile(path: Path, version: tuple[int, int] | None) -> Profile:
     try:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:

@@ -51,11 +51,36 @@ async def test_serves_until_signalled(stop_signal: signal.Signals) -> None:
         assert voltage[:2] == bytes.fromhex("04 04")
         assert 207.0 <= struct.unpack(">f", voltage[2:])[0] <= 253.0
         assert await read_registers(port, 7, 4, 8, 1) == bytes.fromhex("04 02 000A")
+        # Eastron default: reserved addresses inside the map read as 0
+        assert await read_registers(port, 1, 4, 0x002C, 2) == bytes.fromhex("04 04 0000 0000")
         process.send_signal(stop_signal)
         async with asyncio.timeout(TIMEOUT):
             rest, _ = await process.communicate()
         assert process.returncode == 0
         assert rest == b""  # exactly one line on stdout
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+
+
+async def test_strict_meters_on_request() -> None:
+    process = await start(
+        "modbus-tcp", "--port", "0", "--unit", "1=sdm630", "--unmapped", "exception"
+    )
+    assert process.stdout is not None
+    try:
+        async with asyncio.timeout(TIMEOUT):
+            line = (await process.stdout.readline()).decode()
+        match = re.fullmatch(r"listening on 127\.0\.0\.1:(\d+)\n", line)
+        assert match, line
+        port = int(match[1])
+        assert await read_registers(port, 1, 4, 0x002C, 2) == bytes.fromhex("84 02")
+        assert (await read_registers(port, 1, 4, 0x002A, 2))[:2] == bytes.fromhex("04 04")
+        process.send_signal(signal.SIGTERM)
+        async with asyncio.timeout(TIMEOUT):
+            await process.communicate()
+        assert process.returncode == 0
     finally:
         if process.returncode is None:
             process.kill()
@@ -70,6 +95,7 @@ async def test_serves_until_signalled(stop_signal: signal.Signals) -> None:
         (["modbus-tcp", "--unit", "300=sdm630"], "0..255"),
         (["modbus-tcp", "--unit", "1=sdm630", "--unit", "1=sdm120"], "twice"),
         (["modbus-tcp", "--speed", "0"], "positive"),
+        (["modbus-tcp", "--unmapped", "lenient"], "invalid choice"),
         ([], "COMMAND"),
     ],
 )

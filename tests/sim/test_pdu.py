@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
+import struct
+
 import pytest
 from hwsim.modbus import (
     Fault,
+    Meter,
+    Register,
     RequestHandler,
     StaticMeter,
+    Table,
     TypedMeter,
     UnknownUnit,
+    Unmapped,
+    ValueType,
     exception_response,
     make_meter,
 )
@@ -74,22 +81,114 @@ def test_zero_policy_reads_unmapped_registers_as_zero() -> None:
 
 
 # Eastron's rules: at most 40 parameters (80 registers), whole float parameters only.
+@pytest.mark.parametrize("unmapped", ["zero_in_map", "exception"])
 @pytest.mark.parametrize(
     ("request_pdu", "response_pdu"),
     [
         pytest.param("04 0001 0002", "84 02", id="odd start: part of a float"),
         pytest.param("04 0000 0001", "84 02", id="odd count: part of a float"),
+        pytest.param("04 002B 0004", "84 02", id="odd start before a reserved address"),
         pytest.param("04 0000 0052", "84 03", id="82 registers: over 40 parameters"),
-        pytest.param("04 002C 0002", "84 02", id="0x002C is not in the map"),
-        pytest.param("04 0028 0008", "84 02", id="a read spanning the gap at 0x002C"),
-        pytest.param("03 0004 0002", "83 02", id="holding 0x0004 is not in the map"),
+        pytest.param("04 017E 0002", "84 02", id="just past the last input register"),
+        pytest.param("04 017C 0004", "84 02", id="a read running past the map"),
+        pytest.param("04 0200 0002", "84 02", id="far past the map"),
+        pytest.param("03 0058 0002", "83 02", id="past the last setting"),
+        pytest.param("03 FBFE 0004", "83 02", id="a read running into the serial number"),
         pytest.param("01 0000 0008", "81 01", id="no coils on an SDM"),
         pytest.param("02 0000 0008", "82 01", id="no discrete inputs on an SDM"),
     ],
 )
-def test_eastron_device_rules(request_pdu: str, response_pdu: str) -> None:
-    handler = RequestHandler({1: make_meter("sdm630", seed=1)})
+def test_eastron_device_rules(unmapped: Unmapped, request_pdu: str, response_pdu: str) -> None:
+    handler = RequestHandler({1: make_meter("sdm630", seed=1, unmapped=unmapped)})
     assert handler.handle_request(1, h(request_pdu)) == h(response_pdu)
+
+
+@pytest.mark.parametrize(
+    ("request_pdu", "response_pdu"),
+    [
+        pytest.param("04 002C 0002", "84 02", id="reserved 0x002C"),
+        pytest.param("04 0028 0008", "84 02", id="a read spanning the reserved 0x002C"),
+        pytest.param("04 0000 0050", "84 02", id="80 registers over reserved parameters"),
+        pytest.param("03 0004 0002", "83 02", id="reserved setting 0x0004"),
+    ],
+)
+def test_strict_eastron_refuses_reserved_addresses(request_pdu: str, response_pdu: str) -> None:
+    handler = RequestHandler({1: make_meter("sdm630", seed=1, unmapped="exception")})
+    assert handler.handle_request(1, h(request_pdu)) == h(response_pdu)
+    assert handler.exception_count == 1
+    assert handler.exceptions_by_unit == {1: 1}
+
+
+def f32(value: float) -> bytes:
+    return struct.pack(">f", value)
+
+
+def test_eastron_reads_reserved_addresses_inside_the_map_as_zero() -> None:
+    meter = make_meter("sdm630", seed=1)
+    meter.freeze()
+    t = meter.truth()
+    handler = RequestHandler({1: meter})
+    assert handler.handle_request(1, h("04 002C 0002")) == h("04 04 0000 0000")
+    # phase angle L3 (0x0028), average volts (0x002A), reserved 0x002C, average amps (0x002E)
+    assert handler.handle_request(1, h("04 0028 0008")) == h("04 10") + f32(
+        t["phase_angle_l3"]
+    ) + f32(t["voltage_avg"]) + bytes(4) + f32(t["current_avg"])
+    # the reserved block 0x0058-0x0063 between the power and the VA demands
+    assert handler.handle_request(1, h("04 0056 0010")) == h("04 20") + f32(
+        t["demand_power_max"]
+    ) + bytes(24) + f32(t["demand_apparent_power"])
+    # the last parameter of the map, and a reserved setting
+    assert handler.handle_request(1, h("04 017C 0002")) == h("04 04") + f32(
+        t["reactive_energy_total_l3"]
+    )
+    assert handler.handle_request(1, h("03 0004 0002")) == h("03 04 0000 0000")
+
+
+def test_sdm120_serves_its_phase_angle() -> None:
+    meter = make_meter("sdm120", seed=2)
+    meter.freeze()
+    t = meter.truth()
+    handler = RequestHandler({2: meter})
+    # power factor (0x001E), reserved 0x0020-0x0023, phase angle (0x0024, register 30037)
+    assert handler.handle_request(2, h("04 001E 0008")) == h("04 10") + f32(
+        t["power_factor"]
+    ) + bytes(8) + f32(t["phase_angle"])
+    assert handler.handle_request(2, h("04 0158 0002")) == h("04 04") + f32(
+        t["reactive_energy_total"]
+    )
+    assert handler.handle_request(2, h("04 015A 0002")) == h("84 02")  # past the map
+    strict = RequestHandler({2: make_meter("sdm120", seed=2, unmapped="exception")})
+    assert strict.handle_request(2, h("04 0024 0002"))[:2] == h("04 04")  # type: ignore[index]
+    assert strict.handle_request(2, h("04 001E 0008")) == h("84 02")
+
+
+def test_unmapped_policies_by_model() -> None:
+    assert make_meter("sdm630").unmapped == "zero_in_map"
+    assert make_meter("sdm120").unmapped == "zero_in_map"
+    assert make_meter("typed").unmapped == "exception"
+    assert make_meter("generic4").unmapped == "exception"
+    assert make_meter("sdm630", unmapped="exception").unmapped == "exception"
+    assert make_meter("sdm630").map_ranges(Table.INPUT_REGISTERS) == [(0x0000, 0x017E)]
+    assert make_meter("generic4", unmapped="zero_in_map").map_ranges(Table.INPUT_REGISTERS) == [
+        (0, 8)
+    ]
+    with pytest.raises(ValueError, match="unmapped must be one of"):
+        make_meter("sdm630", unmapped="lenient")  # type: ignore[arg-type]
+
+
+def test_map_ranges_must_hold_every_register() -> None:
+    register = Register("v", 4, Table.INPUT_REGISTERS, ValueType.FLOAT32, "V", "volts")
+    with pytest.raises(ValueError, match=r"input 4\.\.5 lies outside the documented map"):
+        Meter("m", [register], map_ranges={Table.INPUT_REGISTERS: [(0, 5)]})
+    meter = Meter("m", [register], map_ranges={Table.INPUT_REGISTERS: [(0, 6), (100, 102)]})
+    assert meter.map_ranges(Table.INPUT_REGISTERS) == [(0, 6), (100, 102)]
+    assert meter.map_ranges(Table.HOLDING_REGISTERS) == []
+
+
+def test_zero_in_map_on_a_generic_meter() -> None:
+    handler = RequestHandler({1: make_meter("generic4", unmapped="zero_in_map")})
+    assert handler.handle_request(1, h("04 0000 0008"))[:2] == h("04 10")  # type: ignore[index]
+    assert handler.handle_request(1, h("04 0006 0004")) == h("84 02")  # runs past value_3
 
 
 def test_eastron_full_blocks_are_answered() -> None:

@@ -4,7 +4,18 @@ from __future__ import annotations
 
 import struct
 
-from hwsim.modbus import RequestHandler, StaticMeter, TypedMeter, handle_pdu, make_meter
+from hwsim.modbus import (
+    UNMAPPED_POLICIES,
+    Meter,
+    RequestHandler,
+    StaticMeter,
+    Table,
+    TypedMeter,
+    Unmapped,
+    exception_response,
+    handle_pdu,
+    make_meter,
+)
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -18,6 +29,9 @@ def all_models_handler() -> RequestHandler:
         5: TypedMeter(unmapped="zero"),
         6: make_meter("sdm630", seed=6, unmapped="zero"),
         7: StaticMeter(holding={0: 1}, coils={0: True}),
+        8: make_meter("sdm630", seed=8, unmapped="exception"),
+        9: make_meter("sdm120", seed=9, unmapped="exception"),
+        10: make_meter("generic10", seed=10, unmapped="zero_in_map"),
     }
     return RequestHandler(meters, unknown_unit="gateway_error")
 
@@ -50,7 +64,7 @@ def test_random_bytes_never_raise(unit: int, pdu: bytes) -> None:
         assert response is None
 
 
-@given(st.integers(1, 7), FUNCTION_CODES, st.integers(0, 0xFFFF), st.integers(0, 0xFFFF))
+@given(st.integers(1, 10), FUNCTION_CODES, st.integers(0, 0xFFFF), st.integers(0, 0xFFFF))
 def test_read_shaped_requests_get_well_formed_answers(
     unit: int, function: int, address: int, count: int
 ) -> None:
@@ -60,10 +74,51 @@ def test_read_shaped_requests_get_well_formed_answers(
     check_response(pdu, response)
 
 
-@given(st.integers(1, 7), st.sampled_from([3, 4]), st.integers(0, 0x01FF), st.integers(1, 125))
+@given(st.integers(1, 10), st.sampled_from([3, 4]), st.integers(0, 0x01FF), st.integers(1, 125))
 def test_register_reads_near_the_maps(unit: int, function: int, address: int, count: int) -> None:
     pdu = struct.pack(">BHH", function, address, count)
     check_response(pdu, HANDLER.handle_request(unit, pdu))
+
+
+def frozen_meter(model: str, unmapped: Unmapped) -> Meter:
+    meter = make_meter(model, seed=3, clock=lambda: 0.0, start_time=1.7e9, unmapped=unmapped)
+    meter.freeze()
+    return meter
+
+
+SAME_METER = {
+    (model, policy): frozen_meter(model, policy)
+    for model in ("sdm630", "sdm120")
+    for policy in UNMAPPED_POLICIES
+}
+
+
+@given(
+    st.sampled_from(["sdm630", "sdm120"]),
+    st.sampled_from([3, 4]),
+    st.integers(0, 0x01FF) | st.integers(0xFBF0, 0xFC08),
+    st.integers(1, 80),
+)
+def test_eastron_policies_agree_inside_the_map(
+    model: str, function: int, address: int, count: int
+) -> None:
+    """Inside the documented map the default reads like ``zero``, outside it is 02;
+    the strict meter answers the same data or 02."""
+    pdu = struct.pack(">BHH", function, address, count)
+    default = handle_pdu(SAME_METER[model, "zero_in_map"], pdu)
+    zeros = handle_pdu(SAME_METER[model, "zero"], pdu)
+    strict = handle_pdu(SAME_METER[model, "exception"], pdu)
+    illegal_address = exception_response(function, 0x02)
+    table = Table.HOLDING_REGISTERS if function == 3 else Table.INPUT_REGISTERS
+    ranges = SAME_METER[model, "zero_in_map"].map_ranges(table)
+    whole_floats = address % 2 == 0 and count % 2 == 0
+    inside = any(start <= address and address + count <= end for start, end in ranges)
+    if whole_floats and inside:
+        assert default == zeros
+        assert default[0] == function
+    else:
+        assert default == illegal_address
+    assert strict in (default, illegal_address)
 
 
 @settings(max_examples=50)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import tomllib
 from pathlib import Path
 from typing import Any
@@ -12,7 +13,6 @@ from drivers.api import (
     ConfigIssue,
     DeviceContext,
     DriverConfigError,
-    DriverError,
     Measurement,
     SerialLineConfig,
 )
@@ -76,7 +76,7 @@ def test_builtin_eastron_profiles_load(name: str) -> None:
     assert profile.name == name
     assert profile.manufacturer == "Eastron"
     assert profile.source
-    assert profile.max_gap == 0
+    assert profile.max_gap is None  # the device default (16) coalesces
     assert profile.max_registers == 80
     for spec in profile.registers:
         assert (spec.table, spec.type, spec.order) == ("input", "float32", "ABCD")
@@ -123,17 +123,33 @@ def test_configure_with_a_builtin_profile(tmp_path: Path) -> None:
     config = configure({"host": "127.0.0.1", "profile": "eastron-sdm120"}, context(tmp_path))
     assert isinstance(config, ModbusConfig)
     assert (config.port, config.unit, config.timeout, config.retries) == (502, 1, 1.0, 1)
-    assert (config.max_gap, config.max_registers) == (0, 80)  # the profile's limits
+    assert (config.max_gap, config.max_registers) == (16, 80)  # default gap, profile's span
     assert config.where == "127.0.0.1:502 unit 1"
     assert all(r.count <= 80 for r in config.plan.requests)
 
 
+@pytest.mark.parametrize(
+    ("name", "coalesced", "gap_free"),
+    [
+        ("eastron-sdm630", [(0x0000, 80), (0x0050, 28), (0x00C8, 70), (0x014E, 48)], 15),
+        ("eastron-sdm120", [(0x0000, 38), (0x0046, 26), (0x0102, 8), (0x0156, 4)], 12),
+    ],
+)
+def test_eastron_profiles_read_in_four_requests(
+    tmp_path: Path, name: str, coalesced: list[tuple[int, int]], gap_free: int
+) -> None:
+    config = configure({"host": "h", "profile": name}, context(tmp_path))
+    assert [(r.address, r.count) for r in config.plan.requests] == coalesced
+    strict = configure({"host": "h", "profile": name, "max_gap": 0}, context(tmp_path))
+    assert len(strict.plan.requests) == gap_free
+
+
 def test_device_limits_override_the_profile(tmp_path: Path) -> None:
     config = configure(
-        {"host": "h", "profile": "eastron-sdm630", "max_gap": 16, "max_registers": 100},
+        {"host": "h", "profile": "eastron-sdm630", "max_gap": 0, "max_registers": 100},
         context(tmp_path),
     )
-    assert (config.max_gap, config.max_registers) == (16, 100)
+    assert (config.max_gap, config.max_registers) == (0, 100)
     plain = configure({"host": "h", "registers": [{"name": "x", "address": 0}]}, context(tmp_path))
     assert (plain.max_gap, plain.max_registers) == (16, 125)
 
@@ -175,17 +191,30 @@ def test_profile_path_is_relative_to_the_config_dir(tmp_path: Path) -> None:
     assert config.plan.decode([[42]]) == [Measurement("level", 42, "%")]
 
 
-async def test_serial_device_configures_and_opening_it_says_rtu_comes_later(
-    tmp_path: Path,
-) -> None:
-    config = configure({"serial": "rs485", "profile": "eastron-sdm630"}, context(tmp_path))
-    assert config.serial == RS485
+def test_serial_device_configures_with_the_line_timeout_by_default(tmp_path: Path) -> None:
+    slow_line = dataclasses.replace(RS485, timeout=0.3)
+    config = configure(
+        {"serial": "rs485", "profile": "eastron-sdm630"},
+        dataclasses.replace(context(tmp_path), serial_lines={"rs485": slow_line}),
+    )
+    assert config.serial == slow_line
     assert config.where == "serial rs485 unit 1"
+    assert config.timeout == 0.3
     driver = factory.create(config, context(tmp_path))
     assert isinstance(driver, ModbusRtuDriver)
-    with pytest.raises(DriverError, match="Modbus RTU arrives with issue 4"):
-        async with driver:
-            pass
+    own = configure(
+        {"serial": "rs485", "profile": "eastron-sdm630", "timeout": 0.25}, context(tmp_path)
+    )
+    assert own.timeout == 0.25
+    assert configure({"host": "h", "profile": "eastron-sdm630"}, context(tmp_path)).timeout == 1.0
+
+
+def test_serial_device_refuses_the_broadcast_unit(tmp_path: Path) -> None:
+    with pytest.raises(DriverConfigError) as caught:
+        configure({"serial": "rs485", "unit": 0, "profile": "eastron-sdm630"}, context(tmp_path))
+    assert [(i.path, i.message) for i in caught.value.issues] == [
+        (("unit",), "unit 0 is the broadcast address on a serial line: no device answers it")
+    ]
 
 
 def test_factory_declares_the_contract() -> None:
@@ -441,7 +470,7 @@ def test_sample_configures_and_the_readme_embeds_it(tmp_path: Path) -> None:
     readme = (REPO / "drivers" / "modbus" / "README.md").read_text(encoding="utf-8")
     assert sample in readme
     devices = tomllib.loads(sample)["device"]
-    assert len(devices) == 2
+    assert len(devices) == 3
     for device in devices:
         assert device["driver"] == "modbus"
         assert set(device) - set(FIELDS) <= {"id", "driver", "interval", "enabled", "labels"}

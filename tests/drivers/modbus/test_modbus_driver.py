@@ -65,66 +65,30 @@ async def poll_once(tmp_path: Path, **options: Any) -> list[Measurement]:
 # ------------------------------------------------------------------ reading
 
 
-async def test_sdm630_profile_reads_exactly_what_the_meter_serves(sim: Any, tmp_path: Path) -> None:
-    readings = await poll_once(tmp_path, port=sim.port, unit=SDM630, profile="eastron-sdm630")
-    truth = sim.meters[SDM630].truth()
-    profile = load_profile(builtin_profiles()["eastron-sdm630"])
+@pytest.mark.parametrize(
+    ("profile_name", "unit"), [("eastron-sdm630", SDM630), ("eastron-sdm120", SDM120)]
+)
+async def test_profile_reads_exactly_what_the_meter_serves(
+    sim: Any, tmp_path: Path, profile_name: str, unit: int
+) -> None:
+    driver = make_driver(tmp_path, port=sim.port, unit=unit, profile=profile_name)
+    # the profile's registers coalesce across reserved addresses: 4 requests per poll
+    assert len(driver.config.plan.requests) == 4
+    async with driver:
+        before = sim.requests_by_unit[unit]
+        readings = await driver.poll()
+    truth = sim.meters[unit].truth()
+    profile = load_profile(builtin_profiles()[profile_name])
     assert [m.name for m in readings] == [r.name for r in profile.registers]
     for reading in readings:
         assert reading.value == f32(truth[reading.name]), reading.name
     units = {m.name: m.unit for m in readings}
     assert units["energy_import"] == "kWh"
-    assert units["voltage_l1_l2"] == "V"
     assert units["power_factor"] == "/"
-    # no read bridged an unused address or asked for more than the meter's 80 registers
+    assert units["phase_angle"] == "deg"
+    assert sim.requests_by_unit[unit] - before == 4
+    assert sim.exception_count == 0
     assert sim.dropped_count == 0
-
-
-def served_part_of(profile_name: str, served: set[str], tmp_path: Path) -> tuple[Path, set[str]]:
-    """A copy of a built-in profile without the registers the simulator lacks."""
-    source = builtin_profiles()[profile_name]
-    profile = load_profile(source)
-    missing = {spec.name for spec in profile.registers} - served
-    lines = [
-        "[profile]",
-        f'name = "{profile.name}-served"',
-        'source = "test copy"',
-        f"max_registers = {profile.max_registers}",
-        f"max_gap = {profile.max_gap}",
-    ]
-    for spec in profile.registers:
-        if spec.name not in missing:
-            lines += [
-                "[[registers]]",
-                f'name = "{spec.name}"',
-                f"address = {spec.address}",
-                f'table = "{spec.table}"',
-                f'type = "{spec.type}"',
-                f'unit = "{spec.unit}"',
-            ]
-    path = tmp_path / "served.toml"
-    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    return path, missing
-
-
-async def test_sdm120_profile_reads_what_the_meter_serves(sim: Any, tmp_path: Path) -> None:
-    truth = sim.meters[SDM120].truth()
-    path, missing = served_part_of("eastron-sdm120", set(truth), tmp_path)
-    # the SDM120 protocol lists phase angle at 30037; the simulator may not serve it
-    assert missing <= {"phase_angle"}
-    readings = await poll_once(tmp_path, port=sim.port, unit=SDM120, profile=str(path))
-    assert len(readings) == 22 - len(missing)
-    for reading in readings:
-        assert reading.value == f32(truth[reading.name]), reading.name
-
-
-async def test_sdm120_simulator_serves_every_profile_register(sim: Any, tmp_path: Path) -> None:
-    profile = load_profile(builtin_profiles()["eastron-sdm120"])
-    missing = {spec.name for spec in profile.registers} - set(sim.meters[SDM120].truth())
-    if missing:
-        pytest.xfail(f"hwsim's sdm120 does not serve {sorted(missing)} (SDM120 register 30037)")
-    readings = await poll_once(tmp_path, port=sim.port, unit=SDM120, profile="eastron-sdm120")
-    assert len(readings) == len(profile.registers)
 
 
 def typed_registers() -> tuple[list[dict[str, Any]], dict[str, Any]]:
@@ -194,6 +158,169 @@ async def test_read_raw_for_the_assistant(sim: Any) -> None:
         await read_raw(HOST, sim.port, TYPED, 200, 2, "holding", 1.0)
 
 
+# ------------------------------------------------------------------ strict meters
+
+
+@pytest.fixture
+async def strict_sim() -> AsyncIterator[Any]:
+    """Meters that answer exception 02 to any read touching an unmapped register."""
+    meters = {
+        SDM630: hwsim.make_meter("sdm630", seed=1, unmapped="exception"),
+        SDM120: hwsim.make_meter("sdm120", seed=2, unmapped="exception"),
+    }
+    async with hwsim.ModbusTcpSimulator(meters, host=HOST, port=0) as simulator:
+        for meter in meters.values():
+            meter.freeze()
+        yield simulator
+
+
+def split_lines(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [
+        r.getMessage()
+        for r in caplog.records
+        if r.name == "drivers.modbus.driver" and r.levelno == logging.INFO
+    ]
+
+
+async def counted_poll(sim: Any, unit: int, driver: ModbusTcpDriver) -> tuple[Any, int, int]:
+    """Poll once; return the readings, the requests and the exception replies it cost."""
+    requests, exceptions = sim.requests_by_unit[unit], sim.exceptions_by_unit[unit]
+    readings = await driver.poll()
+    return (
+        readings,
+        sim.requests_by_unit[unit] - requests,
+        sim.exceptions_by_unit[unit] - exceptions,
+    )
+
+
+# Gap-free runs of the profiles' coalesced requests, from the register maps.
+SDM630_SPLIT = {
+    (0x0000, 80): [(0x0000, 44), (0x002E, 4), (0x0034, 2), (0x0038, 2), (0x003C, 4),
+                   (0x0042, 2), (0x0046, 10)],
+    (0x0050, 28): [(0x0050, 2), (0x0054, 4), (0x0064, 8)],
+    (0x00C8, 70): [(0x00C8, 8), (0x00E0, 2), (0x00EA, 12), (0x00F8, 4), (0x0102, 12)],
+    (0x014E, 48): [(0x014E, 48)],
+}  # fmt: skip
+SDM120_SPLIT = {
+    (0x0000, 38): [(a, 2) for a in (0x0000, 0x0006, 0x000C, 0x0012, 0x0018, 0x001E, 0x0024)],
+    (0x0046, 26): [(0x0046, 10), (0x0054, 12)],
+    (0x0102, 8): [(0x0102, 2), (0x0108, 2)],
+    (0x0156, 4): [(0x0156, 4)],
+}
+
+
+@pytest.mark.parametrize(
+    ("profile_name", "unit", "expected_split"),
+    [("eastron-sdm630", SDM630, SDM630_SPLIT), ("eastron-sdm120", SDM120, SDM120_SPLIT)],
+)
+async def test_strict_meter_is_read_in_gap_free_requests(
+    strict_sim: Any,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+    profile_name: str,
+    unit: int,
+    expected_split: dict[tuple[int, int], list[tuple[int, int]]],
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="drivers.modbus.driver")
+    driver = make_driver(tmp_path, port=strict_sim.port, unit=unit, profile=profile_name)
+    coalesced = [(r.address, r.count) for r in driver.config.plan.requests]
+    assert coalesced == list(expected_split)  # max_gap 16, max_registers 80
+    gap_free = [part for parts in expected_split.values() for part in parts]
+    bridging = sum(len(parts) > 1 for parts in expected_split.values())
+    truth = strict_sim.meters[unit].truth()
+    async with driver:
+        first, requests, exceptions = await counted_poll(strict_sim, unit, driver)
+        # every bridging request was refused once, then read in its gap-free parts
+        assert (requests, exceptions) == (len(gap_free) + bridging, bridging)
+        assert [(r.address, r.count) for r in driver.config.plan.requests] == gap_free
+        second, requests, exceptions = await counted_poll(strict_sim, unit, driver)
+        assert (requests, exceptions) == (len(gap_free), 0)
+    for readings in (first, second):
+        assert [m.name for m in readings] == [r.name for r in driver.config.registers]
+        for reading in readings:
+            assert reading.value == f32(truth[reading.name]), reading.name
+    ranges = ", ".join(
+        f"0x{address:04X}–0x{address + count - 1:04X} in {len(parts)} requests"
+        for (address, count), parts in expected_split.items()
+        if len(parts) > 1
+    )
+    assert split_lines(caplog) == [
+        f"meter: meter refuses reads across unused registers; reading {ranges} from now on"
+    ]
+    # a new driver for the same device (after a reconnect) keeps the split requests
+    reopened = factory.create(driver.config, DeviceContext("meter", 10.0, tmp_path))
+    assert isinstance(reopened, ModbusTcpDriver)
+    async with reopened:
+        third, requests, exceptions = await counted_poll(strict_sim, unit, reopened)
+    assert (requests, exceptions) == (len(gap_free), 0)
+    assert third == second
+    assert len(split_lines(caplog)) == 1
+
+
+async def test_lenient_meter_keeps_the_coalesced_requests(
+    sim: Any, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="drivers.modbus.driver")
+    driver = make_driver(tmp_path, port=sim.port, unit=SDM630, profile="eastron-sdm630")
+    coalesced = driver.config.plan.requests
+    async with driver:
+        for _ in range(2):
+            _, requests, exceptions = await counted_poll(sim, SDM630, driver)
+            assert (requests, exceptions) == (4, 0)
+    assert driver.config.plan.requests == coalesced
+    assert driver.config.plan.split_count == 0
+    assert [r for r in caplog.records if r.name == "drivers.modbus.driver"] == []
+
+
+async def test_refused_gap_free_request_is_a_device_error(
+    strict_sim: Any, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="drivers.modbus.driver")
+    # 0x002C is reserved: a strict meter refuses it, and there is nothing to split
+    registers = [{"name": "x", "address": 0x002C, "table": "input", "type": "float32"}]
+    driver = make_driver(tmp_path, port=strict_sim.port, unit=SDM630, registers=registers)
+    async with driver:
+        for _ in range(2):
+            with pytest.raises(DeviceError) as caught:
+                await driver.poll()
+            assert str(caught.value) == (
+                "exception 2 (illegal data address) reading input registers 0x002C–0x002D"
+            )
+    assert driver.config.plan.split_count == 0
+    assert split_lines(caplog) == []
+
+
+async def test_other_exceptions_to_a_bridging_request_are_not_split(
+    strict_sim: Any, tmp_path: Path
+) -> None:
+    strict_sim.set_fault(SDM630, hwsim.Fault.exception(0x04))
+    driver = make_driver(tmp_path, port=strict_sim.port, unit=SDM630, profile="eastron-sdm630")
+    async with driver:
+        with pytest.raises(DeviceError, match="exception 4"):
+            await driver.poll()
+    assert len(driver.config.plan.requests) == 4
+
+
+async def test_a_split_narrows_the_error_to_the_refused_register(sim: Any, tmp_path: Path) -> None:
+    # 0x0180 lies beyond the SDM630's map: even a lenient meter refuses it
+    registers = [
+        {"name": "last", "address": 0x017C, "table": "input", "type": "float32"},
+        {"name": "beyond", "address": 0x0180, "table": "input", "type": "float32"},
+    ]
+    driver = make_driver(tmp_path, port=sim.port, unit=SDM630, registers=registers)
+    assert [(r.address, r.count) for r in driver.config.plan.requests] == [(0x017C, 6)]
+    async with driver:
+        with pytest.raises(DeviceError) as caught:
+            await driver.poll()
+    assert str(caught.value) == (
+        "exception 2 (illegal data address) reading input registers 0x0180–0x0181"
+    )
+    assert [(r.address, r.count) for r in driver.config.plan.requests] == [
+        (0x017C, 2),
+        (0x0180, 2),
+    ]
+
+
 # ------------------------------------------------------------------ failures
 
 
@@ -235,7 +362,7 @@ async def test_exception_reply_is_a_device_error(sim: Any, tmp_path: Path) -> No
         with pytest.raises(DeviceError) as caught:
             await driver.poll()
         assert str(caught.value) == (
-            "exception 4 (server device failure) reading input registers 0x0000–0x002B"
+            "exception 4 (server device failure) reading input registers 0x0000–0x004F"
         )
         sim.set_fault(SDM630, None)
         assert len(await driver.poll()) == 84  # the connection stays usable

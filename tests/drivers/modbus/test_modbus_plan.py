@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import itertools
+import random
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from drivers.modbus.decode import REGISTER_WIDTH, RegisterSpec
-from drivers.modbus.plan import ReadPlan, ReadRequest, limits, plan_requests
+from drivers.modbus.plan import ReadPlan, ReadRequest, limits, plan_requests, split_at_gaps
 
 
 def floats(*addresses: int, table: str = "input") -> list[RegisterSpec]:
@@ -91,6 +92,45 @@ def test_read_plan_decodes_replies_in_request_order() -> None:
         plan.decode([[7]])
 
 
+def test_split_at_gaps_cuts_a_request_into_its_runs() -> None:
+    registers = [
+        *floats(0, 2, 6),
+        RegisterSpec("wide", 10, "input", "float64"),  # 10..13
+        RegisterSpec("inside", 12, "input", "uint16"),  # overlaps "wide"
+        RegisterSpec("touching", 14, "input", "uint16"),
+    ]
+    (request,) = plan_requests(registers, max_gap=16, max_registers=125)
+    assert spans(split_at_gaps(request)) == [
+        ("input", 0, 4),
+        ("input", 6, 2),
+        ("input", 10, 5),
+    ]
+    (gap_free,) = plan_requests(floats(0, 2), max_gap=16, max_registers=125)
+    assert split_at_gaps(gap_free) == (gap_free,)
+    with pytest.raises(ValueError, match="at least one register"):
+        split_at_gaps(ReadRequest("input", 0, 2, ()))
+
+
+def test_bits_split_at_unused_bits() -> None:
+    bits = [RegisterSpec(f"b{a}", a, "coil", "bool") for a in (0, 1, 2, 5, 6, 40)]
+    (request,) = plan_requests(bits, max_gap=16, max_registers=125)
+    assert spans(split_at_gaps(request)) == [("coil", 0, 3), ("coil", 5, 2), ("coil", 40, 1)]
+
+
+def test_read_plan_splits_a_request_in_place() -> None:
+    plan = ReadPlan.build(
+        [*floats(0, 4), RegisterSpec("h", 0, "holding", "uint16")], max_gap=16, max_registers=125
+    )
+    assert spans(plan.requests) == [("input", 0, 6), ("holding", 0, 1)]
+    assert spans(plan.split_request(0)) == [("input", 0, 2), ("input", 4, 2)]
+    assert spans(plan.requests) == [("input", 0, 2), ("input", 4, 2), ("holding", 0, 1)]
+    assert plan.split_count == 1
+    assert [m.value for m in plan.decode([[0x3F80, 0], [0x4000, 0], [7]])] == [1.0, 2.0, 7]
+    # a request without a gap stays
+    assert spans(plan.split_request(2)) == [("holding", 0, 1)]
+    assert (len(plan.requests), plan.split_count) == (3, 1)
+
+
 # ------------------------------------------------------------------ properties
 
 specs_strategy = st.lists(
@@ -141,3 +181,63 @@ def test_plan_properties(registers: list[RegisterSpec], max_gap: int, max_regist
             first.address - current.end > gap_limit
             or max(current.end, first.end) - current.address > span_limit
         )
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    registers=specs_strategy,
+    max_gap=st.integers(min_value=0, max_value=40),
+    max_registers=st.integers(min_value=4, max_value=125),
+)
+def test_split_properties(registers: list[RegisterSpec], max_gap: int, max_registers: int) -> None:
+    for request in plan_requests(registers, max_gap=max_gap, max_registers=max_registers):
+        parts = split_at_gaps(request)
+        # the parts hold exactly the request's registers, each once
+        placed = [spec for part in parts for spec in part.registers]
+        assert sorted(map(id, placed)) == sorted(map(id, request.registers))
+        # ... and cover exactly the addresses the request's registers cover
+        used = {a for spec in request.registers for a in range(spec.address, spec.end)}
+        read = [a for part in parts for a in range(part.address, part.end)]
+        assert sorted(read) == sorted(used)  # no address read twice, none unused
+        _, span_limit = limits(request.table, max_gap, max_registers)
+        for part in parts:
+            assert part.table == request.table
+            assert request.address <= part.address and part.end <= request.end
+            assert 1 <= part.count <= span_limit
+            assert all(part.address <= s.address and s.end <= part.end for s in part.registers)
+        # in address order, each separated from the next by at least one unused address
+        for current, following in itertools.pairwise(parts):
+            assert current.end < following.address
+        if len(parts) == 1:
+            assert parts == (request,)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    registers=specs_strategy.filter(bool),
+    max_gap=st.integers(min_value=0, max_value=40),
+    seed=st.integers(min_value=0, max_value=2**32 - 1),
+)
+def test_split_plan_decodes_like_the_coalesced_one(
+    registers: list[RegisterSpec], max_gap: int, seed: int
+) -> None:
+    rng = random.Random(seed)
+    words = {table: [rng.randrange(0x10000) for _ in range(3010)] for table in ("input", "holding")}
+    bits = {table: [rng.random() < 0.5 for _ in range(3010)] for table in ("coil", "discrete")}
+
+    def reply(request: ReadRequest) -> list[int] | list[bool]:
+        if request.table in bits:
+            return bits[request.table][request.address : request.end]
+        return words[request.table][request.address : request.end]
+
+    coalesced = ReadPlan.build(registers, max_gap=max_gap, max_registers=125)
+    expected = coalesced.decode([reply(r) for r in coalesced.requests])
+    split = ReadPlan.build(registers, max_gap=max_gap, max_registers=125)
+    for index in reversed(range(len(split.requests))):
+        split.split_request(index)
+    assert all(len(split_at_gaps(r)) == 1 for r in split.requests)
+    got = split.decode([reply(r) for r in split.requests])
+    # NaN != NaN: compare the values' representations
+    assert [(m.name, repr(m.value), m.unit) for m in got] == [
+        (m.name, repr(m.value), m.unit) for m in expected
+    ]

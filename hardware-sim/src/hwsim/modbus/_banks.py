@@ -23,6 +23,26 @@ def _merge(ranges: Iterable[tuple[int, int]]) -> list[tuple[int, int]]:
     return merged
 
 
+class AddressRanges:
+    """A set of address ranges of one table: answers whether a read lies inside one."""
+
+    def __init__(self, ranges: Iterable[tuple[int, int]]) -> None:
+        """The addresses ``start .. end - 1`` of every ``(start, end)``."""
+        merged = _merge(ranges)
+        self._starts = [start for start, _ in merged]
+        self._ends = [end for _, end in merged]
+
+    @property
+    def ranges(self) -> list[tuple[int, int]]:
+        """The ranges as sorted, disjoint ``(start, end)`` pairs."""
+        return list(zip(self._starts, self._ends, strict=True))
+
+    def contains(self, address: int, count: int) -> bool:
+        """True if ``address .. address + count - 1`` lies inside one range."""
+        index = bisect_right(self._starts, address) - 1
+        return index >= 0 and address + count <= self._ends[index]
+
+
 class RegisterBank:
     """A 16-bit register table whose mapped ranges are contiguous byte images.
 

@@ -12,6 +12,12 @@ to 40 parameters or less" (80 registers; the simulator answers more with
 exception 03), and exception 02 (illegal data address) for "an attempt to access
 an invalid address or an attempt to read or write part of a floating point value"
 (an odd start address or an odd register count).
+
+Reserved addresses inside the documented map (0x002C, 0x0032, … on the SDM630)
+read as 0 by default (``unmapped="zero_in_map"``), as meters in the field answer
+such reads (nmakel/sdm_modbus reads whole blocks across them); a read reaching
+beyond the documented ranges gets exception 02. ``unmapped="exception"`` models
+a strict meter that refuses every read touching an unmapped register.
 """
 
 from __future__ import annotations
@@ -26,9 +32,20 @@ from ._pdu import Table
 from ._physics import SECONDS_PER_DAY, PhaseState, Supply, line_to_line, neutral_current
 from ._values import ValueType
 
-__all__ = ["SDM120_REGISTERS", "SDM630_REGISTERS", "Sdm120", "Sdm630"]
+__all__ = [
+    "EASTRON_UNMAPPED",
+    "SDM120_MAP_RANGES",
+    "SDM120_REGISTERS",
+    "SDM630_MAP_RANGES",
+    "SDM630_REGISTERS",
+    "Sdm120",
+    "Sdm630",
+]
 
 EASTRON_MAX_READ_REGISTERS = 80
+EASTRON_UNMAPPED: Unmapped = "zero_in_map"
+"""The Eastron models' default answer to reads over reserved addresses."""
+_SERIAL_NUMBER_RANGE = (0xFC00, 0xFC02)
 DEMAND_PERIOD_MINUTES = 60.0
 
 _IN = Table.INPUT_REGISTERS
@@ -124,6 +141,12 @@ SDM630_REGISTERS: tuple[Register, ...] = tuple(
     + [Register("serial_number", 0xFC00, _HOLD, ValueType.UINT32, None, "serial number")]
 )
 
+SDM630_MAP_RANGES: dict[Table, tuple[tuple[int, int], ...]] = {
+    _IN: ((0x0000, 0x017E),),  # 30001-30382: parameters 1-191
+    _HOLD: ((0x0000, 0x0058), _SERIAL_NUMBER_RANGE),  # 40001-40088, 464513-464514
+}
+"""The documented SDM630 map's ``(start, end)`` address ranges (end exclusive)."""
+
 SDM120_REGISTERS: tuple[Register, ...] = tuple(
     _floats(
         _IN,
@@ -134,6 +157,7 @@ SDM120_REGISTERS: tuple[Register, ...] = tuple(
             (0x0012, "apparent_power", "VA", "apparent power"),
             (0x0018, "reactive_power", "var", "reactive power"),
             (0x001E, "power_factor", "/", "power factor"),
+            (0x0024, "phase_angle", "deg", "phase angle"),
             (0x0046, "frequency", "Hz", "frequency"),
             (0x0048, "energy_import", "kWh", "import active energy"),
             (0x004A, "energy_export", "kWh", "export active energy"),
@@ -160,6 +184,12 @@ SDM120_REGISTERS: tuple[Register, ...] = tuple(
     )
     + [Register("serial_number", 0xFC00, _HOLD, ValueType.UINT32, None, "serial number")]
 )
+
+SDM120_MAP_RANGES: dict[Table, tuple[tuple[int, int], ...]] = {
+    _IN: ((0x0000, 0x015A),),  # 30001-30346
+    _HOLD: ((0x0012, 0x001E), _SERIAL_NUMBER_RANGE),  # 40019-40030, 464513-464514
+}
+"""The documented SDM120 map's ``(start, end)`` address ranges (end exclusive)."""
 
 
 class _Demand:
@@ -192,6 +222,7 @@ class _SupplyMeter(Meter):
         self,
         model: str,
         registers: tuple[Register, ...],
+        map_ranges: dict[Table, tuple[tuple[int, int], ...]],
         supply: Supply,
         rng: random.Random,
         *,
@@ -206,6 +237,7 @@ class _SupplyMeter(Meter):
             model,
             registers,
             clock=clock,
+            map_ranges=map_ranges,
             unmapped=unmapped,
             max_read_registers=EASTRON_MAX_READ_REGISTERS,
             parameter_registers=2,
@@ -265,7 +297,7 @@ class Sdm630(_SupplyMeter):
         clock: Clock = time.monotonic,
         speed: float = 1.0,
         start_time: float | None = None,
-        unmapped: Unmapped = "exception",
+        unmapped: Unmapped = EASTRON_UNMAPPED,
     ) -> None:
         """A meter whose building, load and counters follow from ``seed``."""
         rng = random.Random(f"sdm630/{seed}")
@@ -277,6 +309,7 @@ class Sdm630(_SupplyMeter):
         super().__init__(
             "sdm630",
             SDM630_REGISTERS,
+            SDM630_MAP_RANGES,
             supply,
             rng,
             clock=clock,
@@ -398,7 +431,7 @@ class Sdm120(_SupplyMeter):
         clock: Clock = time.monotonic,
         speed: float = 1.0,
         start_time: float | None = None,
-        unmapped: Unmapped = "exception",
+        unmapped: Unmapped = EASTRON_UNMAPPED,
     ) -> None:
         """A meter whose installation, load and counters follow from ``seed``."""
         rng = random.Random(f"sdm120/{seed}")
@@ -410,6 +443,7 @@ class Sdm120(_SupplyMeter):
         super().__init__(
             "sdm120",
             SDM120_REGISTERS,
+            SDM120_MAP_RANGES,
             supply,
             rng,
             clock=clock,
@@ -444,6 +478,7 @@ class Sdm120(_SupplyMeter):
             "apparent_power": phase.apparent_power,
             "reactive_power": phase.reactive_power,
             "power_factor": phase.power_factor,
+            "phase_angle": phase.phase_angle,
             "frequency": self.supply.frequency,
             "energy_import": energy_import,
             "energy_export": energy_export,

@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
-from ._banks import BitBank, RegisterBank
+from ._banks import AddressRanges, BitBank, RegisterBank
 from ._pdu import MAX_READ_REGISTERS, ExceptionCode, FunctionCode, Table
 from ._values import (
     FLOAT_TYPES,
@@ -26,13 +26,25 @@ from ._values import (
     register_count,
 )
 
-__all__ = ["ADVANCE_PERIOD", "Clock", "Meter", "Register", "StaticMeter", "Unmapped"]
+__all__ = [
+    "ADVANCE_PERIOD",
+    "UNMAPPED_POLICIES",
+    "Clock",
+    "Meter",
+    "Register",
+    "StaticMeter",
+    "Unmapped",
+]
 
 Clock = Callable[[], float]
 """Seconds from a monotonic clock (``time.monotonic`` unless a test injects one)."""
 
-Unmapped = Literal["exception", "zero"]
-"""How unmapped registers inside a read answer: exception 02, or zeros."""
+Unmapped = Literal["exception", "zero", "zero_in_map"]
+"""How a read answers that covers unmapped registers: ``"exception"`` 02 (a strict
+meter); ``"zero"`` reads them as 0 anywhere; ``"zero_in_map"`` reads them as 0 inside
+the documented map's ranges and answers 02 for a read reaching outside them."""
+
+UNMAPPED_POLICIES: tuple[Unmapped, ...] = ("exception", "zero", "zero_in_map")
 
 ADVANCE_PERIOD = 0.05
 """Least clock time (s) between two state advances: cheap under heavy polling."""
@@ -90,21 +102,26 @@ class Meter:
             FunctionCode.READ_INPUT_REGISTERS,
         ),
         mapped: Mapping[Table, Iterable[tuple[int, int]]] | None = None,
+        map_ranges: Mapping[Table, Iterable[tuple[int, int]]] | None = None,
         unmapped: Unmapped = "exception",
         max_read_registers: int = MAX_READ_REGISTERS,
         parameter_registers: int = 1,
     ) -> None:
         """Build empty tables for ``registers`` plus the extra ``mapped`` ranges.
 
-        ``max_read_registers`` below 125 and ``parameter_registers`` above 1 are
-        device rules (the Eastron meters': at most 80 registers, whole 2-register
-        parameters only).
+        ``map_ranges``: the documented map's ``(start, end)`` ranges per table, for
+        ``unmapped="zero_in_map"`` (default: each table from its first register to
+        the end of its last). ``max_read_registers`` below 125 and
+        ``parameter_registers`` above 1 are device rules (the Eastron meters': at
+        most 80 registers, whole 2-register parameters only).
         """
         names = [register.name for register in registers]
         if len(set(names)) != len(names):
             raise ValueError(f"{model}: register names repeat")
-        if unmapped not in ("exception", "zero"):
-            raise ValueError(f"unmapped must be 'exception' or 'zero', not {unmapped!r}")
+        if unmapped not in UNMAPPED_POLICIES:
+            raise ValueError(
+                f"unmapped must be one of {', '.join(UNMAPPED_POLICIES)}, not {unmapped!r}"
+            )
         self.model = model
         self._registers = tuple(registers)
         self._clock = clock
@@ -127,6 +144,7 @@ class Meter:
             )
             for table in _BIT_TABLES
         }
+        self._map_ranges = _map_ranges(model, registers, extra, map_ranges)
         self._slots: list[_Slot] = []
         for register in registers:
             if register.type is ValueType.BOOL:
@@ -210,11 +228,26 @@ class Meter:
 
     # -- what a PDU handler calls ------------------------------------------------------
 
+    @property
+    def unmapped(self) -> Unmapped:
+        """How reads covering unmapped registers are answered (see :data:`Unmapped`)."""
+        return self._unmapped
+
+    def map_ranges(self, table: Table) -> list[tuple[int, int]]:
+        """The documented map's ``(start, end)`` ranges of ``table`` (end exclusive)."""
+        return self._map_ranges[table].ranges
+
+    def _zero_filled(self, table: Table, address: int, count: int) -> bool:
+        """True if unmapped registers of this read are answered as zeros."""
+        if self._unmapped == "zero":
+            return True
+        return self._unmapped == "zero_in_map" and self._map_ranges[table].contains(address, count)
+
     def read_bits(self, table: Table, address: int, count: int) -> bytes | ExceptionCode:
         """Packed bits of a bit table, or exception 02 for unmapped ones."""
         self.refresh()
         bank = self._bit_banks[table]
-        if self._unmapped == "zero":
+        if self._zero_filled(table, address, count):
             return bank.read_zero_filled(address, count)
         data = bank.read(address, count)
         return ExceptionCode.ILLEGAL_DATA_ADDRESS if data is None else data
@@ -228,7 +261,7 @@ class Meter:
             return ExceptionCode.ILLEGAL_DATA_ADDRESS
         self.refresh()
         bank = self._register_banks[table]
-        if self._unmapped == "zero":
+        if self._zero_filled(table, address, count):
             return bank.read_zero_filled(address, count)
         data = bank.read(address, count)
         return ExceptionCode.ILLEGAL_DATA_ADDRESS if data is None else data
@@ -257,6 +290,37 @@ class Meter:
         for register in self._registers:
             if register.type is ValueType.BOOL:
                 self._bit_banks[register.table].set(register.address, bool(values[register.name]))
+
+
+def _map_ranges(
+    model: str,
+    registers: Sequence[Register],
+    mapped: Mapping[Table, Iterable[tuple[int, int]]],
+    given: Mapping[Table, Iterable[tuple[int, int]]] | None,
+) -> dict[Table, AddressRanges]:
+    """The documented map's ranges per table, checked to hold every register."""
+    spans: dict[Table, list[tuple[int, int]]] = {table: [] for table in Table}
+    for register in registers:
+        spans[register.table].append((register.address, register.address + register.count))
+    for table, ranges in mapped.items():
+        spans[table].extend(ranges)
+    if given is None:
+        return {
+            table: AddressRanges(
+                [(min(s for s, _ in table_spans), max(e for _, e in table_spans))]
+                if table_spans
+                else []
+            )
+            for table, table_spans in spans.items()
+        }
+    result = {table: AddressRanges(given.get(table, ())) for table in Table}
+    for table, table_spans in spans.items():
+        for start, end in table_spans:
+            if not result[table].contains(start, end - start):
+                raise ValueError(
+                    f"{model}: {table} {start}..{end - 1} lies outside the documented map"
+                )
+    return result
 
 
 class StaticMeter(Meter):

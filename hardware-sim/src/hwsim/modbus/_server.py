@@ -71,7 +71,8 @@ class RequestHandler:
     """Routes request PDUs to units, applying faults and the unknown-unit policy.
 
     Counts every request received (``request_count``, ``requests_by_unit``),
-    answered or not, and the frames it had to drop (``dropped_count``).
+    answered or not, the exception responses sent (``exception_count``,
+    ``exceptions_by_unit``) and the frames it had to drop (``dropped_count``).
     """
 
     def __init__(
@@ -88,6 +89,8 @@ class RequestHandler:
         self.faults: dict[int, Fault] = {}
         self.request_count = 0
         self.requests_by_unit: collections.Counter[int] = collections.Counter()
+        self.exception_count = 0
+        self.exceptions_by_unit: collections.Counter[int] = collections.Counter()
         self.dropped_count = 0
 
     def set_fault(self, unit_id: int, fault: Fault | None) -> None:
@@ -109,6 +112,13 @@ class RequestHandler:
         if not pdu:
             self.dropped_count += 1
             return None
+        response = self._respond(unit_id, pdu)
+        if response is not None and response[0] & 0x80:
+            self.exception_count += 1
+            self.exceptions_by_unit[unit_id] += 1
+        return response
+
+    def _respond(self, unit_id: int, pdu: bytes) -> bytes | None:
         fault = self.faults.get(unit_id)
         if fault is not None and fault.kind is FaultKind.SILENT:
             return None
@@ -301,6 +311,16 @@ class ModbusTcpSimulator:
     def requests_by_unit(self) -> collections.Counter[int]:
         """Requests received, per unit id."""
         return self.handler.requests_by_unit
+
+    @property
+    def exception_count(self) -> int:
+        """Exception responses sent, for any unit (injected faults included)."""
+        return self.handler.exception_count
+
+    @property
+    def exceptions_by_unit(self) -> collections.Counter[int]:
+        """Exception responses sent, per unit id."""
+        return self.handler.exceptions_by_unit
 
     @property
     def dropped_count(self) -> int:

@@ -1,0 +1,382 @@
+"""Modbus RTU meters on a pseudo-terminal: one simulated RS-485 line.
+
+Written from *Modbus over Serial Line, Specification and Implementation Guide
+V1.02*: an RTU frame is the unit id, the PDU and a CRC-16 (polynomial 0xA001,
+start 0xFFFF, low byte first); a server answers only requests addressed to its
+own id, discards frames whose CRC fails, and never answers broadcasts (id 0).
+
+:class:`RtuRequestDecoder` frames requests (sans-I/O); :class:`ModbusRtuSimulator`
+serves a :class:`~hwsim.modbus.RequestHandler` on the master side of a pty, so a
+client opens the slave path (or a symlink to it) as its serial port. Bytes are
+paced as the line would carry them: a request is taken as received once its
+characters would have crossed the wire, the reply starts ``turnaround``
+seconds later and its bytes arrive at one character time each (10 bits a
+character for 8N1, 11 for 8E1 or 8N2).
+
+Line faults on demand (:class:`LineFault`, per unit): a reply with a bad CRC, a
+truncated reply, garbage instead of a reply, a reply carrying another unit id;
+:meth:`ModbusRtuSimulator.inject_noise` puts stray bytes on the line;
+:meth:`~ModbusRtuSimulator.unplug` / :meth:`~ModbusRtuSimulator.replug` make the
+port vanish and come back (a USB adapter pulled out), moving ``link``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import logging
+import os
+import pty
+import random
+import struct
+import tty
+from collections.abc import Mapping
+from enum import StrEnum
+from pathlib import Path
+from types import TracebackType
+from typing import Self
+
+from ._meter import Meter
+from ._server import RequestHandler, UnknownUnit
+
+__all__ = ["LineFault", "ModbusRtuSimulator", "RtuRequestDecoder", "crc16", "rtu_frame"]
+
+logger = logging.getLogger("hwsim.modbus.rtu")
+
+_CHUNK = 16  # bytes written at once while pacing a reply
+
+
+def crc16(data: bytes | bytearray) -> int:
+    """The Modbus CRC-16 (bitwise, as in the specification's appendix)."""
+    crc = 0xFFFF
+    for byte in data:
+        crc ^= byte
+        for _ in range(8):
+            crc = (crc >> 1) ^ 0xA001 if crc & 1 else crc >> 1
+    return crc
+
+
+def rtu_frame(unit: int, pdu: bytes) -> bytes:
+    """``unit`` + ``pdu`` + CRC, low byte first."""
+    body = bytes((unit,)) + pdu
+    return body + struct.pack("<H", crc16(body))
+
+
+class LineFault(StrEnum):
+    """What a unit's reply suffers on the wire."""
+
+    CRC = "crc"  # the last CRC byte is flipped
+    TRUNCATED = "truncated"  # only the first half of the reply is sent
+    GARBAGE = "garbage"  # random bytes instead of the reply
+    WRONG_UNIT = "wrong_unit"  # the reply carries unit id + 1 (CRC valid)
+
+
+def _request_length(buffer: bytes | bytearray) -> int | None:
+    """Length of the request frame at the start of ``buffer``; None if not known yet;
+    0 if the function code has no length rule here."""
+    if len(buffer) < 2:
+        return None
+    function = buffer[1]
+    if 1 <= function <= 6:
+        return 8
+    if function in (15, 16):
+        return None if len(buffer) < 7 else 9 + buffer[6]
+    return 0
+
+
+class RtuRequestDecoder:
+    """Frames requests in a byte stream; bytes that frame nothing are dropped."""
+
+    def __init__(self) -> None:
+        self._buffer = bytearray()
+        self.dropped_bytes = 0
+
+    def feed(self, data: bytes) -> list[tuple[int, bytes]]:
+        """Take bytes; return the complete requests as ``(unit id, pdu)``."""
+        self._buffer += data
+        frames: list[tuple[int, bytes]] = []
+        while self._buffer:
+            length = _request_length(self._buffer)
+            if length is None or length > len(self._buffer):
+                # Incomplete here; a complete frame further on means this was noise.
+                later = self._next_valid(1)
+                if later is None:
+                    break
+                del self._buffer[:later]
+                self.dropped_bytes += later
+                continue
+            if length and self._valid(0, length):
+                frame = bytes(self._buffer[:length])
+                del self._buffer[:length]
+                frames.append((frame[0], frame[1:-2]))
+                continue
+            del self._buffer[:1]  # resynchronise one byte on
+            self.dropped_bytes += 1
+        return frames
+
+    def _valid(self, start: int, length: int) -> bool:
+        if start + length > len(self._buffer):
+            return False
+        crc: int = struct.unpack_from("<H", self._buffer, start + length - 2)[0]
+        return crc16(self._buffer[start : start + length - 2]) == crc
+
+    def _next_valid(self, first: int) -> int | None:
+        for start in range(first, len(self._buffer)):
+            length = _request_length(self._buffer[start:])
+            if length and self._valid(start, length):
+                return start
+        return None
+
+    def reset(self) -> None:
+        """Forget a partial frame (a long silence ends any frame)."""
+        self.dropped_bytes += len(self._buffer)
+        self._buffer.clear()
+
+
+class ModbusRtuSimulator:
+    """Simulated meters on one RS-485 line behind a pseudo-terminal.
+
+    ``async with`` it to create the pty; :attr:`port` is the path a client opens
+    (``link`` if given: a symlink to the pty kept up to date, else the pty itself).
+    """
+
+    def __init__(
+        self,
+        meters: Mapping[int, Meter],
+        *,
+        baudrate: int = 9600,
+        bytesize: int = 8,
+        parity: str = "N",
+        stopbits: int = 1,
+        turnaround: float = 0.0,
+        link: Path | str | None = None,
+        unknown_unit: UnknownUnit = "silent",
+        seed: int = 0,
+    ) -> None:
+        if baudrate <= 0:
+            raise ValueError("baudrate must be positive")
+        if parity not in ("N", "E", "O") or stopbits not in (1, 2) or bytesize not in (7, 8):
+            raise ValueError("parity N/E/O, stopbits 1/2, bytesize 7/8")
+        if turnaround < 0:
+            raise ValueError("turnaround must be >= 0")
+        self.handler = RequestHandler(meters, unknown_unit=unknown_unit)
+        self.baudrate = baudrate
+        bits = 1 + bytesize + (0 if parity == "N" else 1) + stopbits
+        self.character_time = bits / baudrate
+        self.turnaround = turnaround
+        self.link = Path(link) if link is not None else None
+        self.line_faults: dict[int, LineFault] = {}
+        self.request_log: collections.deque[tuple[float, int]] = collections.deque(maxlen=10_000)
+        """``(loop time received, unit id)`` of the latest requests with a valid CRC."""
+        self.replies_sent = 0
+        self.bytes_sent = 0
+        self.bytes_received = 0
+        self._rng = random.Random(seed)
+        self._decoder = RtuRequestDecoder()
+        self._master: int | None = None
+        self._slave: int | None = None
+        self._pty_path: str | None = None
+        self._line_free = 0.0  # when the wire is idle again (loop time)
+        self._timers: set[asyncio.TimerHandle] = set()
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    # -- state and controls ---------------------------------------------------------------
+
+    @property
+    def port(self) -> str:
+        """What a client opens: the link, or the pty's slave path."""
+        if self.link is not None:
+            return str(self.link)
+        if self._pty_path is None:
+            raise RuntimeError("the simulator is not running")
+        return self._pty_path
+
+    @property
+    def pty_path(self) -> str | None:
+        """The pty's slave path now (None while unplugged)."""
+        return self._pty_path
+
+    @property
+    def meters(self) -> dict[int, Meter]:
+        """The served meters by unit id."""
+        return self.handler.meters
+
+    @property
+    def requests_by_unit(self) -> collections.Counter[int]:
+        """Requests received with a valid CRC, per unit id."""
+        return self.handler.requests_by_unit
+
+    @property
+    def dropped_bytes(self) -> int:
+        """Received bytes that framed no valid request (bad CRC, noise)."""
+        return self._decoder.dropped_bytes
+
+    def set_fault(self, unit_id: int, fault: object) -> None:
+        """Inject a :class:`~hwsim.modbus.Fault` (silent, exception, delay) or a
+        :class:`LineFault` into ``unit_id``, replacing its fault; None clears it."""
+        self.handler.set_fault(unit_id, None)
+        self.line_faults.pop(unit_id, None)
+        if fault is None:
+            return
+        if isinstance(fault, LineFault):
+            self.line_faults[unit_id] = fault
+        else:
+            self.handler.set_fault(unit_id, fault)  # type: ignore[arg-type]
+
+    def inject_noise(self, data: bytes) -> None:
+        """Put ``data`` on the line now (stray bytes, as from a noisy bus)."""
+        self._send(data, self._now())
+
+    def reply_wire_time(self, request_bytes: int, reply_bytes: int) -> float:
+        """Seconds a request and its reply occupy the wire (without silences)."""
+        return (request_bytes + reply_bytes) * self.character_time
+
+    # -- lifecycle -----------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Create the pty (and the link) and start serving."""
+        if self._master is not None:
+            raise RuntimeError("already started")
+        self._loop = asyncio.get_running_loop()
+        self._open_pty()
+
+    async def close(self) -> None:
+        """Stop serving; the pty (and the link) go away."""
+        self._close_pty()
+        self._loop = None
+
+    def unplug(self) -> None:
+        """The adapter vanishes: the pty closes (clients get a hangup), the link goes."""
+        self._close_pty()
+        logger.info("unplugged")
+
+    def replug(self) -> None:
+        """The adapter comes back, on a new pty; the link points at it again."""
+        if self._master is not None:
+            raise RuntimeError("still plugged in")
+        self._open_pty()
+        logger.info("plugged in again at %s", self.port)
+
+    async def __aenter__(self) -> Self:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    # -- internals -----------------------------------------------------------------------
+
+    def _now(self) -> float:
+        assert self._loop is not None
+        return self._loop.time()
+
+    def _open_pty(self) -> None:
+        assert self._loop is not None
+        master, slave = pty.openpty()
+        tty.setraw(slave)
+        os.set_blocking(master, False)
+        self._master, self._slave = master, slave
+        self._pty_path = os.ttyname(slave)
+        if self.link is not None:
+            with contextlib.suppress(FileNotFoundError):
+                self.link.unlink()
+            self.link.symlink_to(self._pty_path)
+        self._decoder.reset()
+        self._loop.add_reader(master, self._readable)
+
+    def _close_pty(self) -> None:
+        for timer in self._timers:
+            timer.cancel()
+        self._timers.clear()
+        if self.link is not None:
+            with contextlib.suppress(FileNotFoundError):
+                self.link.unlink()
+        master, slave = self._master, self._slave
+        self._master = self._slave = None
+        self._pty_path = None
+        if master is not None:
+            if self._loop is not None:
+                self._loop.remove_reader(master)
+            os.close(master)
+        if slave is not None:
+            os.close(slave)
+
+    def _readable(self) -> None:
+        if self._master is None:
+            return
+        try:
+            data = os.read(self._master, 4096)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:  # no client has the slave open: nothing to read
+            return
+        if not data:
+            return
+        now = self._now()
+        if now > self._line_free + 3.5 * self.character_time:
+            self._decoder.reset()  # a silence ends any partial frame
+        self.bytes_received += len(data)
+        # The bytes were written at once; on the wire they end len × char later.
+        received_at = max(now, self._line_free) + len(data) * self.character_time
+        self._line_free = received_at
+        for unit_id, pdu in self._decoder.feed(data):
+            self.request_log.append((received_at, unit_id))
+            if unit_id == 0:  # broadcast: served, never answered
+                self.handler.handle_request(unit_id, pdu)
+                continue
+            response = self.handler.handle_request(unit_id, pdu)
+            logger.debug(
+                "unit %d: %s -> %s",
+                unit_id,
+                pdu.hex(" "),
+                "no answer" if response is None else response.hex(" "),
+            )
+            if response is None:
+                continue
+            start = received_at + self.turnaround + self.handler.delay_for(unit_id)
+            self._send(self._damage(unit_id, rtu_frame(unit_id, response)), start)
+
+    def _damage(self, unit_id: int, frame: bytes) -> bytes:
+        fault = self.line_faults.get(unit_id)
+        if fault is LineFault.CRC:
+            return frame[:-1] + bytes((frame[-1] ^ 0xFF,))
+        if fault is LineFault.TRUNCATED:
+            return frame[: max(1, len(frame) // 2)]
+        if fault is LineFault.GARBAGE:
+            return bytes(self._rng.randrange(256) for _ in range(len(frame)))
+        if fault is LineFault.WRONG_UNIT:
+            return rtu_frame((unit_id + 1) % 248 or 1, frame[1:-2])
+        return frame
+
+    def _send(self, frame: bytes, start: float) -> None:
+        """Write ``frame`` paced: each chunk when its last character would arrive."""
+        start = max(start, self._line_free)
+        self.replies_sent += 1
+        for offset in range(0, len(frame), _CHUNK):
+            chunk = frame[offset : offset + _CHUNK]
+            due = start + (offset + len(chunk)) * self.character_time
+            self._schedule(due, chunk)
+        self._line_free = start + len(frame) * self.character_time
+
+    def _schedule(self, due: float, chunk: bytes) -> None:
+        assert self._loop is not None
+        handle: asyncio.TimerHandle
+
+        def write() -> None:
+            self._timers.discard(handle)
+            if self._master is None:
+                return
+            try:
+                os.write(self._master, chunk)
+                self.bytes_sent += len(chunk)
+            except OSError as exc:
+                logger.debug("write failed: %s", exc)
+
+        handle = self._loop.call_at(due, write)
+        self._timers.add(handle)

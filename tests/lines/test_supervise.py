@@ -1,0 +1,220 @@
+"""Scheduling and isolation (agent.supervise): deadlines on a fixed grid, late
+polls skipped and counted, backoff for a failing device, and a silent RTU device
+that never costs its healthy neighbours a poll."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+from collections.abc import Sequence
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Self
+
+import pytest
+
+from agent.lines import LineOwner
+from agent.model import Sample
+from agent.status import Counters, StatusBoard
+from agent.supervise import BACKOFF_MAX_S, DeviceSupervisor
+from drivers.api import (
+    DecodeError,
+    DeviceContext,
+    DeviceError,
+    Measurement,
+    SerialLineConfig,
+    TransportError,
+)
+from drivers.modbus.driver import factory
+
+hwsim = pytest.importorskip("hwsim.modbus")
+
+
+class FakeClock:
+    """A monotonic clock that moves only when the supervisor sleeps or a poll works."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    async def sleep(self, seconds: float) -> None:
+        assert seconds >= 0
+        self.now += seconds
+        await asyncio.sleep(0)
+
+
+class ScriptedDriver:
+    """A poll driver whose polls take ``cost(n)`` clock seconds and fail as told."""
+
+    def __init__(self, clock: FakeClock, script: Any, stop_after: int) -> None:
+        self.clock = clock
+        self.script = script
+        self.stop_after = stop_after
+        self.polls: list[float] = []
+        self.done = asyncio.Event()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        return None
+
+    async def poll(self) -> Sequence[Measurement]:
+        self.polls.append(self.clock.now)
+        if len(self.polls) >= self.stop_after:
+            self.done.set()
+        cost, error = self.script(len(self.polls))
+        self.clock.now += cost
+        await asyncio.sleep(0)
+        if error is not None:
+            raise error
+        return [Measurement("power", 1.0, "W")]
+
+
+async def supervise(
+    script: Any, polls: int, interval: float = 10.0
+) -> tuple[list[float], Counters, FakeClock]:
+    clock = FakeClock()
+    driver = ScriptedDriver(clock, script, polls)
+    counters = Counters()
+    samples: list[Sample] = []
+
+    async def submit(sample: Sample) -> None:
+        samples.append(sample)
+
+    supervisor = DeviceSupervisor(
+        "meter",
+        interval,
+        lambda: driver,
+        submit,
+        StatusBoard(["meter"]),
+        counters,
+        lambda: True,
+        clock=clock,
+        sleep=clock.sleep,
+    )
+    task = asyncio.create_task(supervisor.run())
+    async with asyncio.timeout(10):
+        await driver.done.wait()
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    start = driver.polls[0]
+    return [t - start for t in driver.polls], counters, clock
+
+
+async def test_polls_fall_on_the_grid_without_drift() -> None:
+    times, counters, _ = await supervise(lambda n: (0.37, None), polls=6)
+    assert times == pytest.approx([0, 10, 20, 30, 40, 50])
+    assert counters.polls_skipped == 0
+
+
+async def test_a_late_poll_skips_the_missed_deadlines_and_counts_them() -> None:
+    times, counters, _ = await supervise(lambda n: (25.0 if n == 2 else 0.1, None), polls=5)
+    # poll 2 starts at 10 and ends at 35: deadlines 20 and 30 are skipped, not queued
+    assert times == pytest.approx([0, 10, 40, 50, 60])
+    assert counters.polls_skipped == 2
+
+
+async def test_device_errors_keep_the_schedule() -> None:
+    times, counters, _ = await supervise(lambda n: (0.1, DeviceError("exception 2")), polls=6)
+    assert times == pytest.approx([0, 10, 20, 30, 40, 50])
+    assert counters.poll_errors >= 5
+
+
+@pytest.mark.parametrize(
+    "error", [TransportError("no answer"), DecodeError("CRC error in the reply")]
+)
+async def test_a_failing_device_backs_off_up_to_five_minutes_then_probes(
+    error: Exception,
+) -> None:
+    times, counters, _ = await supervise(lambda n: (1.0, error), polls=14)
+    gaps = [b - a for a, b in itertools.pairwise(times)]
+    # the first three failures keep the interval, then the gaps grow
+    assert gaps[:2] == pytest.approx([10, 10])
+    assert all(later >= 10 for later in gaps)
+    assert max(gaps) <= BACKOFF_MAX_S + 10
+    assert max(gaps[-4:]) >= BACKOFF_MAX_S / 2
+    # every try is on the device's grid
+    assert all(abs(t / 10 - round(t / 10)) < 1e-6 for t in times)
+    assert counters.polls_skipped == 0
+
+
+async def test_recovery_returns_to_the_interval() -> None:
+    def script(n: int) -> tuple[float, Exception | None]:
+        return (1.0, TransportError("no answer") if n <= 6 else None)
+
+    times, _, _ = await supervise(script, polls=10)
+    gaps = [b - a for a, b in itertools.pairwise(times)]
+    assert gaps[-2:] == pytest.approx([10, 10])
+
+
+# ------------------------------------------------------------------------ isolation
+
+BAUD = 38400
+TIMEOUT = 0.1
+INTERVAL = 0.4
+
+
+async def test_a_silent_device_costs_its_healthy_neighbours_no_poll(tmp_path: Path) -> None:
+    meters = {1: hwsim.make_meter("sdm120", seed=1), 2: hwsim.make_meter("sdm120", seed=2)}
+    async with hwsim.ModbusRtuSimulator(meters, baudrate=BAUD) as sim:
+        line_config = SerialLineConfig("rs485", sim.port, BAUD, "N", 1, 8, TIMEOUT)
+        owner = LineOwner(line_config)
+        counters = {name: Counters() for name in ("healthy-1", "healthy-2", "silent")}
+        samples: dict[str, list[Sample]] = {name: [] for name in counters}
+        board = StatusBoard(list(counters))
+
+        def supervisor(name: str, unit: int) -> DeviceSupervisor:
+            context = DeviceContext(
+                name,
+                INTERVAL,
+                tmp_path,
+                serial_lines={"rs485": line_config},
+                lines={"rs485": owner},
+            )
+            config = factory.configure(
+                {"serial": "rs485", "unit": unit, "profile": "eastron-sdm120"}, context
+            )
+
+            async def submit(sample: Sample) -> None:
+                samples[name].append(sample)
+
+            return DeviceSupervisor(
+                name,
+                INTERVAL,
+                lambda: factory.create(config, context),
+                submit,
+                board,
+                counters[name],
+                lambda: True,
+            )
+
+        try:
+            async with asyncio.TaskGroup() as group:
+                tasks = [
+                    group.create_task(supervisor("healthy-1", 1).run()),
+                    group.create_task(supervisor("healthy-2", 2).run()),
+                    group.create_task(supervisor("silent", 9).run()),
+                ]
+                async with asyncio.timeout(20):
+                    while min(len(samples["healthy-1"]), len(samples["healthy-2"])) < 6:
+                        await asyncio.sleep(0.05)
+                for task in tasks:
+                    task.cancel()
+        finally:
+            owner.close()
+    for name in ("healthy-1", "healthy-2"):
+        assert counters[name].polls_skipped == 0, name
+        assert counters[name].poll_errors == 0, name
+    silent = owner.devices["silent"]
+    assert silent.transactions == silent.timeouts  # one request per poll, retried once
+    assert board.devices["silent"].state == "offline"
+    assert board.devices["healthy-1"].state == "online"

@@ -1,0 +1,107 @@
+"""One BLE advertisement as heard, and its line in a capture file.
+
+A capture file (config.md ``[ble] replay``) is JSON Lines, one advert a line::
+
+    {"t": 1764079200.512, "address": "A4:C1:38:5B:0F:21", "rssi": -67,
+     "name": "ATC_5B0F21", "service_data": {"0000181a-…": "<hex>"},
+     "manufacturer_data": {"1177": "<hex>"}}
+
+``name`` and the two maps are optional; service data is keyed by the 128-bit
+UUID string as bleak reports it, manufacturer data by the company id in decimal.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+__all__ = ["Advert", "CaptureError", "from_line", "to_line"]
+
+_ADDRESS: Final = re.compile(r"[0-9A-F]{2}(?::[0-9A-F]{2}){5}")
+
+
+class CaptureError(ValueError):
+    """A capture line that is not an advert."""
+
+
+@dataclass(frozen=True, slots=True)
+class Advert:
+    """What the scanner heard once from one address."""
+
+    address: str
+    """Upper case, colon separated."""
+    time: float
+    """When it was heard: Unix time (seconds)."""
+    rssi: int | None = None
+    name: str | None = None
+    service_data: Mapping[str, bytes] = field(default_factory=dict)
+    manufacturer_data: Mapping[int, bytes] = field(default_factory=dict)
+
+
+def to_line(advert: Advert) -> str:
+    """The advert as one capture line (no newline)."""
+    record: dict[str, Any] = {"t": round(advert.time, 3), "address": advert.address}
+    if advert.rssi is not None:
+        record["rssi"] = advert.rssi
+    if advert.name is not None:
+        record["name"] = advert.name
+    if advert.service_data:
+        record["service_data"] = {k: v.hex() for k, v in advert.service_data.items()}
+    if advert.manufacturer_data:
+        record["manufacturer_data"] = {str(k): v.hex() for k, v in advert.manufacturer_data.items()}
+    return json.dumps(record, separators=(", ", ": "))
+
+
+def _hex_map(record: Mapping[str, Any], key: str) -> dict[str, bytes]:
+    raw = record.get(key, {})
+    if not isinstance(raw, dict):
+        raise CaptureError(f'"{key}": expected an object of hex strings')
+    out: dict[str, bytes] = {}
+    for name, value in raw.items():
+        if not isinstance(value, str):
+            raise CaptureError(f'"{key}.{name}": expected a hex string')
+        try:
+            out[name] = bytes.fromhex(value)
+        except ValueError:
+            raise CaptureError(f'"{key}.{name}": not hex: "{value[:40]}"') from None
+    return out
+
+
+def from_line(line: str) -> Advert:
+    """Parse one capture line; raise :class:`CaptureError` saying what is wrong."""
+    try:
+        record = json.loads(line)
+    except json.JSONDecodeError as exc:
+        raise CaptureError(f"not JSON: {exc.msg} at column {exc.colno}") from None
+    if not isinstance(record, dict):
+        raise CaptureError("expected a JSON object")
+    t = record.get("t")
+    if not isinstance(t, int | float) or isinstance(t, bool) or not math.isfinite(t):
+        raise CaptureError('"t": expected a number of seconds')
+    address = record.get("address")
+    if not isinstance(address, str) or not _ADDRESS.fullmatch(address.upper()):
+        raise CaptureError('"address": expected a Bluetooth address like "A4:C1:38:5B:0F:21"')
+    rssi = record.get("rssi")
+    if rssi is not None and (not isinstance(rssi, int) or isinstance(rssi, bool)):
+        raise CaptureError('"rssi": expected an integer')
+    name = record.get("name")
+    if name is not None and not isinstance(name, str):
+        raise CaptureError('"name": expected a string')
+    service_data = {k.lower(): v for k, v in _hex_map(record, "service_data").items()}
+    manufacturer_data: dict[int, bytes] = {}
+    for key, value in _hex_map(record, "manufacturer_data").items():
+        if not key.isdecimal() or int(key) > 0xFFFF:
+            raise CaptureError(f'"manufacturer_data": key "{key}" is not a company id in decimal')
+        manufacturer_data[int(key)] = value
+    return Advert(
+        address=address.upper(),
+        time=float(t),
+        rssi=rssi,
+        name=name,
+        service_data=service_data,
+        manufacturer_data=manufacturer_data,
+    )

@@ -1,0 +1,205 @@
+"""``citygate scan ble``: list the sensors heard, their decoded values, config snippets.
+
+Every address is printed when first heard (the live list); at the end a table
+gives each sensor's format, signal, advert count and latest values, followed
+by ``[[device]]`` snippets ready to paste. ``--record FILE`` also writes every
+advert heard as a capture file (config.md ``[ble] replay``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any, Literal
+
+from drivers.api import Measurement
+from drivers.ble.advert import Advert
+from drivers.ble.bthome import BTHOME_UUID
+from drivers.ble.decode import AdvertDecoder, detect
+from drivers.ble.replay import CaptureWriter, ReplaySource
+from drivers.ble.scanner import AdvertSource, BleakSource, ScannerGaveUp, ScannerHub
+
+__all__ = ["Heard", "report_json", "report_text", "scan", "scan_ble", "snippet"]
+
+
+@dataclass(slots=True)
+class Heard:
+    """What one address sent during a scan."""
+
+    address: str
+    name: str | None = None
+    rssi: int | None = None
+    adverts: int = 0
+    formats: tuple[str, ...] = ()
+    encrypted: bool = False
+    values: dict[str, Measurement] = field(default_factory=dict)
+    problem: str | None = None
+
+
+def _describe(heard: Heard) -> str:
+    shown = ", ".join(
+        f"{m.name}={m.value:g}{' ' + m.unit if m.unit else ''}"
+        if isinstance(m.value, float)
+        else f"{m.name}={m.value}{' ' + m.unit if m.unit else ''}"
+        for m in heard.values.values()
+        if m.name != "rssi"
+    )
+    if not shown and heard.encrypted and heard.problem:
+        shown = f"encrypted ({heard.problem})"
+    return shown or (heard.problem or "no known format")
+
+
+async def scan(
+    hub: ScannerHub,
+    seconds: float,
+    bindkeys: Mapping[str, bytes] | None = None,
+    on_new: Callable[[Heard], None] | None = None,
+    record: CaptureWriter | None = None,
+) -> dict[str, Heard]:
+    """Listen on ``hub`` for ``seconds`` (or until a capture ends); what each address sent."""
+    keys = {a.upper(): k for a, k in (bindkeys or {}).items()}
+    heard: dict[str, Heard] = {}
+    decoders: dict[str, AdvertDecoder] = {}
+
+    def listen(advert: Advert) -> None:
+        if record is not None:
+            record(advert)
+        entry = heard.get(advert.address)
+        first = entry is None
+        if entry is None:
+            entry = heard[advert.address] = Heard(advert.address)
+            decoders[advert.address] = AdvertDecoder("auto", keys.get(advert.address))
+        entry.adverts += 1
+        entry.rssi = advert.rssi
+        entry.name = advert.name or entry.name
+        entry.formats = detect(advert) or entry.formats
+        payload = advert.service_data.get(BTHOME_UUID)
+        if payload:
+            entry.encrypted = bool(payload[0] & 0x01)
+        decoder = decoders[advert.address]
+        decoded = decoder.decode(advert)
+        if decoded is not None:
+            entry.values.update((m.name, m) for m in decoded.measurements)
+            entry.problem = None
+        elif decoder.last_error is not None:
+            entry.problem = decoder.last_error
+        if first and on_new is not None:
+            on_new(entry)
+
+    with hub.subscribe(None, listen), contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(seconds):
+            await hub.run()
+    return heard
+
+
+def snippet(heard: Heard) -> str:
+    """A ``[[device]]`` table for a sensor heard."""
+    fmt = heard.formats[0] if heard.formats else "auto"
+    lines = [
+        "[[device]]",
+        f'id = "ble-{heard.address.replace(":", "")[-6:].lower()}"',
+        'driver = "ble"',
+        f'address = "{heard.address}"',
+        f'format = "{fmt}"',
+    ]
+    if heard.encrypted:
+        key_file = f"/etc/citygate/ble-keys/{heard.address.replace(':', '')}.key"
+        lines.append(f'bindkey_file = "{key_file}"  # encrypted: a file with 32 hex digits')
+    return "\n".join(lines)
+
+
+def report_text(heard: Mapping[str, Heard], seconds: float, out: IO[str]) -> None:
+    """The end-of-scan table and the snippets of every sensor in a known format."""
+    known = [h for h in heard.values() if h.formats]
+    print(
+        f"\n{len(heard)} address(es) heard in {seconds:g} s, {len(known)} in a known format",
+        file=out,
+    )
+    for h in sorted(heard.values(), key=lambda h: (not h.formats, h.address)):
+        fmt = ",".join(h.formats) or "-"
+        rssi = f"{h.rssi} dBm" if h.rssi is not None else "-"
+        print(
+            f"  {h.address}  {fmt:<10} {rssi:>8} {h.adverts:>5}x  {h.name or '':<12}"
+            f"  {_describe(h)}",
+            file=out,
+        )
+    if known:
+        print("\n# config snippets", file=out)
+        for h in sorted(known, key=lambda h: h.address):
+            print(snippet(h) + "\n", file=out)
+
+
+def report_json(heard: Mapping[str, Heard]) -> str:
+    """The scan as JSON: one object per address."""
+    items: list[dict[str, Any]] = []
+    for h in sorted(heard.values(), key=lambda h: h.address):
+        items.append(
+            {
+                "address": h.address,
+                "name": h.name,
+                "rssi": h.rssi,
+                "adverts": h.adverts,
+                "formats": list(h.formats),
+                "encrypted": h.encrypted,
+                "values": {m.name: {"value": m.value, "unit": m.unit} for m in h.values.values()},
+                "problem": h.problem,
+                "snippet": snippet(h) if h.formats else None,
+            }
+        )
+    return json.dumps(items, indent=2)
+
+
+def scan_ble(
+    *,
+    seconds: float,
+    adapter: str = "hci0",
+    mode: Literal["passive", "active"] = "passive",
+    replay: Path | None = None,
+    record: Path | None = None,
+    bindkeys: Mapping[str, bytes] | None = None,
+    as_json: bool = False,
+    out: IO[str],
+    err: IO[str],
+) -> int:
+    """The ``citygate scan ble`` command; returns the exit status."""
+
+    def make_source() -> AdvertSource:
+        if replay is not None:
+            return ReplaySource(replay)
+        return BleakSource(adapter, mode)
+
+    # One try: a technician wants the error now, not a healing scanner.
+    hub = ScannerHub(make_source, name=adapter, restarts=0, power_cycle=None)
+    where = f"capture {replay}" if replay is not None else f"adapter {adapter} ({mode})"
+    if not as_json:
+        print(f"listening on {where} for {seconds:g} s ...", file=err)
+
+    def on_new(heard: Heard) -> None:
+        if not as_json:
+            fmt = ",".join(heard.formats) or "-"
+            print(f"  {heard.address}  {fmt:<10} {heard.rssi} dBm  {_describe(heard)}", file=out)
+            out.flush()
+
+    try:
+        with contextlib.ExitStack() as stack:
+            writer = None
+            if record is not None:
+                writer = CaptureWriter(stack.enter_context(record.open("w", encoding="utf-8")))
+            heard = asyncio.run(scan(hub, seconds, bindkeys, on_new, writer))
+    except ScannerGaveUp:
+        print(f"BLE {where}: {hub.problem}", file=err)
+        return 1
+    except OSError as exc:
+        print(f"cannot write {record}: {exc.strerror or exc}", file=err)
+        return 1
+    if as_json:
+        print(report_json(heard), file=out)
+    else:
+        report_text(heard, seconds, out)
+        if writer is not None:
+            print(f"{writer.written} adverts recorded to {record}", file=err)
+    return 0

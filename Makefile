@@ -50,6 +50,10 @@ demo: venv
 bench: venv mosquitto
 	$(PY) -m tests.bench
 
+# The long fault variants (20 SIGKILLs, 30 s broker outage, 10 restarts in 60 s, …).
+soak: venv mosquitto
+	$(PY) -m tests.faults.soak
+
 # Install as a service into /opt/citygate (root): `make install`, or offline with
 # `make install WHEELS=DIR` where DIR was made by `make wheels WHEELS=DIR` on a connected machine.
 install:

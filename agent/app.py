@@ -25,16 +25,18 @@ import signal
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import Any
 
 from agent import __version__, systemd
 from agent.buffer import AsyncBuffer
 from agent.clock import ClockState
-from agent.config import Config
+from agent.config import BleSettings, Config, DeviceConfig
+from agent.lines import LineSet
 from agent.pipeline import BufferWriter
 from agent.publisher import Publisher
 from agent.status import Counters, StatusBoard
 from agent.supervise import DeviceSupervisor
-from drivers.api import DeviceContext, DriverFactory, PollDriver, PushDriver
+from drivers.api import DeviceContext, DriverFactory, FatalDriverError, PollDriver, PushDriver
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +73,18 @@ class Agent:
         self._devices = enabled
         self.board = StatusBoard([d.id for d in enabled])
         self.buffer = AsyncBuffer(buffer_path(config), config.buffer)
+        # One owner per [[serial]] line in use, shared by its devices.
+        self.lines = LineSet(
+            config.serial,
+            [
+                (d.id, d.driver, d.options["serial"], d.interval)
+                for d in enabled
+                if isinstance(d.options.get("serial"), str)
+            ],
+        )
+        # One BLE scanner per adapter, shared by every BLE device.
+        self.ble_hub = self._ble_hub(config, enabled)
+        self.exit_status = 0
         if metrics_interval is None:
             # Tests shorten the metrics period; the spec's period is 60 s.
             metrics_interval = float(os.environ.get("CITYGATE_METRICS_INTERVAL", "60"))
@@ -85,6 +99,15 @@ class Agent:
         )
         self.writer = BufferWriter(self.buffer, self.publisher.notify)
         self._clock = ClockState()
+
+    def _ble_hub(self, config: Config, enabled: list[DeviceConfig]) -> Any:
+        if not any(d.driver == "ble" for d in enabled):
+            return None
+        make_hub = getattr(self._factories.get("ble"), "hub", None)
+        if make_hub is None:
+            return None
+        ble = config.ble or BleSettings()
+        return make_hub(ble.adapter, ble.mode, ble.replay, ble.replay_loop)
 
     def request_stop(self) -> None:
         if not self.stop_requested.is_set():
@@ -101,6 +124,8 @@ class Agent:
             config_dir=device.source.parent,
             serial_lines=self.config.serial,
             labels=device.labels,
+            lines=self.lines.owners,
+            ble=self.ble_hub,
         )
         return lambda: factory.create(device.driver_config, context)
 
@@ -136,17 +161,26 @@ class Agent:
                                 self.board,
                                 self.counters,
                                 self._clock.synced,
+                                overloaded=self.writer.congested,
                             )
                             sources.create_task(supervisor.run(), name=f"device {device.id}")
+                        if self.ble_hub is not None:
+                            sources.create_task(self.ble_hub.run(), name="ble-scanner")
                         sources.create_task(self._shutdown_when_asked(), name="stop-watch")
                 except* _Shutdown:
                     pass
+                except* FatalDriverError as fatal:
+                    # Drain and stop in order, then exit 1 so that systemd restarts us.
+                    for exc in fatal.exceptions:
+                        log.error("fatal: %s; stopping so that the service restarts", exc)
+                    self.exit_status = 1
                 await self.writer.close()
                 await writer_task
                 self.publisher.stop(FLUSH_TIMEOUT_S)
                 await publisher_task
                 saver_task.cancel()
                 housekeeping_task.cancel()
+            self.lines.close()
             await self._save_all_states()
             stats = await self.buffer.stats()
             log.info("stopped; %d samples stay buffered for the next start", stats.backlog_samples)

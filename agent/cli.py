@@ -17,8 +17,16 @@ from pathlib import Path
 from typing import Any
 
 from agent import __version__, logs, registry
+from agent.clock import wall_time
 from agent.config import Config, ConfigError, DeviceConfig, load
-from drivers.api import CitygateError, DeviceContext, DriverError, PollDriver
+from drivers.api import (
+    CitygateError,
+    DeviceContext,
+    DriverError,
+    Measurement,
+    PollDriver,
+    PushDriver,
+)
 
 DEFAULT_CONFIG = Path("/etc/citygate/gateway.toml")
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
@@ -76,15 +84,34 @@ def _parser() -> argparse.ArgumentParser:
     m.add_argument("--port", type=int, default=502)
     m.add_argument("--unit", type=int, default=1)
     m.add_argument(
-        "--address", type=lambda s: int(s, 0), help="first register (0-based; 0x.. allowed)"
+        "--address",
+        type=lambda s: int(s, 0),
+        help="first register (0-based; 0x.. allowed): read it under every type and order;"
+        " without it, --serial probes unit ids",
     )
     m.add_argument("--count", type=int, default=4)
     m.add_argument("--table", choices=["holding", "input", "coil", "discrete"], default="holding")
-    m.add_argument("--timeout", type=float, default=1.0)
+    m.add_argument(
+        "--timeout",
+        type=float,
+        default=None,
+        help="reply timeout (default 1 s; 0.2 s per unit id when probing)",
+    )
+    m.add_argument(
+        "--units",
+        default="1-247",
+        metavar="RANGE",
+        help="unit ids to probe on --serial, e.g. 1-247 (default) or 1-10,20",
+    )
     m.add_argument("--json", action="store_true")
-    for kind in ("mbus", "ble"):
-        k = scan.add_parser(kind, help=f"discover {kind} devices")
-        with_config(k)
+    _mbus_scan_parser(scan, with_config)
+    b = scan.add_parser("ble", help="BLE: list sensors heard, decoded values, config snippets")
+    with_config(b)
+    b.add_argument("--seconds", type=float, default=10.0, help="how long to listen (default 10)")
+    b.add_argument("--record", type=Path, metavar="FILE", help="also write a capture file")
+    b.add_argument("--adapter", help="Bluetooth adapter (default: [ble] adapter, else hci0)")
+    b.add_argument("--active", action="store_true", help="active scanning (default passive)")
+    b.add_argument("--json", action="store_true")
 
     p = sub.add_parser(
         "demo", help="the zero-setup tour: simulators, a broker, the agent, live readings"
@@ -147,11 +174,13 @@ def _run(path: Path) -> int:
         log.warning("%s", warning)
     from agent.app import Agent, run_until_signalled
 
-    async def main() -> None:
-        await run_until_signalled(Agent(config, registry.factories()))
+    async def main() -> int:
+        agent = Agent(config, registry.factories())
+        await run_until_signalled(agent)
+        return agent.exit_status
 
     try:
-        asyncio.run(main())
+        status = asyncio.run(main())
     except BaseExceptionGroup as group:
         fatal, rest = group.split(CitygateError)
         if rest is not None:
@@ -162,7 +191,7 @@ def _run(path: Path) -> int:
     except CitygateError as exc:
         log.error("fatal: %s", exc)
         return EXIT_FAILURE
-    return EXIT_OK
+    return status
 
 
 def _leaves(group: BaseExceptionGroup[BaseException] | None) -> list[BaseException]:
@@ -246,24 +275,50 @@ def _read(path: Path, device_id: str, as_json: bool) -> int:
     config = _load(path)
     logs.setup("warning")
     device = _device(config, device_id)
-    factory = registry.factories()[device.driver]
-    context = DeviceContext(
-        device_id=device.id,
-        interval=device.interval,
-        config_dir=device.source.parent,
-        serial_lines=config.serial,
-        labels=device.labels,
-    )
+    factories = registry.factories()
+    factory = factories[device.driver]
+
+    async def first_sample(driver: PushDriver, hub: Any) -> Sequence[Measurement]:
+        # A push device (BLE): wait up to one interval for its first sample.
+        received: asyncio.Future[Sequence[Measurement]] = asyncio.get_running_loop().create_future()
+
+        def emit(measurements: Sequence[Measurement]) -> None:
+            if not received.done():
+                received.set_result(measurements)
+
+        async with asyncio.timeout(device.interval + 10.0), asyncio.TaskGroup() as tg:
+            tasks = [tg.create_task(driver.run(emit))]
+            if hub is not None:
+                tasks.append(tg.create_task(hub.run()))
+            measurements = await received
+            for task in tasks:
+                task.cancel()
+        return measurements
 
     async def read_once() -> list[Any]:
         from agent.normalise import Normaliser
 
+        hub = None
+        if device.driver == "ble" and config.ble is not None:
+            make_hub = getattr(factory, "hub", None)
+            if make_hub is not None:
+                ble = config.ble
+                hub = make_hub(ble.adapter, ble.mode, ble.replay, ble.replay_loop)
+        context = DeviceContext(
+            device_id=device.id,
+            interval=device.interval,
+            config_dir=device.source.parent,
+            serial_lines=config.serial,
+            labels=device.labels,
+            ble=hub,
+        )
         driver = factory.create(device.driver_config, context)
-        if not isinstance(driver, PollDriver):
-            raise UsageError(f"{device.id}: reading push devices arrives with their driver")
-        async with asyncio.timeout(max(10.0, device.interval * 2)):
-            async with driver:
-                measurements = await driver.poll()
+        async with driver:
+            if isinstance(driver, PollDriver):
+                async with asyncio.timeout(max(10.0, device.interval * 2)):
+                    measurements = await driver.poll()
+            else:
+                measurements = await first_sample(driver, hub)
         normalise = Normaliser(device.id)
         readings = list(normalise(measurements))
         if normalise.invalid_readings:
@@ -276,10 +331,13 @@ def _read(path: Path, device_id: str, as_json: bool) -> int:
     started = time.monotonic()
     try:
         readings = asyncio.run(read_once())
-    except (DriverError, TimeoutError, OSError) as exc:
+    except (DriverError, TimeoutError, OSError, BaseExceptionGroup) as exc:
         from agent.supervise import describe
 
-        print(f"{device.id}: {describe(exc)}", file=sys.stderr)
+        errors = exc.exceptions if isinstance(exc, BaseExceptionGroup) else [exc]
+        if isinstance(exc, TimeoutError) and device.driver == "ble":
+            errors = [TimeoutError(f"no advert within {device.interval + 10:.0f} s")]
+        print(f"{device.id}: {'; '.join(describe(e) for e in errors)}", file=sys.stderr)
         return EXIT_FAILURE
     elapsed = time.monotonic() - started
     if as_json:
@@ -316,7 +374,7 @@ def _status(path: Path, as_json: bool) -> int:
         print(f"no buffer at {db} yet (the agent has not run with this data_dir)", file=sys.stderr)
         return EXIT_FAILURE
     stats, statuses = open_readonly_stats(db)
-    now = time.time()
+    now = wall_time()
     devices: dict[str, Any] = {}
     for device in config.devices:
         raw = statuses.get(device.id)
@@ -328,11 +386,7 @@ def _status(path: Path, as_json: bool) -> int:
             "error": status.get("error"),
             "last_sample": status.get("last_sample"),
         }
-    oldest_age = (
-        None
-        if stats.oldest_unsent_time is None
-        else round(max(0.0, now - stats.oldest_unsent_time), 3)
-    )
+    oldest_age = None if stats.oldest_unsent_age_s is None else round(stats.oldest_unsent_age_s, 3)
     report = {
         "backlog_samples": stats.backlog_samples,
         "backlog_bytes": stats.backlog_bytes,
@@ -374,25 +428,44 @@ def _drivers() -> int:
 
 
 def _scan(args: argparse.Namespace) -> int:
+    if args.kind == "mbus":
+        return _scan_mbus(args)
+    if args.kind == "ble":
+        return _scan_ble(args)
     if args.kind != "modbus":
         raise UsageError(f"scan {args.kind} is not available in this version yet")
-    if args.address is None:
-        raise UsageError(
-            "--address is required (probing unit ids on a serial line arrives with Modbus RTU)"
-        )
+    line = None
     if args.serial is not None:
-        raise UsageError("--serial: Modbus RTU is not available in this version yet; use --host")
-    from drivers.modbus.assistant import assistant_json, format_assistant
-    from drivers.modbus.driver import read_raw
-
-    try:
-        words = asyncio.run(
-            read_raw(
-                args.host, args.port, args.unit, args.address, args.count, args.table, args.timeout
+        config = _load(args.config)
+        line = config.serial.get(args.serial)
+        if line is None:
+            known = ", ".join(sorted(config.serial)) or "none"
+            raise UsageError(
+                f"no [[serial]] line {args.serial!r} in {config.path} (lines: {known})"
             )
-        )
+        if args.address is None:
+            return _scan_units(args, line)
+        where = f"serial {line.id} unit {args.unit}"
+    elif args.address is None:
+        raise UsageError("--address is required with --host (or give --serial to probe unit ids)")
+    else:
+        where = f"{args.host}:{args.port} unit {args.unit}"
+    from drivers.modbus.assistant import assistant_json, format_assistant
+    from drivers.modbus.driver import read_raw, read_raw_serial
+
+    timeout = 1.0 if args.timeout is None else args.timeout
+    try:
+        if line is not None:
+            read = read_raw_serial(line, args.unit, args.address, args.count, args.table, timeout)
+        else:
+            read = read_raw(
+                args.host, args.port, args.unit, args.address, args.count, args.table, timeout
+            )
+        words = asyncio.run(read)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
     except DriverError as exc:
-        print(f"{args.host}:{args.port} unit {args.unit}: {exc}", file=sys.stderr)
+        print(f"{where}: {exc}", file=sys.stderr)
         return EXIT_FAILURE
     if args.table in ("coil", "discrete"):
         bits = [bool(w) for w in words]
@@ -407,6 +480,233 @@ def _scan(args: argparse.Namespace) -> int:
         print(json.dumps(assistant_json(registers, args.address), indent=2))
     else:
         print(format_assistant(registers, args.address))
+    return EXIT_OK
+
+
+def _scan_ble(args: argparse.Namespace) -> int:
+    from drivers.ble.config import BleDeviceConfig
+    from drivers.ble.scan import scan_ble
+
+    if not args.seconds > 0:
+        raise UsageError("--seconds must be more than 0")
+    settings, bindkeys = None, {}
+    if args.config.exists():  # the config is optional here: its [ble] table and bindkeys
+        config = _load(args.config)
+        settings = config.ble
+        for device in config.devices:
+            found = device.driver_config
+            if isinstance(found, BleDeviceConfig) and found.bindkey is not None:
+                bindkeys[found.address] = found.bindkey
+    logs.setup("warning")
+    return scan_ble(
+        seconds=args.seconds,
+        adapter=args.adapter or (settings.adapter if settings else "hci0"),
+        mode="active" if args.active or (settings and settings.mode == "active") else "passive",
+        replay=settings.replay if settings else None,
+        record=args.record,
+        bindkeys=bindkeys,
+        as_json=args.json,
+        out=sys.stdout,
+        err=sys.stderr,
+    )
+
+
+def _unit_range(text: str) -> list[int]:
+    units: list[int] = []
+    for part in text.split(","):
+        first, _, last = part.strip().partition("-")
+        try:
+            low, high = int(first), int(last or first)
+        except ValueError:
+            raise UsageError(f"--units {text!r}: expected ranges like 1-247 or 1-10,20") from None
+        if not 1 <= low <= high <= 247:
+            raise UsageError(f"--units {text!r}: unit ids are 1-247 on a serial line")
+        units.extend(range(low, high + 1))
+    return sorted(set(units))
+
+
+def _scan_units(args: argparse.Namespace, line: Any) -> int:
+    from agent.lines import LineOwner
+    from drivers.modbus.scan import probe_units, recognise, snippet
+
+    units = _unit_range(args.units)
+    timeout = 0.2 if args.timeout is None else args.timeout
+    if timeout <= 0:
+        raise UsageError("--timeout must be more than 0")
+    if not args.json:
+        print(
+            f"probing {len(units)} unit ids on serial {line.id} ({line.port},"
+            f" {line.baudrate} baud), at most {len(units) * timeout:.0f} s ...",
+            file=sys.stderr,
+        )
+
+    async def scan() -> list[Any]:
+        owner = LineOwner(line, protocol="modbus")
+        try:
+            found = await probe_units(owner, units, timeout)
+            recognised = []
+            for unit in found:
+                profiles = await recognise(owner, unit.unit, max(timeout, line.timeout))
+                recognised.append(type(unit)(unit.unit, unit.answer, profiles))
+            return recognised
+        finally:
+            owner.close()
+
+    try:
+        found = asyncio.run(scan())
+    except DriverError as exc:
+        print(f"serial {line.id}: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    if args.json:
+        print(
+            json.dumps(
+                [{"unit": f.unit, "answer": f.answer, "profiles": list(f.profiles)} for f in found],
+                indent=2,
+            )
+        )
+        return EXIT_OK
+    if not found:
+        print(f"no unit answered on serial {line.id}", file=sys.stderr)
+        return EXIT_FAILURE
+    for unit in found:
+        print(snippet(line, unit))
+        print()
+    return EXIT_OK
+
+
+# ---------------------------------------------------------------------------- scan mbus
+
+
+def _mbus_scan_parser(scan: Any, with_config: Any) -> None:
+    k = scan.add_parser(
+        "mbus", help="M-Bus: probe primary addresses and search secondary addresses"
+    )
+    with_config(k)
+    k.add_argument("--serial", metavar="ID", required=True, help="a [[serial]] line of the config")
+    k.add_argument(
+        "--addresses",
+        default="0-250",
+        metavar="RANGE",
+        help="primary addresses to probe, e.g. 0-250 (default) or 1-10,20; 'none' skips them",
+    )
+    k.add_argument(
+        "--secondary", action="store_true", help="also search secondary addresses (wildcards)"
+    )
+    k.add_argument(
+        "--timeout",
+        type=float,
+        default=None,
+        help="reply timeout of one probe (default: from the baud rate, 0.24 s at 2400)",
+    )
+    k.add_argument(
+        "--max-time",
+        type=float,
+        default=300.0,
+        help="longest the secondary search may take, seconds (default 300)",
+    )
+    k.add_argument("--json", action="store_true")
+
+
+def _address_range(text: str) -> list[int]:
+    if text.strip().lower() == "none":
+        return []
+    addresses: list[int] = []
+    for part in text.split(","):
+        first, _, last = part.strip().partition("-")
+        try:
+            low, high = int(first), int(last or first)
+        except ValueError:
+            raise UsageError(
+                f"--addresses {text!r}: expected ranges like 0-250 or 1-10,20"
+            ) from None
+        if not 0 <= low <= high <= 250:
+            raise UsageError(f"--addresses {text!r}: primary addresses are 0-250")
+        addresses.extend(range(low, high + 1))
+    return sorted(set(addresses))
+
+
+def _scan_mbus(args: argparse.Namespace) -> int:
+    from agent.lines import LineOwner
+    from drivers.mbus.config import PrimaryAddress
+    from drivers.mbus.scan import ack_timeout, probe_primary, search_secondary, snippet
+
+    config = _load(args.config)
+    line = config.serial.get(args.serial)
+    if line is None:
+        known = ", ".join(sorted(config.serial)) or "none"
+        raise UsageError(f"no [[serial]] line {args.serial!r} in {config.path} (lines: {known})")
+    addresses = _address_range(args.addresses)
+    timeout = ack_timeout(line) if args.timeout is None else args.timeout
+    if timeout <= 0 or args.max_time <= 0:
+        raise UsageError("--timeout and --max-time must be more than 0")
+    if not addresses and not args.secondary:
+        raise UsageError("nothing to do: give --addresses or --secondary")
+    if not args.json:
+        print(
+            f"probing {len(addresses)} primary addresses on serial {line.id} ({line.port},"
+            f" {line.baudrate} baud), at most {len(addresses) * timeout:.0f} s"
+            + (
+                f", then secondary addresses for at most {args.max_time:.0f} s"
+                if args.secondary
+                else ""
+            )
+            + " ...",
+            file=sys.stderr,
+        )
+
+    async def scan() -> tuple[list[Any], Any]:
+        owner = LineOwner(line, protocol="mbus")
+        try:
+            primary = await probe_primary(owner, addresses, timeout)
+            secondary = None
+            if args.secondary:
+                secondary = await search_secondary(owner, timeout, args.max_time)
+            return primary, secondary
+        finally:
+            owner.close()
+
+    try:
+        primary, secondary = asyncio.run(scan())
+    except DriverError as exc:
+        print(f"serial {line.id}: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    # a meter found at its primary address already shows its secondary address
+    primary_ids = {f.header.id for f in primary if f.header is not None}
+    found = primary + [
+        f
+        for f in (secondary.found if secondary is not None else [])
+        if f.header is None or f.header.id not in primary_ids
+    ]
+    if args.json:
+        print(
+            json.dumps(
+                [
+                    {
+                        "address": f.address.value
+                        if isinstance(f.address, PrimaryAddress)
+                        else str(f.address),
+                        "meter": f.header.meter_info() if f.header is not None else None,
+                        "records": list(f.records),
+                        "problem": f.problem,
+                    }
+                    for f in found
+                ],
+                indent=2,
+            )
+        )
+    else:
+        for meter in found:
+            print(snippet(line, meter))
+            print()
+        if secondary is not None and not secondary.complete:
+            print(
+                f"the secondary search stopped after {args.max_time:.0f} s"
+                f" ({secondary.probes} selections): raise --max-time to finish it",
+                file=sys.stderr,
+            )
+    if not found:
+        print(f"no meter answered on serial {line.id}", file=sys.stderr)
+        return EXIT_FAILURE
     return EXIT_OK
 
 

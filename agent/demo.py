@@ -39,8 +39,76 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def demo_config(modbus_port: int, broker_url: str, protocol: str, data_dir: Path) -> str:
-    """The gateway.toml the demo runs."""
+def demo_config(
+    modbus_port: int,
+    broker_url: str,
+    protocol: str,
+    data_dir: Path,
+    *,
+    mbus_port: str | None = None,
+    ble_capture: Path | None = None,
+) -> str:
+    """The gateway.toml the demo runs (with the M-Bus water meter if ``mbus_port``,
+    the BLE sensors if ``ble_capture``)."""
+    return (
+        _modbus_part(modbus_port, broker_url, protocol, data_dir)
+        + (_mbus_part(mbus_port) if mbus_port is not None else "")
+        + (_ble_part(ble_capture) if ble_capture is not None else "")
+    )
+
+
+def _ble_part(capture: Path) -> str:
+    """BLE sensors from a simulated capture, replayed in a loop (no radio needed)."""
+    from hwsim.ble import DEMO_SENSORS
+
+    text = f"""
+# BLE sensors: adverts replayed from a capture written by the BLE simulator
+# (`citygate scan ble --record FILE` writes the same format from a real site).
+[ble]
+replay = "{capture}"
+replay_loop = true
+"""
+    for sensor in DEMO_SENSORS:
+        text += f"""
+[[device]]
+id = "env-{sensor.address.replace(":", "")[-6:].lower()}"
+driver = "ble"
+address = "{sensor.address}"
+interval = "10s"
+"""
+        if sensor.bindkey is not None:
+            key_file = capture.parent / f"bindkey-{sensor.address.replace(':', '')}"
+            key_file.write_text(sensor.bindkey.hex() + "\n")
+            key_file.chmod(0o600)
+            text += f'bindkey_file = "{key_file}"\n'
+    return text
+
+
+MBUS_DEMO_METER = (12345678, 5)
+"""Identification number and primary address of the demo's water meter."""
+
+
+def _mbus_part(port: str) -> str:
+    return f"""
+# A wired M-Bus water meter on a pseudo-terminal. A pty refuses even parity:
+# a real M-Bus line is 2400 baud, parity "E".
+[[serial]]
+id = "mbus"
+port = "{port}"
+baudrate = 2400
+parity = "N"
+
+[[device]]
+id = "water-main"
+driver = "mbus"
+serial = "mbus"
+address = {MBUS_DEMO_METER[1]}
+interval = "10s"
+labels = {{ building = "town hall" }}
+"""
+
+
+def _modbus_part(modbus_port: int, broker_url: str, protocol: str, data_dir: Path) -> str:
     return f"""\
 # Written by `citygate demo`: the simulators listen on loopback.
 [gateway]
@@ -203,6 +271,7 @@ async def _watch(broker_url: str, protocol: str, view: LiveView, header: str) ->
 
 async def _demo(broker: str | None) -> None:
     try:
+        from hwsim.mbus import MbusSimulator, WaterMeter
         from hwsim.modbus import ModbusTcpSimulator, make_meter
     except ImportError:
         raise SystemExit(
@@ -214,7 +283,15 @@ async def _demo(broker: str | None) -> None:
         workdir = Path(tmp)
         meters = {1: make_meter("sdm630", seed=1), 2: make_meter("sdm120", seed=2)}
         simulator = ModbusTcpSimulator(meters, host="127.0.0.1", port=0)
-        async with simulator, contextlib.AsyncExitStack() as stack:
+        # the water meter's time runs 60 times faster: its volume visibly grows
+        water = WaterMeter(*MBUS_DEMO_METER, seed=3, speed=60.0)
+        mbus = MbusSimulator([water], baudrate=2400)
+        from hwsim.ble import BleSimulator
+
+        capture = workdir / "ble-capture.jsonl"
+        with capture.open("w") as stream:
+            BleSimulator(seed=4).write_capture(stream, 3600.0)
+        async with simulator, mbus, contextlib.AsyncExitStack() as stack:
             if broker is None:
                 port = _free_port()
                 await stack.enter_async_context(_embedded_broker(port))
@@ -226,11 +303,19 @@ async def _demo(broker: str | None) -> None:
                 broker_url, protocol = broker, "5"
             config_path = workdir / "gateway.toml"
             config_path.write_text(
-                demo_config(simulator.port, broker_url, protocol, workdir / "var")
+                demo_config(
+                    simulator.port,
+                    broker_url,
+                    protocol,
+                    workdir / "var",
+                    mbus_port=mbus.port,
+                    ble_capture=capture,
+                )
             )
             config = load(config_path, registry.factories())
             header = (
                 f"citygate demo — Modbus TCP simulator on 127.0.0.1:{simulator.port}, "
+                f"M-Bus water meter on {mbus.port}, BLE sensors replayed, "
                 f"broker {broker_url}\n"
                 f"config: {config_path}"
             )

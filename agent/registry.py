@@ -7,6 +7,7 @@ group, so a plugin package and a built-in are found the same way.
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from importlib.metadata import entry_points
 
@@ -54,7 +55,46 @@ def discover() -> list[DriverEntry]:
     return entries
 
 
-def factories(entries: list[DriverEntry] | None = None) -> dict[str, DriverFactory]:
-    """The loadable drivers by name."""
-    found = discover() if entries is None else entries
-    return {e.name: e.factory for e in found if e.factory is not None}
+def factories(entries: list[DriverEntry] | None = None) -> Mapping[str, DriverFactory]:
+    """The loadable drivers by name.
+
+    Without ``entries``, a driver is imported only when it is looked up: a gateway
+    pays in start-up time and memory only for the drivers its config uses.
+    """
+    if entries is not None:
+        return {e.name: e.factory for e in entries if e.factory is not None}
+    return _LazyFactories()
+
+
+class _LazyFactories(Mapping[str, DriverFactory]):
+    def __init__(self) -> None:
+        self._points = {ep.name: ep for ep in entry_points(group=GROUP)}
+        self._loaded: dict[str, DriverFactory | None] = {}
+
+    def _load(self, name: str) -> DriverFactory | None:
+        if name not in self._loaded:
+            ep = self._points.get(name)
+            factory: DriverFactory | None = None
+            if ep is not None:
+                try:
+                    factory = ep.load()
+                except Exception as exc:  # a plugin's import error must not stop the agent
+                    source = ep.dist.name if ep.dist is not None else "?"
+                    log.error("driver %s from %s cannot be loaded: %s", name, source, exc)
+            self._loaded[name] = factory
+        return self._loaded[name]
+
+    def __getitem__(self, name: str) -> DriverFactory:
+        factory = self._load(name)
+        if factory is None:
+            raise KeyError(name)
+        return factory
+
+    def __contains__(self, name: object) -> bool:
+        return isinstance(name, str) and self._load(name) is not None
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(sorted(self._points))
+
+    def __len__(self) -> int:
+        return len(self._points)

@@ -9,14 +9,24 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import random
-import time
 from collections.abc import Awaitable, Callable, Sequence
 
+from agent.clock import wall_time
 from agent.model import Sample
 from agent.normalise import Normaliser
 from agent.status import Counters, StatusBoard
-from drivers.api import DriverError, Measurement, PollDriver, PushDriver, TransportError
+from drivers.api import (
+    DecodeError,
+    DriverError,
+    Measurement,
+    PollDriver,
+    PushDriver,
+    ReportsStatus,
+    SilentDevice,
+    TransportError,
+)
 
 log = logging.getLogger(__name__)
 
@@ -26,6 +36,7 @@ OPEN_TIMEOUT_S = 10.0
 BACKOFF_START_S = 1.0
 BACKOFF_MAX_S = 300.0
 BACKOFF_AFTER_FAILURES = 3
+POLL_GUARD_MIN_S = 60.0
 
 
 def describe(exc: BaseException) -> str:
@@ -56,7 +67,16 @@ class Backoff:
 
 
 class DeviceSupervisor:
-    """Runs one device until cancelled."""
+    """Runs one device until cancelled.
+
+    Polls fall on a fixed grid, ``interval`` apart from the first one: a late
+    poll never shifts the later ones, and a deadline already missed is skipped
+    and counted (``polls_skipped``), never queued. After
+    :data:`BACKOFF_AFTER_FAILURES` consecutive failures that cost transport time
+    (no answer, a garbled answer) the device is tried less often: capped
+    exponential backoff up to :data:`BACKOFF_MAX_S`, each try a single poll,
+    until it answers. ``clock`` and ``sleep`` are injectable for tests.
+    """
 
     def __init__(
         self,
@@ -67,6 +87,10 @@ class DeviceSupervisor:
         board: StatusBoard,
         counters: Counters,
         clock_synced: Callable[[], bool],
+        *,
+        clock: Callable[[], float] | None = None,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        overloaded: Callable[[], bool] = lambda: False,
     ) -> None:
         self.device_id = device_id
         self.interval = interval
@@ -75,24 +99,36 @@ class DeviceSupervisor:
         self._board = board
         self._counters = counters
         self._clock_synced = clock_synced
+        self._clock = clock
+        self._sleep = sleep
+        self._overloaded = overloaded
         self._normalise = Normaliser(device_id)
         self._failures = 0  # consecutive
         self._backoff = Backoff(start=max(BACKOFF_START_S, min(interval, 30.0)))
+        self._deadline: float | None = None  # the next poll's time on the grid
+        self.poll_guard = max(POLL_GUARD_MIN_S, 3 * interval)
+        """Longest a poll may take (drivers time their own I/O; this is the last resort)."""
+
+    def _now(self) -> float:
+        if self._clock is not None:
+            return self._clock()
+        return asyncio.get_running_loop().time()
 
     async def run(self) -> None:
+        self._deadline = self._now()
         while True:
             try:
                 driver = self._make_driver()
             except DriverError as exc:
                 self._fail(exc)
-                await asyncio.sleep(self._retry_delay())
+                await self._wait_retry()
                 continue
             try:
                 async with asyncio.timeout(OPEN_TIMEOUT_S):
                     await driver.__aenter__()
             except (DriverError, TimeoutError, OSError) as exc:
                 self._fail(exc)
-                await asyncio.sleep(self._retry_delay())
+                await self._wait_retry()
                 continue
             try:
                 if isinstance(driver, PollDriver):
@@ -110,14 +146,34 @@ class DeviceSupervisor:
                         await driver.__aexit__(None, None, None)
                 except Exception as exc:
                     log.debug("%s: error while closing: %s", self.device_id, describe(exc))
-            await asyncio.sleep(self._retry_delay())
+            await self._wait_retry()
 
     def _retry_delay(self) -> float:
+        """Least time before the next try: none (the next deadline) until the
+        failures call for backoff."""
         if self._failures < BACKOFF_AFTER_FAILURES:
-            return self.interval
-        return max(self.interval, self._backoff.next_delay())
+            return 0.0
+        return self._backoff.next_delay()
+
+    async def _wait_retry(self) -> None:
+        """Sleep until the first deadline of the grid at least the retry delay away."""
+        now = self._now()
+        earliest = now + self._retry_delay()
+        if self._deadline is None:
+            self._deadline = now
+        if self._deadline <= now or self._deadline < earliest:
+            steps = max(1, math.ceil((earliest - self._deadline) / self.interval))
+            self._deadline += steps * self.interval
+            if self._deadline <= now:
+                self._deadline += self.interval
+        await self._sleep(self._deadline - now)
 
     def _fail(self, exc: BaseException) -> None:
+        if isinstance(exc, SilentDevice):
+            # Silence of a push device is a state, not a fault to back off from:
+            # offline now, online again with its next advert.
+            self._board.set_state(self.device_id, "offline", describe(exc))
+            return
         self._failures += 1
         self._counters.poll_errors += 1
         self._board.failure(self.device_id, describe(exc), self._failures)
@@ -138,38 +194,81 @@ class DeviceSupervisor:
         await self._submit(Sample(self.device_id, sample_time, readings, self._clock_synced()))
 
     async def _poll_loop(self, driver: PollDriver) -> None:
-        loop = asyncio.get_running_loop()
-        deadline = loop.time()
+        if self._deadline is None:
+            self._deadline = self._now()
         while True:
-            sample_time = time.time()
+            _raise_if_cancelled()
+            wait = self._deadline - self._now()
+            if wait > 0:
+                await self._sleep(wait)
+            if self._overloaded():
+                # The pipeline cannot take more: skip (and count) this poll rather
+                # than let polls starve the publisher of the event loop.
+                self._counters.polls_skipped += 1
+                self._deadline += self.interval
+                continue
+            sample_time = wall_time()
             try:
-                measurements = await driver.poll()
+                async with asyncio.timeout(self.poll_guard):
+                    measurements = await driver.poll()
             except TransportError:
                 raise
+            except DecodeError as exc:
+                # Garbled answers cost the transport time, like silence: back off.
+                if self._failures + 1 >= BACKOFF_AFTER_FAILURES:
+                    raise
+                self._fail(exc)
             except DriverError as exc:
                 self._fail(exc)
             else:
                 await self._accept(measurements, sample_time)
-            deadline += self.interval
-            now = loop.time()
-            if deadline < now:
+            finally:
+                if isinstance(driver, ReportsStatus):
+                    self._board.set_extra(self.device_id, **driver.status_facts())
+            self._deadline += self.interval
+            now = self._now()
+            if self._deadline < now:
                 # Late: skip the missed deadlines rather than poll in a burst.
-                missed = int((now - deadline) // self.interval) + 1
+                missed = int((now - self._deadline) // self.interval) + 1
                 self._counters.polls_skipped += missed
-                deadline += missed * self.interval
-            await asyncio.sleep(deadline - now)
+                self._deadline += missed * self.interval
 
     async def _push_loop(self, driver: PushDriver) -> None:
         queue: asyncio.Queue[tuple[Sequence[Measurement], float]] = asyncio.Queue(maxsize=1000)
 
         def emit(measurements: Sequence[Measurement]) -> None:
             try:
-                queue.put_nowait((measurements, time.time()))
+                queue.put_nowait((measurements, wall_time()))
             except asyncio.QueueFull:
                 self._counters.overflow_samples += 1
 
-        async with asyncio.TaskGroup() as tg:
-            tg.create_task(driver.run(emit), name=f"{self.device_id}:driver")
-            while True:
-                measurements, sample_time = await queue.get()
-                await self._accept(measurements, sample_time)
+        try:
+            async with asyncio.TaskGroup() as tg:
+                tg.create_task(driver.run(emit), name=f"{self.device_id}:driver")
+                while True:
+                    measurements, sample_time = await queue.get()
+                    await self._accept(measurements, sample_time)
+        except BaseExceptionGroup as group:
+            raise _first_error(group) from None
+
+
+def _raise_if_cancelled() -> None:
+    """Honour a cancellation a library swallowed.
+
+    Python 3.11's ``asyncio.wait_for`` (used inside pymodbus) drops a cancel that
+    arrives together with the response (gh-86296, fixed in 3.12); the task then
+    stays "cancelling" while its loop goes on, and shutdown would wait forever.
+    """
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
+
+
+def _first_error(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    """The first error in ``group`` that is not a cancellation (the driver's own)."""
+    for exc in group.exceptions:
+        if isinstance(exc, BaseExceptionGroup):
+            return _first_error(exc)
+        if not isinstance(exc, asyncio.CancelledError):
+            return exc
+    return group

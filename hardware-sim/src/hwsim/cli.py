@@ -1,11 +1,16 @@
 """``citygate-sim``: run hardware simulators from the command line.
 
     citygate-sim modbus-tcp [--host 127.0.0.1] [--port 5020] --unit 1=sdm630 \\
-        --unit 2=sdm120 [--speed 1] [--seed N]
+        --unit 2=sdm120 [--speed 1] [--seed N] [--unmapped exception|zero|zero_in_map]
+    citygate-sim modbus-rtu [--link PATH] [--baudrate 9600] [--turnaround 0.005] \\
+        --unit 1=sdm630 --unit 2=em24 ...
+    citygate-sim mbus [--link PATH] [--baudrate 2400] --unit 5=12345678 \\
+        --unit 6=12345699:telegrams=2 ...
 
-Prints exactly one line, ``listening on HOST:PORT``, to stdout once ready; logs
-go to stderr (requests at debug level, ``-v``). Exits 0 on SIGINT or SIGTERM,
-2 on a usage error, 1 if it cannot listen.
+Prints exactly one line to stdout once ready, ``listening on HOST:PORT`` (TCP) or
+``serial port PATH`` (RTU, M-Bus: the pty, or the link to it); logs go to stderr
+(requests at debug level, ``-v``). Exits 0 on SIGINT or SIGTERM, 2 on a usage
+error, 1 if it cannot listen.
 """
 
 from __future__ import annotations
@@ -17,7 +22,15 @@ import signal
 import sys
 from collections.abc import Sequence
 
-from hwsim.modbus import MODELS, Meter, ModbusTcpSimulator, make_meter
+from hwsim.mbus import _cli as mbus_cli
+from hwsim.modbus import (
+    MODELS,
+    UNMAPPED_POLICIES,
+    Meter,
+    ModbusRtuSimulator,
+    ModbusTcpSimulator,
+    make_meter,
+)
 
 logger = logging.getLogger("hwsim")
 
@@ -74,11 +87,39 @@ def _parser() -> argparse.ArgumentParser:
     )
     tcp.add_argument(
         "--unmapped",
-        choices=("exception", "zero"),
-        default="exception",
-        help="unmapped registers in a read: exception 02 (default) or zeros",
+        choices=UNMAPPED_POLICIES,
+        default=None,
+        help="reads over unmapped registers: exception 02 (a strict meter), zeros, or"
+        " zeros inside the documented map and 02 beyond it (default: the model's;"
+        " Eastron zero_in_map, others exception)",
     )
     tcp.add_argument("-v", "--verbose", action="store_true", help="log every request")
+
+    rtu = commands.add_parser(
+        "modbus-rtu",
+        help="Modbus RTU energy meters on one RS-485 line (a pseudo-terminal)",
+        description=f"Serve meters over Modbus RTU on a pty. Models: {', '.join(MODELS)}.",
+    )
+    rtu.add_argument("--link", help="keep a symlink at this path pointing at the pty")
+    rtu.add_argument("--baudrate", type=int, default=9600, help="pacing of the line (default 9600)")
+    rtu.add_argument("--parity", choices=("N", "E", "O"), default="N", help="for pacing only")
+    rtu.add_argument("--stopbits", type=int, choices=(1, 2), default=1)
+    rtu.add_argument(
+        "--turnaround", type=float, default=0.0, help="seconds before a meter answers (default 0)"
+    )
+    rtu.add_argument(
+        "--unit",
+        dest="units",
+        action="append",
+        type=_unit_spec,
+        metavar="UNIT=MODEL",
+        help="serve MODEL at unit id UNIT (repeatable; default 1=sdm630)",
+    )
+    rtu.add_argument("--speed", type=_positive, default=1.0, help="simulated time multiplier")
+    rtu.add_argument("--seed", type=int, default=0, help="base seed (each unit gets its own)")
+    rtu.add_argument("--unmapped", choices=UNMAPPED_POLICIES, default=None)
+    rtu.add_argument("-v", "--verbose", action="store_true", help="log every request")
+    mbus_cli.add_parser(commands)
     return parser
 
 
@@ -101,6 +142,30 @@ async def _serve_modbus_tcp(args: argparse.Namespace, meters: dict[int, Meter]) 
     return 0
 
 
+async def _serve_modbus_rtu(args: argparse.Namespace, meters: dict[int, Meter]) -> int:
+    simulator = ModbusRtuSimulator(
+        meters,
+        baudrate=args.baudrate,
+        parity=args.parity,
+        stopbits=args.stopbits,
+        turnaround=args.turnaround,
+        link=args.link,
+    )
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
+    try:
+        async with simulator:
+            print(f"serial port {simulator.port}", flush=True)
+            await stop.wait()
+            logger.info("stopping")
+    finally:
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(signum)
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``citygate-sim``; returns the exit status."""
     parser = _parser()
@@ -110,6 +175,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         stream=sys.stderr,
         format="%(levelname)s %(name)s: %(message)s",
     )
+    if args.command == "mbus":
+        return mbus_cli.serve(args, parser)
     units: list[tuple[int, str]] = args.units or [(1, "sdm630")]
     meters: dict[int, Meter] = {}
     for unit, model in units:
@@ -124,10 +191,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             )
         except ValueError as error:
             parser.error(f"unit {unit}: {error}")
+    if args.command == "modbus-rtu" and args.baudrate <= 0:
+        parser.error("--baudrate must be positive")
+    serve = _serve_modbus_rtu if args.command == "modbus-rtu" else _serve_modbus_tcp
     try:
-        return asyncio.run(_serve_modbus_tcp(args, meters))
+        return asyncio.run(serve(args, meters))
     except KeyboardInterrupt:  # Ctrl-C before the signal handlers were installed
         return 0
     except OSError as error:
-        logger.error("cannot listen on %s:%s: %s", args.host, args.port, error)
+        where = args.link or "a pty" if args.command == "modbus-rtu" else f"{args.host}:{args.port}"
+        logger.error("cannot listen on %s: %s", where, error)
         return 1

@@ -22,7 +22,12 @@ updated in the transaction that uses it, so an emptied backlog does not reset it
 ``<name>.seq-hwm`` holds a reservation: every seq ever handed out is below it. It is written
 (fsynced, atomically replaced) before a seq beyond it is used, a block of
 :data:`SEQ_RESERVE_BLOCK` at a time, so a buffer started fresh (file lost or moved aside as
-corrupt) continues above every seq the old one could have published.
+corrupt) continues above every seq the old one could have published. With ``"normal"`` a power
+cut can also take the last commits (and the seqs they used, perhaps already published) out of
+the file itself, so the first open after a reboot continues above the reservation too, unless
+the last close was clean: a clean close checkpoints (fsyncing the WAL and the file) and
+shrinks the reservation to ``next_seq``. (A crash without a reboot loses nothing: the page
+cache outlives the process.)
 
 Size: a sample costs ``len(stored body) + ROW_OVERHEAD`` bytes against ``max_size``; that sum
 is :attr:`BufferStats.backlog_bytes`. Bodies are stored zlib-compressed (level 1, 4 KiB window:
@@ -39,12 +44,34 @@ triple that. Freed pages are reused; with ``auto_vacuum=INCREMENTAL``, :meth:`Bu
 also gives them back to the file system, 16 MiB per call, while more than a quarter of the
 file is free.
 
-Limits: ``max_age`` applies to samples taken with a synchronised clock (their time means
-something); ``max_size`` to all. ``when_full = "drop_oldest"`` deletes the oldest rows (lowest
-seq) to make room; ``"drop_newest"`` refuses the first new sample that does not fit and those
-after it in the same call. A sample larger than ``max_size`` is never stored. Every
-drop — size, age, invalid input, disk full — adds to ``dropped_samples``, a persistent counter,
-and to :attr:`AppendResult.dropped` or the return value of :meth:`Buffer.expire`.
+Ages (``max_age``, :attr:`BufferStats.oldest_unsent_age_s`) are never read off the wall clock,
+which jumps: NTP steps it, an operator sets it, a gateway without a real-time clock boots in
+the past and is stepped forward by years once NTP answers. Each row also stores ``line``, the
+moment it entered the buffer on the buffer's own *timeline*: seconds that advance with
+``CLOCK_BOOTTIME`` (never jumps, counts suspend) while the agent runs. The ``meta`` row records,
+with every transaction, where the timeline stood (``line``) together with the boot id, the boot
+clock and the wall clock (and whether it was synchronised). At open the timeline resumes from
+that record:
+
+* same boot (agent restarted or killed): plus the boot-clock time since the record: exact,
+  whatever the wall clock did meanwhile;
+* after a reboot, if the wall clock was synchronised both then and now: plus the wall-clock
+  gap (never negative);
+* otherwise (a reboot with an unsynchronised clock): the downtime is unknown and counts as 0:
+  samples may then outlive ``max_age`` by that downtime, but a bad clock never expires them.
+
+So a sample's age is the time it spent in the buffer, the timeline only grows, ``line`` grows
+with ``seq``, and a wall clock set forward by 40 days, set back, or stepped from 1970 to now
+expires nothing, reorders nothing, renumbers nothing (``seq`` is the buffer's own counter and
+rows are sent in ``seq`` order). A new file starts its timeline at the wall time (its origin
+means nothing; only differences count).
+
+Limits: ``max_age`` applies to every sample by its age on the timeline; ``max_size`` to all.
+``when_full = "drop_oldest"`` deletes the oldest rows (lowest seq) to make room;
+``"drop_newest"`` refuses the first new sample that does not fit and those after it in the same
+call. A sample larger than ``max_size`` is never stored. Every drop — size, age, invalid input,
+disk full — adds to ``dropped_samples``, a persistent counter, and to
+:attr:`AppendResult.dropped` or the return value of :meth:`Buffer.expire`.
 
 Opening takes an exclusive ``flock`` on ``<name>.lock`` (a second agent on the same data_dir gets
 a BufferError) and runs ``PRAGMA quick_check``, which reads the whole file: 4.4 s cold, 0.2 s
@@ -79,7 +106,6 @@ import math
 import operator
 import os
 import sqlite3
-import time
 import zlib
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -89,6 +115,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import ParamSpec, Self, TypeVar
 
+from agent.clock import SYSTEM, Timebase
 from agent.config import BufferSettings
 from drivers.api import CitygateError
 
@@ -111,7 +138,7 @@ _T = TypeVar("_T")
 _P = ParamSpec("_P")
 
 APPLICATION_ID = 0x43477462  # "CGtb": PRAGMA application_id of a citygate buffer
-SCHEMA_VERSION = 1  # PRAGMA user_version; _MIGRATIONS[v - 1] upgrades v to v + 1
+SCHEMA_VERSION = 2  # PRAGMA user_version; _MIGRATIONS[v - 1] upgrades v to v + 1
 ROW_OVERHEAD = 96  # bytes per row beyond its stored body; see the module docstring
 SEQ_RESERVE_BLOCK = 10_000
 WAL_SIZE_LIMIT = 4 * 1024 * 1024
@@ -123,7 +150,18 @@ _ZLIB_WBITS = 12
 _ZLIB_MEMLEVEL = 4
 _SQLITE_MAGIC = b"SQLite format 3\x00"
 _CORRUPTION_CODES = frozenset({sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB})
-_MIGRATIONS: tuple[tuple[str, ...], ...] = ()  # statements, run in one transaction
+_UNIX_NOW_SQL = "((julianday('now') - 2440587.5) * 86400.0)"
+_MIGRATIONS: tuple[tuple[str, ...], ...] = (  # statements, run in one transaction
+    (  # 1 → 2: the timeline ("Ages" in the module docstring)
+        "ALTER TABLE sample ADD COLUMN line REAL NOT NULL DEFAULT 0",
+        f"UPDATE sample SET line = CASE WHEN clock_synced THEN time ELSE {_UNIX_NOW_SQL} END",
+        "ALTER TABLE meta ADD COLUMN line REAL",
+        "ALTER TABLE meta ADD COLUMN boot_id TEXT",
+        "ALTER TABLE meta ADD COLUMN since_boot REAL",
+        "ALTER TABLE meta ADD COLUMN wall REAL",
+        "ALTER TABLE meta ADD COLUMN wall_synced INTEGER",
+    ),
+)
 
 _SCHEMA = """
 CREATE TABLE meta (
@@ -132,7 +170,13 @@ CREATE TABLE meta (
     dropped_samples    INTEGER NOT NULL,
     backlog_samples    INTEGER NOT NULL,
     backlog_readings   INTEGER NOT NULL,
-    backlog_body_bytes INTEGER NOT NULL
+    backlog_body_bytes INTEGER NOT NULL,
+    -- where the timeline stood at the last commit, and the clocks then (NULL: never written)
+    line               REAL,
+    boot_id            TEXT,
+    since_boot         REAL,
+    wall               REAL,
+    wall_synced        INTEGER
 );
 CREATE TABLE sample (
     seq          INTEGER PRIMARY KEY,
@@ -140,7 +184,8 @@ CREATE TABLE sample (
     clock_synced INTEGER NOT NULL,
     readings     INTEGER NOT NULL,
     device_id    TEXT NOT NULL,
-    body         BLOB NOT NULL  -- zlib(UTF-8 SenML body)
+    body         BLOB NOT NULL,  -- zlib(UTF-8 SenML body)
+    line         REAL NOT NULL   -- when it entered the buffer, on the timeline
 );
 CREATE INDEX sample_synced_time ON sample (time) WHERE clock_synced = 1;
 CREATE TABLE device_status (
@@ -183,6 +228,7 @@ class AppendResult:
 
     seqs: list[int | None]
     dropped: int  # samples dropped by this call: old rows deleted for room, or new ones refused
+    disk_full: bool = False  # all of them were dropped because the disk is full (logged here)
 
 
 @dataclass(frozen=True, slots=True)
@@ -193,6 +239,7 @@ class BufferStats:
     backlog_readings: int
     backlog_bytes: int
     oldest_unsent_time: float | None  # the oldest synced sample's time, else the first row's
+    oldest_unsent_age_s: float | None  # how long the first row has been buffered (timeline)
     dropped_samples: int  # since the buffer file was created
     next_seq: int
 
@@ -217,6 +264,40 @@ class _Row:
     @property
     def cost(self) -> int:
         return len(self.blob) + ROW_OVERHEAD
+
+
+@dataclass(frozen=True, slots=True)
+class _ClockRecord:
+    """The clocks at the last commit (``meta``)."""
+
+    line: float
+    boot_id: str
+    since_boot: float
+    wall: float
+    wall_synced: bool
+
+
+def _resume_line(record: _ClockRecord | None, timebase: Timebase) -> float:
+    """Where the timeline stands now, from the last record (rules in the module docstring)."""
+    if record is None:
+        return timebase.wall()
+    boot_id = timebase.boot_id()
+    since_boot = timebase.since_boot()
+    if boot_id and boot_id == record.boot_id and since_boot >= record.since_boot:
+        return record.line + (since_boot - record.since_boot)
+    if record.wall_synced and timebase.synced():
+        return record.line + max(0.0, timebase.wall() - record.wall)
+    return record.line
+
+
+def _read_clock_record(db: sqlite3.Connection) -> _ClockRecord | None:
+    row = db.execute(
+        "SELECT line, boot_id, since_boot, wall, wall_synced FROM meta WHERE id = 1"
+    ).fetchone()
+    if row is None or any(v is None for v in row):
+        return None
+    line, boot_id, since_boot, wall, synced = row
+    return _ClockRecord(float(line), str(boot_id), float(since_boot), float(wall), bool(synced))
 
 
 class _Unusable(Exception):
@@ -254,7 +335,7 @@ class Buffer:
     """The SQLite buffer, used from one thread (see the module docstring)."""
 
     def __init__(
-        self, path: Path, settings: BufferSettings, *, now: Callable[[], float] = time.time
+        self, path: Path, settings: BufferSettings, *, timebase: Timebase = SYSTEM
     ) -> None:
         if settings.when_full not in ("drop_oldest", "drop_newest"):
             raise ValueError(
@@ -264,7 +345,9 @@ class Buffer:
             raise ValueError(f"durability must be normal or full, not {settings.durability!r}")
         self.path = path
         self.settings = settings
-        self._now = now
+        self._timebase = timebase
+        self._line_at_open = 0.0
+        self._boot_at_open = 0.0
         self._hwm_path = path.with_name(path.name + ".seq-hwm")
         self._lock_path = path.with_name(path.name + ".lock")
         self._db: sqlite3.Connection | None = None
@@ -276,6 +359,7 @@ class Buffer:
         self._pending_acks: set[int] = set()
         self._pending_statuses: dict[str, str] = {}
         self._disk_full = False
+        self._disk_full_dropped = 0  # in this disk-full episode
 
     # ------------------------------------------------------------------ open / close
 
@@ -298,7 +382,12 @@ class Buffer:
                     self._db, self._counters = self._connect()
                 except _Unusable as again:
                     raise BufferError(f"cannot create a new buffer {self.path}: {again}") from again
+            with self._errors("open"):
+                record = _read_clock_record(self._require_open())
+            self._line_at_open = _resume_line(record, self._timebase)
+            self._boot_at_open = self._timebase.since_boot()
             self._check_counters()
+            self._skip_seqs_a_power_cut_may_have_lost(record)
             if self._reserved < self._counters.next_seq:  # side file lost or behind
                 try:
                     self._reserve(self._counters.next_seq)
@@ -308,6 +397,39 @@ class Buffer:
             self.close()
             raise
 
+    def _skip_seqs_a_power_cut_may_have_lost(self, record: _ClockRecord | None) -> None:
+        """First open since a reboot, durability "normal": the last commits may have been lost
+        with the page cache, and with them seqs already published. Continue above the side
+        file's reservation (fsynced before any seq is used) so no seq is handed out twice."""
+        if self.settings.durability != "normal" or self._reserved <= self._counters.next_seq:
+            return
+        boot_id = self._timebase.boot_id()
+        if record is not None and boot_id and record.boot_id == boot_id:
+            return  # same boot: the page cache kept every commit
+        log.info(
+            "buffer %s: first start since a reboot: seq continues at %d, above every seq handed"
+            " out before (commits not yet on disk at a power cut may be lost, never reused)",
+            self.path,
+            self._reserved,
+        )
+        self._counters.next_seq = self._reserved  # written by the next transaction
+
+    def _make_durable(self, db: sqlite3.Connection) -> None:
+        """Clean close with durability "normal": checkpoint (fsyncs the WAL and the file),
+        then shrink the seq reservation to next_seq, so the next boot needs no seq jump."""
+        try:
+            busy, wal_frames, checkpointed = db.execute(
+                "PRAGMA wal_checkpoint(TRUNCATE)"
+            ).fetchone()
+            if (
+                busy == 0
+                and wal_frames == checkpointed
+                and self._reserved > self._counters.next_seq
+            ):
+                self._write_reserve(self._counters.next_seq)
+        except (sqlite3.Error, OSError) as e:  # the next boot skips seqs instead
+            log.debug("buffer %s: final checkpoint: %s", self.path, e)
+
     def close(self) -> None:
         """Close the file (idempotent). Writes a full disk held back are tried once more, then
         given up (an ack given up means that sample is sent again: at least once)."""
@@ -315,6 +437,8 @@ class Buffer:
             if self._unsaved_dropped or self._pending_acks or self._pending_statuses:
                 with contextlib.suppress(_DiskFull, BufferError):
                     self._write(lambda db, c: None)
+            if self.settings.durability == "normal":
+                self._make_durable(self._db)
             db, self._db = self._db, None
             try:
                 db.close()
@@ -415,7 +539,11 @@ class Buffer:
         for statement in _SCHEMA.split(";"):
             if statement.strip():
                 db.execute(statement)
-        db.execute("INSERT INTO meta VALUES (1, ?, 0, 0, 0, 0)", (next_seq,))
+        db.execute(
+            "INSERT INTO meta (id, next_seq, dropped_samples, backlog_samples, backlog_readings,"
+            " backlog_body_bytes) VALUES (1, ?, 0, 0, 0, 0)",
+            (next_seq,),
+        )
         db.execute(f"PRAGMA application_id = {APPLICATION_ID}")
         db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
         db.execute("COMMIT")
@@ -446,7 +574,7 @@ class Buffer:
             self._write(lambda db, c: None)
 
     def _move_aside(self, reason: str) -> None:
-        stamp = datetime.fromtimestamp(self._now(), UTC).strftime("%Y%m%dT%H%M%SZ")
+        stamp = datetime.fromtimestamp(self._timebase.wall(), UTC).strftime("%Y%m%dT%H%M%SZ")
         base = self.path.with_name(f"{self.path.name}.corrupt-{stamp}")
         target, n = base, 1
         while target.exists():
@@ -492,7 +620,9 @@ class Buffer:
         """Make sure every seq below ``end`` is covered by the side file (fsynced)."""
         if end <= self._reserved:
             return
-        reserved = end + SEQ_RESERVE_BLOCK
+        self._write_reserve(end + SEQ_RESERVE_BLOCK)
+
+    def _write_reserve(self, reserved: int) -> None:
         temporary = self._hwm_path.with_name(self._hwm_path.name + ".tmp")
         with temporary.open("w", encoding="ascii") as f:
             f.write(f"{reserved}\n")
@@ -507,6 +637,10 @@ class Buffer:
         self._reserved = reserved
 
     # ------------------------------------------------------------------ transactions
+
+    def _line_now(self) -> float:
+        """Now on the timeline ("Ages" in the module docstring)."""
+        return self._line_at_open + max(0.0, self._timebase.since_boot() - self._boot_at_open)
 
     def _require_open(self) -> sqlite3.Connection:
         if self._db is None:
@@ -540,10 +674,18 @@ class Buffer:
                         self._pending_statuses.items(),
                     )
                 result = change(db, counters)
+                clocks = (
+                    self._line_now(),
+                    self._timebase.boot_id(),
+                    self._timebase.since_boot(),
+                    self._timebase.wall(),
+                    self._timebase.synced(),
+                )
                 db.execute(
                     "UPDATE meta SET next_seq = ?, dropped_samples = ?, backlog_samples = ?,"
-                    " backlog_readings = ?, backlog_body_bytes = ? WHERE id = 1",
-                    dataclasses.astuple(counters),
+                    " backlog_readings = ?, backlog_body_bytes = ?, line = ?, boot_id = ?,"
+                    " since_boot = ?, wall = ?, wall_synced = ? WHERE id = 1",
+                    dataclasses.astuple(counters) + clocks,
                 )
                 db.execute("COMMIT")
             except BaseException:
@@ -561,7 +703,15 @@ class Buffer:
         self._pending_statuses.clear()
         if self._disk_full:
             self._disk_full = False
-            log.info("buffer %s: writing again (disk space is back)", self.path)
+            log.info(
+                "buffer %s: writing again (disk space is back); %d samples were dropped",
+                self.path,
+                self._disk_full_dropped,
+            )
+            self._disk_full_dropped = 0
+            # Give back what the WAL grew to meanwhile (the next checkpoint could need it).
+            with contextlib.suppress(sqlite3.Error):
+                db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
         return result
 
     def _note_disk_full(self) -> None:
@@ -613,13 +763,15 @@ class Buffer:
             dropped = self._write(lambda db, c: self._insert(db, c, rows, seqs, len(invalid)))
         except _DiskFull:
             self._unsaved_dropped += len(samples)
-            return AppendResult([None] * len(samples), len(samples))
+            self._disk_full_dropped += len(samples)
+            return AppendResult([None] * len(samples), len(samples), disk_full=True)
         except OSError as e:  # the side file
             if not _is_disk_full(e):
                 raise BufferError(f"buffer: cannot write {self._hwm_path}: {e}") from e
             self._note_disk_full()
             self._unsaved_dropped += len(samples)
-            return AppendResult(seqs, len(samples))
+            self._disk_full_dropped += len(samples)
+            return AppendResult(seqs, len(samples), disk_full=True)
         return AppendResult(seqs, dropped)
 
     def _insert(
@@ -656,18 +808,19 @@ class Buffer:
             if excess > 0:
                 dropped += self._delete_oldest(db, counters, excess)
         seq = counters.next_seq
+        line = self._line_now()
         values = []
         for row in kept:
             s = row.sample
             values.append(
-                (seq, float(s.time), bool(s.clock_synced), s.readings, s.device_id, row.blob)
+                (seq, float(s.time), bool(s.clock_synced), s.readings, s.device_id, row.blob, line)
             )
             seqs[row.index] = seq
             counters.samples += 1
             counters.readings += s.readings
             counters.body_bytes += len(row.blob)
             seq += 1
-        db.executemany("INSERT INTO sample VALUES (?, ?, ?, ?, ?, ?)", values)
+        db.executemany("INSERT INTO sample VALUES (?, ?, ?, ?, ?, ?, ?)", values)
         counters.next_seq = seq
         counters.dropped += dropped + invalid
         return dropped + invalid
@@ -759,27 +912,34 @@ class Buffer:
             self._pending_acks.update(wanted)
 
     def expire(self) -> int:
-        """Drop synced samples older than ``max_age`` (counted); returns how many.
+        """Drop samples buffered longer than ``max_age`` (counted); returns how many.
 
-        Also gives free pages back to the file system, 16 MiB per call, while more than a
-        quarter of the file is free (after a large backlog drained).
+        Age is measured on the timeline, never on the wall clock (module docstring, "Ages");
+        rows go oldest first, from the head (``line`` grows with ``seq``). Also gives free
+        pages back to the file system, 16 MiB per call, while more than a quarter of the file
+        is free (after a large backlog drained).
         """
-        cutoff = self._now() - self.settings.max_age
+        cutoff = self._line_now() - self.settings.max_age
 
         def delete_old(db: sqlite3.Connection, counters: _Counters) -> int:
-            where = "WHERE clock_synced = 1 AND time < ?"
-            n, readings, body_bytes = db.execute(
-                "SELECT count(*), coalesce(sum(readings), 0), coalesce(sum(length(body)), 0)"
-                f" FROM sample {where}",
-                (cutoff,),
-            ).fetchone()
-            if n:
-                db.execute(f"DELETE FROM sample {where}", (cutoff,))
-                counters.samples -= int(n)
-                counters.readings -= int(readings)
-                counters.body_bytes -= int(body_bytes)
-                counters.dropped += int(n)
-            return int(n)
+            n = readings = body_bytes = 0
+            last = None
+            cursor = db.execute("SELECT seq, readings, length(body), line FROM sample ORDER BY seq")
+            for seq, row_readings, row_bytes, line in cursor:
+                if line >= cutoff:
+                    break
+                last = seq
+                n += 1
+                readings += row_readings
+                body_bytes += row_bytes
+            cursor.close()
+            if last is not None:
+                db.execute("DELETE FROM sample WHERE seq <= ?", (last,))
+                counters.samples -= n
+                counters.readings -= readings
+                counters.body_bytes -= body_bytes
+                counters.dropped += n
+            return n
 
         try:
             expired = self._write(delete_old)
@@ -806,12 +966,14 @@ class Buffer:
         db = self._require_open()
         with self._errors("stats"):
             oldest = _oldest_unsent_time(db)
+            first_line = _first_line(db)
         c = self._counters
         return BufferStats(
             backlog_samples=c.samples,
             backlog_readings=c.readings,
             backlog_bytes=c.body_bytes + c.samples * ROW_OVERHEAD,
             oldest_unsent_time=oldest,
+            oldest_unsent_age_s=_age(self._line_now(), first_line),
             dropped_samples=c.dropped + self._unsaved_dropped,
             next_seq=c.next_seq,
         )
@@ -859,7 +1021,18 @@ def _oldest_unsent_time(db: sqlite3.Connection) -> float | None:
     return None if row is None or row[0] is None else float(row[0])
 
 
-def open_readonly_stats(path: Path) -> tuple[BufferStats, dict[str, str]]:
+def _first_line(db: sqlite3.Connection) -> float | None:
+    row = db.execute("SELECT line FROM sample ORDER BY seq LIMIT 1").fetchone()
+    return None if row is None else float(row[0])
+
+
+def _age(line_now: float, first_line: float | None) -> float | None:
+    return None if first_line is None else max(0.0, line_now - first_line)
+
+
+def open_readonly_stats(
+    path: Path, *, timebase: Timebase = SYSTEM
+) -> tuple[BufferStats, dict[str, str]]:
     """Backlog and device statuses of a buffer file, read-only (safe while the agent runs)."""
     if not path.exists():
         raise BufferError(f"no buffer at {path}")
@@ -886,11 +1059,14 @@ def open_readonly_stats(path: Path) -> tuple[BufferStats, dict[str, str]]:
         if row is None:
             raise BufferError(f"buffer {path}: the meta row is missing")
         c = _Counters(*(int(v) for v in row))
+        # The agent's timeline now, resumed from its last commit as the agent itself would.
+        line_now = _resume_line(_read_clock_record(db), timebase)
         stats = BufferStats(
             backlog_samples=c.samples,
             backlog_readings=c.readings,
             backlog_bytes=c.body_bytes + c.samples * ROW_OVERHEAD,
             oldest_unsent_time=_oldest_unsent_time(db),
+            oldest_unsent_age_s=_age(line_now, _first_line(db)),
             dropped_samples=c.dropped,
             next_seq=c.next_seq,
         )
@@ -919,11 +1095,11 @@ class AsyncBuffer:
         path: Path,
         settings: BufferSettings,
         *,
-        now: Callable[[], float] = time.time,
+        timebase: Timebase = SYSTEM,
         call_timeout: float = 30.0,
         open_timeout: float = 300.0,
     ) -> None:
-        self.buffer = Buffer(path, settings, now=now)
+        self.buffer = Buffer(path, settings, timebase=timebase)
         self.call_timeout = call_timeout
         self.open_timeout = open_timeout
         self._executor: ThreadPoolExecutor | None = None

@@ -1,21 +1,57 @@
-"""Is the system clock synchronised? (mqtt.md: samples taken before NTP say so.)
+"""The agent's clocks: a wall clock that may jump, a boot clock that never does.
 
-The kernel knows: ``adjtimex(2)`` returns TIME_ERROR while STA_UNSYNC is set, and
-NTP daemons (systemd-timesyncd, chrony, ntpd) clear it once they have disciplined
-the clock. ``CITYGATE_CLOCK=synced|unsynced`` overrides the kernel for tests and
-for machines where no daemon tells the kernel.
+* Wall time (:meth:`Timebase.wall`) stamps samples (``bt``); NTP may step it, an operator may
+  set it, and a gateway without a real-time clock boots at some old date.
+* Boot time (:meth:`Timebase.since_boot`, ``CLOCK_BOOTTIME``) counts seconds since this boot,
+  suspend included, and never jumps; :meth:`Timebase.boot_id` tells one boot from the next.
+  The buffer measures ages on it (see agent/buffer.py, "Ages").
+* Is the wall clock synchronised? (mqtt.md: samples taken before NTP say so.) The kernel knows:
+  ``adjtimex(2)`` returns TIME_ERROR while STA_UNSYNC is set, and NTP daemons
+  (systemd-timesyncd, chrony, ntpd) clear it once they have disciplined the clock.
+
+Test hooks (environment, read by :data:`SYSTEM`): ``CITYGATE_CLOCK=synced|unsynced`` overrides
+the kernel (also for machines where no daemon tells the kernel);
+``CITYGATE_TEST_CLOCK_OFFSET_FILE`` names a file holding seconds added to the wall clock (a
+missing or unreadable file means 0), re-read at every call, so a test can jump the agent's
+wall clock without touching the system's.
 """
 
 from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import functools
 import os
 import time
+from typing import Protocol
+
+__all__ = ["OFFSET_FILE_ENV", "SYSTEM", "ClockState", "SystemTimebase", "Timebase", "wall_time"]
 
 _TIME_ERROR = 5
 _STA_UNSYNC = 0x0040
 _RECHECK_S = 10.0
+_BOOT_ID_PATH = "/proc/sys/kernel/random/boot_id"
+OFFSET_FILE_ENV = "CITYGATE_TEST_CLOCK_OFFSET_FILE"
+
+
+class Timebase(Protocol):
+    """The clocks the buffer needs (tests inject their own)."""
+
+    def wall(self) -> float:
+        """Unix time in seconds; may jump."""
+        ...
+
+    def since_boot(self) -> float:
+        """Seconds since this boot, suspend included; never jumps."""
+        ...
+
+    def boot_id(self) -> str:
+        """Different after every reboot."""
+        ...
+
+    def synced(self) -> bool:
+        """Is the wall clock synchronised (NTP)?"""
+        ...
 
 
 class _Timex(ctypes.Structure):
@@ -45,16 +81,37 @@ class _Timex(ctypes.Structure):
     ]
 
 
+@functools.cache
+def _libc() -> ctypes.CDLL | None:
+    name = ctypes.util.find_library("c")  # runs ldconfig: once, not at every check
+    return None if name is None else ctypes.CDLL(name, use_errno=True)
+
+
 def _kernel_says_synced() -> bool:
-    libc_name = ctypes.util.find_library("c")
-    if libc_name is None:
+    libc = _libc()
+    if libc is None:
         return True
-    libc = ctypes.CDLL(libc_name, use_errno=True)
     timex = _Timex()
     state = libc.adjtimex(ctypes.byref(timex))
     if state == -1:
         return True  # cannot tell: do not mark every sample
     return state != _TIME_ERROR and not timex.status & _STA_UNSYNC
+
+
+def _test_offset() -> float:
+    path = os.environ.get(OFFSET_FILE_ENV)
+    if not path:
+        return 0.0
+    try:
+        with open(path, encoding="ascii") as f:
+            return float(f.read().strip() or 0.0)
+    except (OSError, ValueError):
+        return 0.0
+
+
+def wall_time() -> float:
+    """The wall clock (Unix seconds), with the test offset if one is set."""
+    return time.time() + _test_offset()
 
 
 class ClockState:
@@ -74,3 +131,32 @@ class ClockState:
             else:
                 self._synced = _kernel_says_synced()
         return self._synced
+
+
+class SystemTimebase:
+    """The machine's clocks (with the test hooks of the module docstring)."""
+
+    def __init__(self) -> None:
+        self._state = ClockState()
+        self._boot_id: str | None = None
+
+    def wall(self) -> float:
+        return wall_time()
+
+    def since_boot(self) -> float:
+        return time.clock_gettime(time.CLOCK_BOOTTIME)
+
+    def boot_id(self) -> str:
+        if self._boot_id is None:
+            try:
+                with open(_BOOT_ID_PATH, encoding="ascii") as f:
+                    self._boot_id = f.read().strip()
+            except OSError:
+                self._boot_id = ""  # unknown: every start looks like a new boot
+        return self._boot_id
+
+    def synced(self) -> bool:
+        return self._state.synced()
+
+
+SYSTEM = SystemTimebase()

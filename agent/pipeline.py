@@ -29,7 +29,21 @@ class BufferWriter:
         self._on_buffered = on_buffered
         self._queue: asyncio.Queue[Sample | None] = asyncio.Queue(maxsize=QUEUE_SAMPLES)
         self._dropping = False
+        self._congested = False
         self._dropped_in_episode = 0
+
+    def congested(self) -> bool:
+        """True while the queue is more than half full: the agent is overloaded
+        (more offered than it can encode and store), and polls should be skipped
+        rather than starve the publisher."""
+        congested = self._queue.qsize() > QUEUE_SAMPLES // 2
+        if congested != self._congested:
+            self._congested = congested
+            if congested:
+                log.warning("overloaded: skipping polls until the buffer writer catches up")
+            else:
+                log.warning("no longer overloaded; polls resume")
+        return congested
 
     async def submit(self, sample: Sample) -> None:
         """Queue a sample for the buffer; waits while the queue is full."""
@@ -63,7 +77,9 @@ class BufferWriter:
             for s in batch
         ]
         result = await self._buffer.append(new)
-        if result.dropped:
+        if result.disk_full:
+            pass  # the buffer logs disk-full episodes itself; they are not when_full's doing
+        elif result.dropped:
             self._dropped_in_episode += result.dropped
             if not self._dropping:
                 self._dropping = True

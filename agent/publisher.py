@@ -1,17 +1,49 @@
 """The MQTT side (mqtt.md): status with will, info, SenML data, device status, metrics.
 
-Data leaves the buffer only after the broker acknowledged it: the publisher reads
-samples from the buffer after a cursor, publishes them as per-device SenML packs
-(QoS 1, at most ``max_inflight`` awaiting PUBACK) and deletes their rows when
-the PUBACK arrives. After any connection loss the cursor goes back to the oldest
-row still in the buffer, so what was in flight is sent again (at least once).
+Data leaves the buffer only after the broker acknowledged it: the publisher reads samples from
+the buffer after a cursor, publishes them as per-device SenML packs (QoS 1, at most
+``max_inflight`` awaiting PUBACK) and deletes their rows when the PUBACK arrives.
+
+Session. The publisher keeps one MQTT client, so one MQTT session, for its whole life. It
+connects with clean start off (protocol 5, with a session expiry of :data:`SESSION_EXPIRY_S`) or
+``clean_session`` off (3.1.1), every time. (paho's "clean start on the first connection only"
+cannot be used: aiomqtt's connect resets what paho counts as the first connection. A new process
+resuming its predecessor's session costs nothing: a publisher's session on the broker holds no
+subscriptions, and what the predecessor had in flight is still in the buffer and is sent
+again.) A data message in flight when the connection drops stays in the client's session: after
+the next CONNACK the client sends it again with the same packet identifier and DUP set, before
+anything new, and the publish that waits for its PUBACK (it outlives the connection) acks its
+rows when that PUBACK comes. The buffer's cursor therefore never goes back while the publisher
+runs; rows are sent a second time only when the client refused a publish outright (the
+connection had just dropped) or at the next start. Delivery stays at least once, ordered per
+device (paho sends and re-sends in publish order).
+
+Faults. A connection that dies silently is found by the keepalive (aiomqtt/paho send PINGREQ
+and close after a further keepalive without an answer). A broker that answers pings but stops
+acknowledging data is found by :meth:`Publisher._watch_acks`: no PUBACK for ``ack_timeout``
+(``max(keepalive, 10 s)``) while messages wait for one drops the connection. A CONNACK or a
+status PUBACK that does not come within ``ack_timeout`` fails the attempt. Every failure leads
+to a reconnect with capped, jittered backoff; each distinct error is logged once.
+
+Stopping (:meth:`Publisher.stop`): no new data is taken from the buffer once the flush time is
+over; what the broker acknowledged by then is deleted, the rest stays buffered. Then ``offline``
+is published (for at most :data:`OFFLINE_TIMEOUT_S`) and the client disconnects; if the broker
+did not answer, the connection is dropped instead (the broker publishes the will). A stop during
+a connection attempt abandons it rather than waiting for the CONNACK.
+
+aiomqtt 2.5 can reuse a client only with care, which :func:`_prepare_reconnect`,
+:func:`_drop_connection` and :class:`_Client` take (they touch aiomqtt internals: the 2.5 release
+line is pinned).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
+import math
+import socket
 import ssl
 import time
 from collections.abc import Sequence
@@ -19,6 +51,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import aiomqtt
+import paho.mqtt.client as paho
+from aiomqtt.types import PahoSocket
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
@@ -34,10 +68,44 @@ log = logging.getLogger(__name__)
 METRICS_INTERVAL_S = 60.0
 SESSION_EXPIRY_S = 7 * 86400
 RECONNECT_MAX_S = 60.0
+ACK_TIMEOUT_MIN_S = 10.0  # a PUBACK or CONNACK later than max(keepalive, this) means a stall
+OFFLINE_TIMEOUT_S = 2.0  # how long the clean stop waits for `offline` to be acknowledged
+DROP_TIMEOUT_S = 2.0  # how long dropping a connection waits for the client to notice
+
+
+class _Client(aiomqtt.Client):
+    """aiomqtt's client, with a write registration that lands only where it is still wanted.
+
+    aiomqtt 2.5 asks the event loop to watch the socket for writing with
+    ``call_soon_threadsafe`` (paho may ask from its connect thread) but stops watching at once.
+    A request still queued when paho has already written everything, or closed the socket,
+    would make the loop spin on an idle socket or log "Exception in callback ... Bad file
+    descriptor" for a closed one, which happens when a connection drops mid-publish."""
+
+    def _on_socket_register_write(
+        self, client: paho.Client, userdata: Any, sock: PahoSocket
+    ) -> None:
+        def write() -> None:
+            try:
+                client.loop_write()
+            except Exception as exc:  # a broken connection, as in aiomqtt's own callback
+                if not self._disconnected.done():
+                    self._disconnected.set_exception(exc)
+
+        def watch() -> None:
+            current = client.socket()
+            if current is not None and current is sock and client.want_write():
+                self._loop.add_writer(current.fileno(), write)
+
+        self._loop.call_soon_threadsafe(watch)
 
 
 class _SessionEnd(Exception):
     """The publisher was asked to stop and has flushed what it could."""
+
+
+class _Stalled(Exception):
+    """The broker stopped acknowledging data: the connection is dropped."""
 
 
 @dataclass(slots=True)
@@ -79,6 +147,7 @@ class Publisher:
         counters: Counters,
         *,
         metrics_interval: float = METRICS_INTERVAL_S,
+        ack_timeout: float | None = None,
     ) -> None:
         self._mqtt = mqtt
         self._gateway = gateway
@@ -88,6 +157,9 @@ class Publisher:
         self._board = board
         self._counters = counters
         self._metrics_interval = metrics_interval
+        self.ack_timeout = (
+            max(ACK_TIMEOUT_MIN_S, mqtt.keepalive) if ack_timeout is None else ack_timeout
+        )
         self._started_at = time.time()
         base = f"{mqtt.topic_prefix}/{gateway.id}"
         self.status_topic = f"{base}/status"
@@ -100,10 +172,23 @@ class Publisher:
         self._stopping = asyncio.Event()
         self._flushed = asyncio.Event()
         self._stop_deadline = 0.0
+        self._online = asyncio.Event()  # a session is up: data may be handed to the client
+        self._cursor = 0  # the last seq handed to the client (rows after it are not yet sent)
+        self._in_flight = 0  # data messages handed to the client and not yet acknowledged
+        self._all_acked = asyncio.Event()
+        self._all_acked.set()
+        self._waiting_since: float | None = None  # since when a PUBACK is awaited in vain
+        self._refused = asyncio.Event()  # the client refused a data publish: not connected
+        self._resend_after: int | None = None  # the cursor goes back here: a refused publish
         self.connected = False
-        self.last_progress = time.monotonic()  # for the watchdog: last PUBACK or idle check
+        self.last_progress = time.monotonic()  # last PUBACK, or last time there was nothing to send
 
     # ------------------------------------------------------------------ API
+
+    @property
+    def in_flight(self) -> int:
+        """Data messages handed to the client and not acknowledged yet."""
+        return self._in_flight
 
     def notify(self, readings: int) -> None:
         """New samples were buffered (called by the buffer writer)."""
@@ -119,51 +204,16 @@ class Publisher:
         self._data_waiting.set()
 
     async def run(self) -> None:
-        backoff = Backoff(start=1.0, cap=RECONNECT_MAX_S)
-        last_error: str | None = None
-        failures = 0
-        while not self._stopping.is_set():
-            try:
-                client = self._client()
-                async with client:
-                    if failures:
-                        log.info(
-                            "broker %s: connected again after %d attempts", self._mqtt.url, failures
-                        )
-                        self._counters.broker_reconnects += 1
-                    else:
-                        log.info("broker %s: connected", self._mqtt.url)
-                    failures, last_error = 0, None
-                    backoff.reset()
-                    await self._session(client)
-            except _SessionEnd:
-                return
-            except (aiomqtt.MqttError, OSError, ssl.SSLError, BaseExceptionGroup) as exc:
-                leaves = _leaves(exc)
-                if any(isinstance(e, _SessionEnd) for e in leaves):
-                    return
-                unexpected = [e for e in leaves if not isinstance(e, _CONNECTION_ERRORS)]
-                if unexpected:
-                    raise
-                error = "; ".join(dict.fromkeys(describe(e) for e in leaves))
-                failures += 1
-                if error != last_error:
-                    log.warning("broker %s: %s (retrying with backoff)", self._mqtt.url, error)
-                    last_error = error
-            finally:
-                self.connected = False
-            if self._stopping.is_set():
-                return
-            delay = backoff.next_delay()
-            try:
-                async with asyncio.timeout(delay):
-                    await self._stopping.wait()
-            except TimeoutError:
-                pass
+        client = self._client()
+        async with asyncio.TaskGroup() as tg:
+            data = tg.create_task(self._send_data(client), name="mqtt-data")
+            await self._keep_connected(client)
+            # What is still in flight stays buffered for the next start.
+            data.cancel()
 
     # ------------------------------------------------------------------ connection
 
-    def _client(self) -> aiomqtt.Client:
+    def _client(self) -> _Client:
         m = self._mqtt
         v5 = m.protocol == "5"
         properties = None
@@ -177,7 +227,7 @@ class Publisher:
                 certfile=str(m.cert_file) if m.cert_file else None,
                 keyfile=str(m.key_file) if m.key_file else None,
             )
-        return aiomqtt.Client(
+        client = _Client(
             m.host,
             m.port,
             identifier=m.client_id,
@@ -185,41 +235,170 @@ class Publisher:
             password=m.password,
             protocol=aiomqtt.ProtocolVersion.V5 if v5 else aiomqtt.ProtocolVersion.V311,
             will=aiomqtt.Will(self.status_topic, b"offline", qos=1, retain=True),
-            clean_session=None if v5 else True,
+            clean_session=None if v5 else False,
+            clean_start=False if v5 else paho.MQTT_CLEAN_START_FIRST_ONLY,  # 3.1.1: must be default
             keepalive=max(1, round(m.keepalive)),
-            timeout=max(10.0, m.keepalive),
+            timeout=self.ack_timeout,
             max_inflight_messages=m.max_inflight,
             properties=properties,
             tls_params=tls,
         )
+        # aiomqtt warns above 10 pending publishes; up to max_inflight of them is normal here.
+        client.pending_calls_threshold = m.max_inflight + 10
+        return client
+
+    async def _keep_connected(self, client: aiomqtt.Client) -> None:
+        """Connect, run sessions and reconnect until :meth:`stop`."""
+        backoff = Backoff(start=1.0, cap=RECONNECT_MAX_S)
+        last_error: str | None = None
+        failures = 0
+        while not self._stopping.is_set():
+            try:
+                async with contextlib.AsyncExitStack() as connection:
+                    if not await self._connect(client):
+                        return
+                    connection.push_async_exit(client)
+                    if not client._client.is_connected():
+                        # Lost between CONNACK and the end of `__aenter__`: aiomqtt 2.5
+                        # misses a loss in that moment (its "disconnected" is reset after).
+                        raise aiomqtt.MqttError("connection lost right after CONNACK")
+                    if failures:
+                        log.info(
+                            "broker %s: connected again after %d attempts", self._mqtt.url, failures
+                        )
+                        self._counters.broker_reconnects += 1
+                    else:
+                        log.info("broker %s: connected", self._mqtt.url)
+                    failures, last_error = 0, None
+                    backoff.reset()
+                    await self._session(client)
+            except _SessionEnd:
+                return
+            except (*_CONNECTION_ERRORS, BaseExceptionGroup) as exc:
+                leaves = _leaves(exc)
+                if any(isinstance(e, _SessionEnd) for e in leaves):
+                    return
+                unexpected = [e for e in leaves if not isinstance(e, _CONNECTION_ERRORS)]
+                if unexpected:
+                    raise
+                # A CONNACK that never came leaves the socket open.
+                _drop_connection(client)
+                error = "; ".join(dict.fromkeys(_describe(e) for e in leaves))
+                failures += 1
+                if error != last_error:
+                    log.warning("broker %s: %s (retrying with backoff)", self._mqtt.url, error)
+                    last_error = error
+            finally:
+                self.connected = False
+                self._online.clear()
+            if self._stopping.is_set():
+                return
+            delay = backoff.next_delay()
+            try:
+                async with asyncio.timeout(delay):
+                    await self._stopping.wait()
+            except TimeoutError:
+                pass
+
+    async def _connect(self, client: aiomqtt.Client) -> bool:
+        """Enter ``client`` (connect, wait for CONNACK); False if :meth:`stop` came first.
+
+        The wait for a CONNACK lasts up to ``ack_timeout``; stopping must not wait for it."""
+        _prepare_reconnect(client)
+        started = time.monotonic()
+        entering = asyncio.ensure_future(client.__aenter__())
+        stopping = asyncio.ensure_future(self._stopping.wait())
+        try:
+            await asyncio.wait([entering, stopping], return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stopping.cancel()
+            if not entering.done():
+                # Abandoned for good: the publisher is stopping (or being cancelled).
+                entering.cancel()
+                await asyncio.wait([entering])
+                _drop_connection(client)
+                if not entering.cancelled():
+                    entering.exception()  # it failed meanwhile: nobody is waiting for why
+        if entering.cancelled():
+            return False
+        failure = entering.exception()
+        if failure is None:
+            return True
+        if type(failure) is aiomqtt.MqttError and time.monotonic() - started >= self.ack_timeout:
+            # aiomqtt's "Operation timed out": connected, but no CONNACK came.
+            raise _Stalled(f"no CONNACK within {self.ack_timeout:g} s") from failure
+        raise failure
 
     async def _session(self, client: aiomqtt.Client) -> None:
+        """One connection's life: ends by raising (connection lost, stall, or _SessionEnd)."""
+        try:
+            async with asyncio.TaskGroup() as tg:
+                tg.create_task(self._watch_connection(client), name="mqtt-watch")
+                tg.create_task(self._announce(client, tg), name="mqtt-announce")
+                await self._stopping.wait()
+                await self._end_session(client)
+        except BaseException as exc:
+            self._online.clear()
+            if not any(isinstance(e, _SessionEnd) for e in _leaves(exc)):
+                # Leave the connection closed so that leaving `client` does not try a
+                # DISCONNECT on a connection that may be stalled.
+                await _close_and_wait(client)
+            raise
+
+    async def _announce(self, client: aiomqtt.Client, tg: asyncio.TaskGroup) -> None:
+        """Publish online and info, then let data, statuses and metrics flow."""
         await client.publish(self.status_topic, b"online", qos=1, retain=True)
         await client.publish(self.info_topic, self._info_payload(), qos=1, retain=True)
         self.connected = True
+        if self._in_flight:
+            self._waiting_since = time.monotonic()  # the client re-sends them now
+        self._refused.clear()
+        self._online.set()
         self._status_watch.reset()
-        async with asyncio.TaskGroup() as tg:
-            tg.create_task(self._watch_connection(client), name="mqtt-watch")
-            tg.create_task(self._send_data(client), name="mqtt-data")
-            tg.create_task(self._send_statuses(client), name="mqtt-status")
-            tg.create_task(self._send_metrics(client), name="mqtt-metrics")
-            await self._stopping.wait()
-            remaining = self._stop_deadline - time.monotonic()
-            try:
-                async with asyncio.timeout(max(0.0, remaining)):
-                    await self._flushed.wait()
-            except TimeoutError:
-                log.warning("stopping: samples the broker did not take in time stay buffered")
-            try:
-                await client.publish(self.status_topic, b"offline", qos=1, retain=True, timeout=2.0)
-            except aiomqtt.MqttError as exc:
-                log.warning("stopping: could not publish offline status: %s", describe(exc))
-            raise _SessionEnd
+        tg.create_task(self._watch_acks(), name="mqtt-ack-watch")
+        tg.create_task(self._watch_refusals(), name="mqtt-refusal-watch")
+        tg.create_task(self._send_statuses(client), name="mqtt-status")
+        tg.create_task(self._send_metrics(client), name="mqtt-metrics")
+
+    async def _end_session(self, client: aiomqtt.Client) -> None:
+        """Stopping: flush until the deadline, publish offline, end the session."""
+        remaining = self._stop_deadline - time.monotonic()
+        try:
+            async with asyncio.timeout(max(0.0, remaining)):
+                await self._flushed.wait()
+        except TimeoutError:
+            log.warning("stopping: samples the broker did not take in time stay buffered")
+        self._online.clear()
+        try:
+            await client.publish(
+                self.status_topic, b"offline", qos=1, retain=True, timeout=OFFLINE_TIMEOUT_S
+            )
+        except aiomqtt.MqttError as exc:
+            log.warning("stopping: could not publish offline status: %s", _describe(exc))
+            await _close_and_wait(client)  # the broker is not answering: no DISCONNECT either
+        raise _SessionEnd
 
     async def _watch_connection(self, client: aiomqtt.Client) -> None:
         # The messages iterator raises MqttError when the connection is lost.
         async for _ in client.messages:
             pass
+
+    async def _watch_acks(self) -> None:
+        """End the session when the broker stops acknowledging data."""
+        period = max(0.05, min(1.0, self.ack_timeout / 4))
+        while True:
+            await asyncio.sleep(period)
+            since = self._waiting_since
+            if since is not None and time.monotonic() - since > self.ack_timeout:
+                self._waiting_since = None
+                raise _Stalled(
+                    f"no PUBACK for {self.ack_timeout:g} s with {self._in_flight} messages waiting"
+                )
+
+    async def _watch_refusals(self) -> None:
+        """End the session when the client says it is not connected (its loss went unseen)."""
+        await self._refused.wait()
+        raise aiomqtt.MqttError("the client is not connected")
 
     # ------------------------------------------------------------------ data
 
@@ -241,56 +420,86 @@ class Publisher:
                 return
 
     async def _send_data(self, client: aiomqtt.Client) -> None:
+        """Hand buffered rows to the client, oldest first, while a session is up.
+
+        Publishes it started wait for their PUBACK across reconnects (see the module
+        docstring), so this loop outlives every connection."""
         m = self._mqtt
-        inflight = asyncio.Semaphore(m.max_inflight)
-        in_progress = 0
-        all_acked = asyncio.Event()
-        all_acked.set()
-        cursor = 0  # the oldest row still buffered comes first after (re)connect
+        slots = asyncio.Semaphore(m.max_inflight)
         fetch_readings = m.max_batch * m.max_inflight
         self._data_waiting.set()
-
-        async def publish_one(message: _Message) -> None:
-            nonlocal in_progress
-            try:
-                topic = f"{self._base}/{message.device_id}/data"
-                payload = encode_pack(f"{self._gateway.id}/{message.device_id}/", message.samples)
-                await client.publish(topic, payload, qos=m.qos)
-                await self._buffer.ack([s.seq for s in message.samples])
-                self._counters.samples_published += len(message.samples)
-                self._counters.readings_published += message.readings
-                self._counters.messages_published += 1
-                self.last_progress = time.monotonic()
-            finally:
-                inflight.release()
-                in_progress -= 1
-                if in_progress == 0:
-                    all_acked.set()
-
         async with asyncio.TaskGroup() as tg:
             while True:
                 await self._wait_for_data()
+                await self._online.wait()
                 self._data_waiting.clear()
                 self._first_unsent_at = None
                 self._unsent_readings = 0
-                rows = await self._buffer.fetch(cursor, fetch_readings)
+                resend_after = self._take_resend_point()
+                if resend_after is not None:
+                    self._cursor = min(self._cursor, resend_after)
+                rows = await self._buffer.fetch(self._cursor, fetch_readings)
                 if not rows:
                     self.last_progress = time.monotonic()
-                    if self._stopping.is_set():
-                        await all_acked.wait()
+                    if not self._stopping.is_set():
+                        continue
+                    await self._all_acked.wait()
+                    if self._resend_after is None:  # all handed over and acknowledged
                         self._flushed.set()
                         return
+                    self._data_waiting.set()
                     continue
-                cursor = rows[-1].seq
+                self._cursor = rows[-1].seq
                 for message in group_messages(rows, m.max_batch):
-                    await inflight.acquire()
-                    in_progress += 1
-                    all_acked.clear()
-                    tg.create_task(publish_one(message))
+                    await slots.acquire()
+                    await self._online.wait()
+                    self._in_flight += 1
+                    self._all_acked.clear()
+                    if self._waiting_since is None:
+                        self._waiting_since = time.monotonic()
+                    tg.create_task(self._publish_data(client, message, slots))
                 # More may be waiting behind what one fetch takes.
                 self._data_waiting.set()
                 if self._first_unsent_at is None:
                     self._first_unsent_at = time.monotonic() - m.linger
+
+    def _take_resend_point(self) -> int | None:
+        point, self._resend_after = self._resend_after, None
+        return point
+
+    async def _publish_data(
+        self, client: aiomqtt.Client, message: _Message, slots: asyncio.Semaphore
+    ) -> None:
+        seqs = [s.seq for s in message.samples]
+        try:
+            topic = f"{self._base}/{message.device_id}/data"
+            payload = encode_pack(f"{self._gateway.id}/{message.device_id}/", message.samples)
+            try:
+                # No timeout here: the wait spans reconnects; _watch_acks bounds it while
+                # connected, and stopping cancels it.
+                await client.publish(topic, payload, qos=self._mqtt.qos, timeout=math.inf)
+            except aiomqtt.MqttError:
+                # Refused at once: the connection had just dropped. Send these rows again,
+                # after the next connect.
+                first = seqs[0] - 1
+                self._resend_after = min(first, self._resend_after or first)
+                self._online.clear()
+                self._refused.set()
+                self._data_waiting.set()
+                return
+            await self._buffer.ack(seqs)
+            self._counters.samples_published += len(message.samples)
+            self._counters.readings_published += message.readings
+            self._counters.messages_published += 1
+            self.last_progress = time.monotonic()
+        finally:
+            slots.release()
+            self._in_flight -= 1
+            if self._in_flight == 0:
+                self._waiting_since = None
+                self._all_acked.set()
+            elif self._waiting_since is not None:
+                self._waiting_since = time.monotonic()
 
     # ------------------------------------------------------------------ status, info, metrics
 
@@ -341,7 +550,49 @@ class Publisher:
             await asyncio.sleep(self._metrics_interval)
 
 
-_CONNECTION_ERRORS = (aiomqtt.MqttError, OSError, ssl.SSLError, _SessionEnd)
+_CONNECTION_ERRORS = (aiomqtt.MqttError, OSError, ssl.SSLError, _SessionEnd, _Stalled)
+
+
+def _describe(exc: BaseException) -> str:
+    """Like :func:`describe`, with the cause aiomqtt hides behind a generic message."""
+    if isinstance(exc, _Stalled):
+        return str(exc)
+    cause = exc.__cause__
+    if isinstance(exc, aiomqtt.MqttError) and cause is not None:
+        return f"connection lost ({describe(cause)})"
+    return describe(exc)
+
+
+def _prepare_reconnect(client: aiomqtt.Client) -> None:
+    """Make ``async with client`` wait for the next CONNACK again.
+
+    aiomqtt 2.5 resets its "connected" future only after a clean exit; after a lost connection
+    it stays done, and the next ``__aenter__`` would return before the broker answered."""
+    connected = client._connected
+    if connected.done():
+        client._connected = asyncio.get_running_loop().create_future()
+
+
+def _drop_connection(client: aiomqtt.Client) -> None:
+    """Close the connection at once, without a DISCONNECT (a stalled broker would not take it).
+
+    Shutting the socket down makes paho read EOF on the event loop: it closes the socket and
+    reports the loss, which ends ``client.messages``. The MQTT session survives (and so does
+    the will: the broker publishes ``offline`` as for any lost connection)."""
+    sock = client._client.socket()
+    if isinstance(sock, socket.socket):
+        with contextlib.suppress(OSError):
+            sock.shutdown(socket.SHUT_RDWR)
+
+
+async def _close_and_wait(client: aiomqtt.Client) -> None:
+    """Drop the connection and wait (bounded) until the client has noticed, so that leaving
+    ``async with client`` neither sends a DISCONNECT nor waits for one."""
+    _drop_connection(client)
+    with contextlib.suppress(aiomqtt.MqttError, TimeoutError):
+        async with asyncio.timeout(DROP_TIMEOUT_S):
+            async for _ in client.messages:
+                pass
 
 
 def _leaves(exc: BaseException) -> list[BaseException]:

@@ -34,13 +34,30 @@ T0 = 1_764_079_200.0
 
 
 class Clock:
-    """An injected wall clock."""
+    """Injected clocks (agent.clock.Timebase): ``now`` is the wall clock, ``boot`` the boot
+    clock; :meth:`advance` moves both, as time passing does; setting ``now`` alone is a jump."""
 
-    def __init__(self, now: float = T0) -> None:
+    def __init__(self, now: float = T0, boot: float = 1000.0, boot_id: str = "boot-1") -> None:
         self.now = now
+        self.boot = boot
+        self.boot_name = boot_id
+        self.is_synced = True
 
-    def __call__(self) -> float:
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+        self.boot += seconds
+
+    def wall(self) -> float:
         return self.now
+
+    def since_boot(self) -> float:
+        return self.boot
+
+    def boot_id(self) -> str:
+        return self.boot_name
+
+    def synced(self) -> bool:
+        return self.is_synced
 
 
 def body(readings: int, salt: int = 0) -> str:
@@ -70,7 +87,7 @@ def db_path(tmp_path: Path) -> Path:
 
 @contextmanager
 def opened(path: Path, settings: BufferSettings, clock: Clock | None = None) -> Iterator[Buffer]:
-    buffer = Buffer(path, settings, now=clock or Clock())
+    buffer = Buffer(path, settings, timebase=clock or Clock())
     buffer.open()
     try:
         yield buffer
@@ -250,27 +267,28 @@ def test_a_sample_exactly_max_size_fits(db_path: Path, cost: int) -> None:
         assert b.stats().backlog_bytes == cost
 
 
-def test_expire_drops_synced_samples_older_than_max_age(db_path: Path, durability: str) -> None:
+def test_expire_drops_samples_buffered_longer_than_max_age(db_path: Path, durability: str) -> None:
     clock = Clock(T0)
     settings = BufferSettings(durability=durability, max_age=60.0)
     with opened(db_path, settings, clock) as b:
-        seqs = b.append(
-            [
-                new(t=T0 - 100, salt=1),
-                new(t=T0 - 30, salt=2),
-                new(t=12.0, synced=False, salt=3),  # no NTP yet: its time says nothing about age
-                new(t=T0 - 10, salt=4),
-            ]
-        ).seqs
-        assert b.expire() == 1
-        assert [r.seq for r in everything(b)] == seqs[1:]
-        clock.now = T0 + 45
-        assert b.expire() == 1
-        assert [r.seq for r in everything(b)] == [seqs[2], seqs[3]]
+        first = stored(b.append([new(salt=1)]))
+        clock.advance(30)
+        # Age is time spent in the buffer: neither a sample's own time nor its sync state count.
+        second = stored(b.append([new(t=T0 - 10**6, salt=2), new(t=12.0, synced=False, salt=3)]))
+        clock.advance(20)
+        third = stored(b.append([new(salt=4)]))
         assert b.expire() == 0
-        assert b.stats().dropped_samples == 2
+        clock.advance(11)
+        assert b.expire() == 1
+        assert [r.seq for r in everything(b)] == second + third
+        clock.advance(30)
+        assert b.expire() == 2
+        assert [r.seq for r in everything(b)] == third
+        assert b.expire() == 0
+        assert b.stats().dropped_samples == 3
+    assert first
     with opened(db_path, settings, clock) as b:
-        assert b.stats().dropped_samples == 2
+        assert b.stats().dropped_samples == 3
 
 
 def test_free_pages_are_given_back_after_a_large_backlog_drains(db_path: Path) -> None:
@@ -333,14 +351,17 @@ def test_device_statuses_persist_and_read_only_stats_see_them(
     db_path: Path, durability: str
 ) -> None:
     settings = BufferSettings(durability=durability)
-    with opened(db_path, settings) as b:
+    clock = Clock()
+    with opened(db_path, settings, clock) as b:
         b.save_device_status("meter-1", '{"state": "online"}')
         b.save_device_status("meter-2", '{"state": "offline"}')
         b.save_device_status("meter-1", '{"state": "offline"}')
         b.append([new()])
         # While the buffer is open (the agent runs): a consistent read-only view.
-        stats, statuses = open_readonly_stats(db_path)
+        clock.advance(7)
+        stats, statuses = open_readonly_stats(db_path, timebase=clock)
         assert stats == b.stats()
+        assert stats.oldest_unsent_age_s == 7
         assert statuses == {"meter-1": '{"state": "offline"}', "meter-2": '{"state": "offline"}'}
     with opened(db_path, settings) as b:
         assert b.device_statuses() == statuses
@@ -542,11 +563,12 @@ def test_a_lost_or_garbled_side_file_is_rewritten_from_the_buffer(db_path: Path)
     hwm.write_text("garbage")
     with opened(db_path, BufferSettings()) as b:
         next_seq = b.stats().next_seq
-    assert int(hwm.read_text()) > next_seq
+        assert int(hwm.read_text()) > next_seq
+    # A clean close shrinks the reservation to next_seq: still above every seq handed out.
+    assert int(hwm.read_text()) == next_seq
     hwm.unlink()
     with opened(db_path, BufferSettings()):
-        pass
-    assert int(hwm.read_text()) > next_seq
+        assert int(hwm.read_text()) > next_seq
 
 
 # ---------------------------------------------------------------------- disk full
@@ -626,16 +648,19 @@ def test_a_full_disk_drops_and_counts_then_recovers(
 async def test_async_buffer_runs_every_call_on_one_thread_off_the_loop(db_path: Path) -> None:
     threads: set[int] = set()
 
-    def clock() -> float:
-        threads.add(threading.get_ident())
-        return T0
+    class ThreadClock(Clock):
+        def since_boot(self) -> float:
+            threads.add(threading.get_ident())
+            return self.boot
 
-    async with AsyncBuffer(db_path, BufferSettings(max_age=60.0), now=clock) as b:
-        result = await b.append([new(salt=1), new(salt=2, t=T0 - 120)])
+    clock = ThreadClock()
+    async with AsyncBuffer(db_path, BufferSettings(max_age=60.0), timebase=clock) as b:
+        result = await b.append([new(salt=1), new(salt=2)])
         rows = await b.fetch(0, 100)
         assert [r.seq for r in rows] == result.seqs
         await b.ack(r.seq for r in rows[:1])
-        assert await b.expire() == 1  # the second one was too old
+        clock.advance(61)
+        assert await b.expire() == 1  # the second one was buffered too long
         await b.save_device_status("meter-1", "{}")
         assert await b.device_statuses() == {"meter-1": "{}"}
         await b.add_dropped(2)
@@ -650,12 +675,18 @@ async def test_async_buffer_runs_every_call_on_one_thread_off_the_loop(db_path: 
 async def test_async_buffer_call_that_hangs_raises_buffer_error(db_path: Path) -> None:
     release = threading.Event()
 
-    def stuck_clock() -> float:
-        release.wait(10)
-        return T0
+    class StuckClock(Clock):
+        stuck = False
 
-    b = AsyncBuffer(db_path, BufferSettings(), now=stuck_clock)
+        def since_boot(self) -> float:
+            if self.stuck:
+                release.wait(10)
+            return self.boot
+
+    clock = StuckClock()
+    b = AsyncBuffer(db_path, BufferSettings(), timebase=clock)
     await b.open()
+    clock.stuck = True
     b.call_timeout = 0.0  # the call below is stuck on the event: no need to wait for a timer
     try:
         with pytest.raises(BufferError, match="did not finish"):

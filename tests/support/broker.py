@@ -31,8 +31,44 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+@dataclass(frozen=True)
+class TlsListener:
+    """A second, TLS listener on the same broker (the plain one stays for subscribers).
+
+    With ``require_certificate`` a client must show a certificate signed by ``cafile``;
+    its common name becomes its user name.
+    """
+
+    cafile: Path
+    certfile: Path
+    keyfile: Path
+    require_certificate: bool = False
+    port: int = field(default_factory=free_port)
+
+    @property
+    def url(self) -> str:
+        return f"mqtts://127.0.0.1:{self.port}"
+
+    def conf(self) -> str:
+        lines = [
+            f"listener {self.port} 127.0.0.1",
+            "allow_anonymous true",
+            f"cafile {self.cafile}",
+            f"certfile {self.certfile}",
+            f"keyfile {self.keyfile}",
+        ]
+        if self.require_certificate:
+            lines += ["require_certificate true", "use_identity_as_username true"]
+        return "\n".join(lines) + "\n"
+
+
 class Mosquitto:
-    """One broker process; ``start()`` again after ``stop()`` reuses the port."""
+    """One broker process; ``start()`` again after ``stop()`` reuses the port(s).
+
+    ``port``/``url`` are the plain listener's. With ``tls`` the broker also listens
+    with TLS (``tls.port``/``tls.url``) and settings are per listener:
+    ``anonymous`` and ``extra_conf`` then apply to the plain listener only.
+    """
 
     def __init__(
         self,
@@ -41,18 +77,29 @@ class Mosquitto:
         port: int | None = None,
         extra_conf: str = "",
         anonymous: bool = True,
+        tls: TlsListener | None = None,
     ) -> None:
         self.workdir = workdir
         self.anonymous = anonymous
         self.port = port or free_port()
         self.extra_conf = extra_conf
+        self.tls = tls
         self.process: subprocess.Popen[bytes] | None = None
         self.url = f"mqtt://127.0.0.1:{self.port}"
+
+    @property
+    def log_path(self) -> Path:
+        return self.workdir / "mosquitto.log"
+
+    def log_text(self) -> str:
+        """What the broker has logged so far (``log_type all`` when there is a TLS listener)."""
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
     def _write_conf(self) -> Path:
         conf = self.workdir / "mosquitto.conf"
         conf.write_text(
-            f"listener {self.port} 127.0.0.1\n"
+            ("per_listener_settings true\nlog_type all\n" if self.tls else "")
+            + f"listener {self.port} 127.0.0.1\n"
             f"allow_anonymous {'true' if self.anonymous else 'false'}\n"
             "persistence false\n"
             # As root, Mosquitto would switch to its own user and lose access to the test's files.
@@ -60,7 +107,9 @@ class Mosquitto:
             # Mosquitto's default (1000) silently drops QoS 1 messages to a slow subscriber.
             "max_queued_messages 1000000\n"
             "max_inflight_messages 100\n"
-            f"log_dest file {self.workdir / 'mosquitto.log'}\n" + self.extra_conf
+            f"log_dest file {self.log_path}\n"
+            + self.extra_conf
+            + ("\n" + self.tls.conf() if self.tls else "")
         )
         return conf
 
@@ -112,6 +161,8 @@ class Subscriber:
 
     port: int
     topic: str = "#"
+    username: str | None = None
+    password: str | None = None
     messages: list[Received] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -131,6 +182,8 @@ class Subscriber:
             with self.lock:
                 self.messages.append(Received(msg.topic, msg.payload, bool(msg.retain)))
 
+        if self.username is not None:
+            self.client.username_pw_set(self.username, self.password)
         self.client.on_connect = on_connect
         self.client.on_message = on_message
         self.client.reconnect_delay_set(0.1, 0.5)

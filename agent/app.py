@@ -96,6 +96,7 @@ class Agent:
             self.board,
             self.counters,
             metrics_interval=metrics_interval,
+            extra_metrics=self.lines.metrics,
         )
         self.writer = BufferWriter(self.buffer, self.publisher.notify)
         self._clock = ClockState()

@@ -46,7 +46,7 @@ import math
 import socket
 import ssl
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -61,7 +61,7 @@ from agent.buffer import AsyncBuffer, StoredSample
 from agent.config import GatewaySettings, MqttSettings
 from agent.senml import encode_pack
 from agent.status import Counters, StatusBoard, rss_bytes
-from agent.supervise import Backoff, describe
+from agent.supervise import Backoff, describe, raise_if_cancelled
 
 log = logging.getLogger(__name__)
 
@@ -98,6 +98,69 @@ class _Client(aiomqtt.Client):
                 self._loop.add_writer(current.fileno(), write)
 
         self._loop.call_soon_threadsafe(watch)
+
+
+class _ConnectWatch(logging.Handler):
+    """Fails a connection attempt at once when the broker closes it before CONNACK.
+
+    aiomqtt 2.5 ignores a connection lost before CONNACK: the attempt waits out
+    ``ack_timeout`` and says only "timed out". That is how a broker refuses a TLS
+    client certificate (missing, expired, from another CA): after a TLS 1.3
+    handshake, with an alert that paho only logs ("failed to receive on socket:
+    [SSL: ...]"). This handler is the client's paho logger (it keeps the last
+    error: the reason) and wraps paho's on_disconnect (it fails aiomqtt's pending
+    connect with that reason). When the broker closes before the alert can be read
+    (an EOF or a reset), the last TLS refusal is repeated, so that one refusal
+    reads the same at every attempt and is logged once. paho's ERROR lines are not
+    passed on (the publisher logs each distinct error once); lower levels go to
+    the "mqtt" logger.
+    """
+
+    def __init__(self, client_logger: logging.Logger) -> None:
+        super().__init__()
+        self._loop = asyncio.get_running_loop()
+        self._forward = logging.getLogger("mqtt")
+        self._client: aiomqtt.Client | None = None
+        self._reason: str | None = None  # the last error paho logged
+        self._refusal: str | None = None  # the last TLS alert that ended an attempt
+        client_logger.setLevel(min(logging.ERROR, self._forward.getEffectiveLevel()))
+        client_logger.addHandler(self)
+
+    def attach(self, client: aiomqtt.Client) -> None:
+        """Watch ``client`` (created with this handler's logger)."""
+        self._client = client
+        paho_client = client._client
+        aiomqtt_on_disconnect = paho_client.on_disconnect
+
+        def on_disconnect(*args: Any) -> None:
+            self._loop.call_soon_threadsafe(self._lost)
+            if aiomqtt_on_disconnect is not None:
+                aiomqtt_on_disconnect(*args)
+
+        paho_client.on_disconnect = on_disconnect
+
+    def connected(self) -> None:
+        """The attempt succeeded: a later refusal is a new one."""
+        self._refusal = None
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.levelno >= logging.ERROR:
+            self._reason = record.getMessage()  # logged just before paho reports the loss
+        elif self._forward.isEnabledFor(record.levelno):
+            self._forward.handle(record)
+
+    def _lost(self) -> None:
+        reason, self._reason = self._reason, None
+        connected = None if self._client is None else self._client._connected
+        if connected is None or connected.done():
+            return  # a session's loss: aiomqtt reports it
+        if reason is not None and "[SSL:" in reason:
+            self._refusal = reason
+        elif self._refusal is not None:
+            reason = self._refusal
+        connected.set_exception(
+            aiomqtt.MqttError(f"closed before CONNACK: {reason or 'no reason given'}")
+        )
 
 
 class _SessionEnd(Exception):
@@ -148,6 +211,7 @@ class Publisher:
         *,
         metrics_interval: float = METRICS_INTERVAL_S,
         ack_timeout: float | None = None,
+        extra_metrics: Callable[[], Mapping[str, Any]] | None = None,
     ) -> None:
         self._mqtt = mqtt
         self._gateway = gateway
@@ -157,6 +221,7 @@ class Publisher:
         self._board = board
         self._counters = counters
         self._metrics_interval = metrics_interval
+        self._extra_metrics = extra_metrics  # e.g. the serial lines' figures
         self.ack_timeout = (
             max(ACK_TIMEOUT_MIN_S, mqtt.keepalive) if ack_timeout is None else ack_timeout
         )
@@ -167,6 +232,7 @@ class Publisher:
         self.metrics_topic = f"{base}/metrics"
         self._base = base
         self._data_waiting = asyncio.Event()
+        self._batch_ready = asyncio.Event()  # a full batch waits, or stopping: end the linger
         self._unsent_readings = 0
         self._first_unsent_at: float | None = None
         self._stopping = asyncio.Event()
@@ -196,12 +262,15 @@ class Publisher:
             self._first_unsent_at = time.monotonic()
         self._unsent_readings += readings
         self._data_waiting.set()
+        if self._unsent_readings >= self._mqtt.max_batch:
+            self._batch_ready.set()
 
     def stop(self, flush_timeout: float) -> None:
         """Flush for at most ``flush_timeout`` seconds, publish offline, end :meth:`run`."""
         self._stop_deadline = time.monotonic() + flush_timeout
         self._stopping.set()
         self._data_waiting.set()
+        self._batch_ready.set()
 
     async def run(self) -> None:
         client = self._client()
@@ -220,6 +289,8 @@ class Publisher:
         if v5:
             properties = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
             properties.SessionExpiryInterval = SESSION_EXPIRY_S
+        client_logger = logging.Logger("mqtt")  # this client's own, not registered
+        self._connect_watch = _ConnectWatch(client_logger)
         tls = None
         if m.tls:
             tls = aiomqtt.TLSParameters(
@@ -242,7 +313,9 @@ class Publisher:
             max_inflight_messages=m.max_inflight,
             properties=properties,
             tls_params=tls,
+            logger=client_logger,
         )
+        self._connect_watch.attach(client)
         # aiomqtt warns above 10 pending publishes; up to max_inflight of them is normal here.
         client.pending_calls_threshold = m.max_inflight + 10
         return client
@@ -262,6 +335,7 @@ class Publisher:
                         # Lost between CONNACK and the end of `__aenter__`: aiomqtt 2.5
                         # misses a loss in that moment (its "disconnected" is reset after).
                         raise aiomqtt.MqttError("connection lost right after CONNACK")
+                    self._connect_watch.connected()
                     if failures:
                         log.info(
                             "broker %s: connected again after %d attempts", self._mqtt.url, failures
@@ -413,11 +487,15 @@ class Publisher:
             wait = first + self._mqtt.linger - time.monotonic()
             if wait <= 0:
                 return
+            self._batch_ready.clear()
+            if self._unsent_readings >= self._mqtt.max_batch or self._stopping.is_set():
+                return
             try:
                 async with asyncio.timeout(wait):
-                    await self._stopping.wait()
+                    await self._batch_ready.wait()
             except TimeoutError:
-                return
+                pass
+            return
 
     async def _send_data(self, client: aiomqtt.Client) -> None:
         """Hand buffered rows to the client, oldest first, while a session is up.
@@ -518,6 +596,7 @@ class Publisher:
             for device_id, status in self._status_watch.take():
                 topic = f"{self._base}/{device_id}/status"
                 await client.publish(topic, status.to_json().encode(), qos=1, retain=True)
+                raise_if_cancelled()  # aiomqtt's wait_for may swallow a cancel (Python 3.11)
 
     async def metrics(self) -> dict[str, Any]:
         """The metrics document of mqtt.md."""
@@ -541,12 +620,14 @@ class Publisher:
             "readings_published": c.readings_published,
             "invalid_readings": c.invalid_readings,
             "polls_skipped": c.polls_skipped,
+            **(self._extra_metrics() if self._extra_metrics is not None else {}),
         }
 
     async def _send_metrics(self, client: aiomqtt.Client) -> None:
         while True:
             payload = json.dumps(await self.metrics(), separators=(",", ":")).encode()
             await client.publish(self.metrics_topic, payload, qos=0)
+            raise_if_cancelled()
             await asyncio.sleep(self._metrics_interval)
 
 

@@ -197,7 +197,7 @@ class DeviceSupervisor:
         if self._deadline is None:
             self._deadline = self._now()
         while True:
-            _raise_if_cancelled()
+            raise_if_cancelled()
             wait = self._deadline - self._now()
             if wait > 0:
                 await self._sleep(wait)
@@ -252,7 +252,7 @@ class DeviceSupervisor:
             raise _first_error(group) from None
 
 
-def _raise_if_cancelled() -> None:
+def raise_if_cancelled() -> None:
     """Honour a cancellation a library swallowed.
 
     Python 3.11's ``asyncio.wait_for`` (used inside pymodbus) drops a cancel that

@@ -24,17 +24,12 @@ pytestmark = pytest.mark.broker
 DEVICE = "meter-tls"
 RETRYING = "(retrying with backoff)"
 
+
 # aiomqtt 2.5 ignores a connection the broker closes before CONNACK: when Mosquitto refuses
 # the client certificate after a TLS 1.3 handshake, the agent waits out its ack timeout
 # (30 s) and then says only "timed out"; paho logs the real reason as an ERROR at every
 # attempt. Remove this mark when the publisher fix lands (_ConnectWatch, in the MQTT TLS
 # helper's report); strict, so the suite says when that happens.
-REFUSED_AFTER_HANDSHAKE = pytest.mark.xfail(
-    reason="agent/publisher.py waits 30 s when the broker refuses the client certificate",
-    strict=True,
-)
-
-
 @pytest.fixture(scope="module")
 def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
     return make_pki(tmp_path_factory.mktemp("pki"))
@@ -179,7 +174,6 @@ def test_mqtts_with_ca_file_delivers_data(
     assert [m.payload for m in sub.snapshot("/gw-e2e/status")] == [b"online", b"offline"]
 
 
-@REFUSED_AFTER_HANDSHAKE
 def test_client_certificate_required_buffers_until_given(
     tmp_path: Path, pki: Pki, sim: SimProcess, client_auth_broker: Mosquitto
 ) -> None:
@@ -251,7 +245,6 @@ def test_wrong_ca_is_reported_once_and_retried(
     assert buffered_at_stop(agent) >= 1
 
 
-@REFUSED_AFTER_HANDSHAKE
 def test_expired_client_certificate_is_reported_once(
     tmp_path: Path, pki: Pki, sim: SimProcess, client_auth_broker: Mosquitto
 ) -> None:

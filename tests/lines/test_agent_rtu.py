@@ -5,6 +5,7 @@ isolated."""
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -71,7 +72,7 @@ async def test_meters_on_one_line_reach_the_broker(
 ) -> None:
     config = load(write_config(tmp_path, sim.port, broker), registry.factories())
     subscriber = Subscriber(broker.port, "city/gw-rtu/#").start()
-    agent = Agent(config, registry.factories())
+    agent = Agent(config, registry.factories(), metrics_interval=0.2)
     try:
         async with asyncio.TaskGroup() as group:
             task = group.create_task(agent.run())
@@ -79,8 +80,16 @@ async def test_meters_on_one_line_reach_the_broker(
             def arrived() -> set[str]:
                 return {r["bn"] for r in subscriber.data_records()}
 
+            def published_utilisation() -> list[float]:
+                documents = [json.loads(m.payload) for m in subscriber.snapshot("/metrics")]
+                return [d["line_utilisation"]["rs485"] for d in documents]
+
             async with asyncio.timeout(20):
-                while len(arrived()) < 2 or agent.board.devices["gone"].state != "offline":
+                while (
+                    len(arrived()) < 2
+                    or agent.board.devices["gone"].state != "offline"
+                    or not any(published_utilisation())
+                ):
                     await asyncio.sleep(0.05)
             metrics = agent.lines.metrics()
             agent.request_stop()

@@ -333,13 +333,17 @@ def test_demo_shows_live_readings_and_stops_on_ctrl_c() -> None:
         cwd=ROOT,
     )
     try:
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + 40
         seen: list[str] = []
         assert demo.stdout is not None
+        wanted = ("meter-townhall seq", "meter-library seq", "water-main seq", "env-")
         while time.monotonic() < deadline:
             line = demo.stdout.readline()
+            if not line:
+                break
             seen.append(line)
-            if sum("seq" in s for s in seen) >= 3 and any("meter-library seq" in s for s in seen):
+            data = [s for s in seen if " seq " in s]
+            if all(any(s.startswith(w) for s in data) for w in wanted):
                 break
         demo.send_signal(signal.SIGINT)
         _, err = demo.communicate(timeout=20)
@@ -349,4 +353,8 @@ def test_demo_shows_live_readings_and_stops_on_ctrl_c() -> None:
     assert demo.returncode == 0, err
     text = "".join(seen)
     assert "meter-townhall seq" in text and "voltage_l1=" in text
+    assert "M-Bus water meter on /dev/" in text
+    water = next(line for line in seen if line.startswith("water-main seq"))
+    assert "meter_status=0" in water and "volume=" in water and " m3" in water
+    assert any(line.startswith("env-") and "temperature=" in line for line in seen), text
     assert "Traceback" not in err

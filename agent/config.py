@@ -70,8 +70,10 @@ __all__ = [
     "MqttSettings",
     "Problem",
     "load",
+    "one_of",
     "parse_duration",
     "parse_size",
+    "show_value",
 ]
 
 
@@ -362,8 +364,8 @@ def _found(value: object) -> str:
     return type(value).__name__
 
 
-def _show(value: object) -> str:
-    """A scalar as written in TOML."""
+def show_value(value: object) -> str:
+    """A scalar as written in TOML (a long string shortened), for error messages."""
     if isinstance(value, str):
         return _quote(value)
     if isinstance(value, bool):
@@ -373,8 +375,9 @@ def _show(value: object) -> str:
     return str(value)
 
 
-def _one_of(choices: Sequence[object]) -> str:
-    shown = [_show(c) for c in choices]
+def one_of(choices: Sequence[object]) -> str:
+    """``"a"``, ``"a" or "b"``, ``"a", "b" or "c"``: choices as written in TOML."""
+    shown = [show_value(c) for c in choices]
     if len(shown) == 1:
         return shown[0]
     return ", ".join(shown[:-1]) + " or " + shown[-1]
@@ -954,9 +957,8 @@ class _Loader:
             if spec.default is REQUIRED and not raw.strip():
                 return bad("must not be empty")
             if spec.pattern is not None and not re.fullmatch(spec.pattern, raw):
-                return bad(
-                    f"expected {spec.help or f'text matching {spec.pattern}'}, found {_show(raw)}"
-                )
+                wanted = spec.help or f"text matching {spec.pattern}"
+                return bad(f"expected {wanted}, found {show_value(raw)}")
             value = raw
         elif kind == "int":
             if isinstance(raw, bool) or not isinstance(raw, int):
@@ -980,7 +982,7 @@ class _Loader:
             except ValueError as exc:
                 return bad(str(exc))
             if spec.minimum is None and value <= 0:
-                return bad(f"must be more than 0, found {_show(raw)}")
+                return bad(f"must be more than 0, found {show_value(raw)}")
         elif kind == "path":
             if not isinstance(raw, str):
                 return expected()
@@ -1036,7 +1038,7 @@ class _Loader:
     def in_range(self, value: Any, raw: Any, spec: Field, bad: Any) -> Any:
         if spec.choices is not None and value not in spec.choices:
             hint = _did_you_mean(raw, map(str, spec.choices)) if isinstance(raw, str) else ""
-            return bad(f"expected {_one_of(spec.choices)}, found {_show(raw)}{hint}")
+            return bad(f"expected {one_of(spec.choices)}, found {show_value(raw)}{hint}")
         low, high = spec.minimum, spec.maximum
         if isinstance(value, int | float) and not isinstance(value, bool):
             too_low = low is not None and value < low
@@ -1049,7 +1051,7 @@ class _Loader:
                 else:
                     assert high is not None
                     limits = f"at most {_bound(spec.kind, high)}"
-                return bad(f"expected {limits}, found {_show(raw)}")
+                return bad(f"expected {limits}, found {show_value(raw)}")
         return value
 
     def secret(self, table: Mapping[str, Any], name: str, spec: Field, place: _Place) -> Any:

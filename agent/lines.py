@@ -52,6 +52,7 @@ __all__ = [
     "Port",
     "SerialPort",
     "line_protocol_conflicts",
+    "private_line",
 ]
 
 log = logging.getLogger(__name__)
@@ -580,6 +581,16 @@ class LineSet:
         """Close every port."""
         for owner in self.owners.values():
             owner.close()
+
+
+@contextlib.asynccontextmanager
+async def private_line(config: SerialLineConfig, *, protocol: str) -> AsyncIterator[LineOwner]:
+    """A line of one's own, for a driver running alone (``citygate read``): closed on exit."""
+    owner = LineOwner(config, protocol=protocol)
+    try:
+        yield owner
+    finally:
+        owner.close()
 
 
 def line_protocol_conflicts(users: Iterable[tuple[str, str, str]]) -> list[tuple[str, str, str]]:

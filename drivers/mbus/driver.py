@@ -39,6 +39,7 @@ driver being rebuilt after a transport failure.
 from __future__ import annotations
 
 import collections
+import contextlib
 import importlib.metadata
 import logging
 from collections.abc import Mapping
@@ -47,7 +48,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any, Final, Literal, Self
 
 from agent import __version__ as agent_version
-from agent.lines import LineOwner
+from agent.lines import private_line
 from drivers.api import (
     DecodeError,
     DeviceContext,
@@ -355,13 +356,14 @@ class MbusDriver:
         self.stats = stats if stats is not None else DeviceStats()
         self.retries = retries
         self._given_line = line
-        self._own_line: LineOwner | None = None
+        self._own_line_scope = contextlib.AsyncExitStack()
         self._session: MbusSession | None = None
 
     async def __aenter__(self) -> Self:
         line = self._given_line
         if line is None:
-            self._own_line = line = LineOwner(self.config.serial, protocol="mbus")
+            own = private_line(self.config.serial, protocol="mbus")
+            line = await self._own_line_scope.enter_async_context(own)
         self._session = MbusSession(line, self.config.address, self.stats, retries=self.retries)
         return self
 
@@ -371,9 +373,7 @@ class MbusDriver:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        if self._own_line is not None:
-            self._own_line.close()
-            self._own_line = None
+        await self._own_line_scope.aclose()
         self._session = None
 
     async def read_telegram(self) -> Telegram:

@@ -29,6 +29,7 @@ CRITICAL unless this module's logger is enabled for DEBUG.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import importlib.metadata
 import logging
 from collections.abc import Awaitable, Callable, Mapping
@@ -40,7 +41,7 @@ from pymodbus.exceptions import ConnectionException, ModbusException, ModbusIOEx
 from pymodbus.pdu import ModbusPDU
 
 from agent import __version__ as agent_version
-from agent.lines import LineOwner
+from agent.lines import private_line
 from drivers.api import (
     DecodeError,
     DeviceContext,
@@ -453,14 +454,15 @@ class ModbusRtuDriver:
         self.config = config
         self.device_id = device_id if device_id is not None else config.where
         self._given_line = line
-        self._own_line: LineOwner | None = None
+        self._own_line_scope = contextlib.AsyncExitStack()
         self._session: RtuSession | None = None
 
     async def __aenter__(self) -> Self:
         line = self._given_line
         if line is None:
             assert self.config.serial is not None
-            self._own_line = line = LineOwner(self.config.serial, protocol="modbus")
+            own = private_line(self.config.serial, protocol="modbus")
+            line = await self._own_line_scope.enter_async_context(own)
         self._session = RtuSession(line, self.config.unit, self.config.timeout, self.config.retries)
         return self
 
@@ -470,9 +472,7 @@ class ModbusRtuDriver:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        if self._own_line is not None:
-            self._own_line.close()
-            self._own_line = None
+        await self._own_line_scope.aclose()
         self._session = None
 
     async def poll(self) -> list[Measurement]:
@@ -548,13 +548,10 @@ async def read_raw_serial(
     _check_raw(unit, address, count, table, timeout)
     if unit == 0:
         raise ValueError("unit must be 1–247 on a serial line (0 is the broadcast address)")
-    owner = LineOwner(line, protocol="modbus")
-    try:
+    async with private_line(line, protocol="modbus") as owner:
         session = RtuSession(owner, unit, timeout, retries)
         async with owner.turn("scan") as wire:
             return await session.read(wire, table, address, count)
-    finally:
-        owner.close()
 
 
 def _version() -> str:

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final, cast
 
+from agent.config import one_of, show_value
 from agent.units import CONVERSIONS, known_units
 from drivers.api import REQUIRED, ConfigIssue, DriverConfigError, Field
 from drivers.modbus.decode import (
@@ -132,21 +133,6 @@ def _did_you_mean(word: str, choices: Iterable[str]) -> str:
     return "; did you mean " + " or ".join(f'"{match}"' for match in matches) + "?"
 
 
-def _one_of(choices: Sequence[str]) -> str:
-    shown = [f'"{choice}"' for choice in choices]
-    return shown[0] if len(shown) == 1 else ", ".join(shown[:-1]) + " or " + shown[-1]
-
-
-def _show(value: object) -> str:
-    return (
-        f'"{value}"'
-        if isinstance(value, str)
-        else f"{value:g}"
-        if isinstance(value, float)
-        else str(value)
-    )
-
-
 def _kind_name(value: object) -> str:
     if isinstance(value, bool):
         return "a boolean"
@@ -210,7 +196,7 @@ class _Checker:
             if field.choices is not None and value not in field.choices:
                 choices = [str(choice) for choice in field.choices]
                 hint = _did_you_mean(value, choices)
-                self.issue(path, f'"{key}": expected {_one_of(choices)}, found "{value}"{hint}')
+                self.issue(path, f'"{key}": expected {one_of(choices)}, found "{value}"{hint}')
                 return False
             if field.pattern is not None and not re.fullmatch(field.pattern, value):
                 self.issue(path, f'"{key}": expected {field.help}, found "{value}"')
@@ -226,7 +212,7 @@ class _Checker:
                 self.issue(path, f'"{key}": expected a number, found {_kind_name(value)}')
                 return False
             if not math.isfinite(value):
-                self.issue(path, f'"{key}": expected a finite number, found {_show(value)}')
+                self.issue(path, f'"{key}": expected a finite number, found {show_value(value)}')
                 return False
             return self._range(value, field, path, key)
         raise AssertionError(f"field kind {field.kind} is not used in register tables")
@@ -239,7 +225,7 @@ class _Checker:
             limits = f"from {low:g} to {high:g}"
         else:
             limits = f"at least {low:g}" if low is not None else f"at most {high:g}"
-        self.issue(path, f'"{key}": expected {limits}, found {_show(value)}')
+        self.issue(path, f'"{key}": expected {limits}, found {show_value(value)}')
         return False
 
 

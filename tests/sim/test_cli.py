@@ -6,23 +6,11 @@ import asyncio
 import re
 import signal
 import struct
-import sys
 
 import pytest
 from hwsim.modbus import ModbusTcpSimulator, TypedMeter
 
-TIMEOUT = 10.0
-
-
-async def start(*args: str) -> asyncio.subprocess.Process:
-    return await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "hwsim",
-        *args,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
+from tests.sim.command import TIMEOUT, finish, serving, stop
 
 
 async def read_registers(port: int, unit: int, function: int, address: int, count: int) -> bytes:
@@ -39,11 +27,8 @@ async def read_registers(port: int, unit: int, function: int, address: int, coun
 
 @pytest.mark.parametrize("stop_signal", [signal.SIGTERM, signal.SIGINT])
 async def test_serves_until_signalled(stop_signal: signal.Signals) -> None:
-    process = await start("modbus-tcp", "--port", "0", "--unit", "1=sdm630", "--unit", "7=typed")
-    assert process.stdout is not None
-    try:
-        async with asyncio.timeout(TIMEOUT):
-            line = (await process.stdout.readline()).decode()
+    command = ("modbus-tcp", "--port", "0", "--unit", "1=sdm630", "--unit", "7=typed")
+    async with serving(*command) as (process, line):
         match = re.fullmatch(r"listening on 127\.0\.0\.1:(\d+)\n", line)
         assert match, line
         port = int(match[1])
@@ -53,38 +38,18 @@ async def test_serves_until_signalled(stop_signal: signal.Signals) -> None:
         assert await read_registers(port, 7, 4, 8, 1) == bytes.fromhex("04 02 000A")
         # Eastron default: reserved addresses inside the map read as 0
         assert await read_registers(port, 1, 4, 0x002C, 2) == bytes.fromhex("04 04 0000 0000")
-        process.send_signal(stop_signal)
-        async with asyncio.timeout(TIMEOUT):
-            rest, _ = await process.communicate()
-        assert process.returncode == 0
-        assert rest == b""  # exactly one line on stdout
-    finally:
-        if process.returncode is None:
-            process.kill()
-            await process.wait()
+        assert await stop(process, stop_signal) == (0, b"")  # exactly one line on stdout
 
 
 async def test_strict_meters_on_request() -> None:
-    process = await start(
-        "modbus-tcp", "--port", "0", "--unit", "1=sdm630", "--unmapped", "exception"
-    )
-    assert process.stdout is not None
-    try:
-        async with asyncio.timeout(TIMEOUT):
-            line = (await process.stdout.readline()).decode()
+    command = ("modbus-tcp", "--port", "0", "--unit", "1=sdm630", "--unmapped", "exception")
+    async with serving(*command) as (process, line):
         match = re.fullmatch(r"listening on 127\.0\.0\.1:(\d+)\n", line)
         assert match, line
         port = int(match[1])
         assert await read_registers(port, 1, 4, 0x002C, 2) == bytes.fromhex("84 02")
         assert (await read_registers(port, 1, 4, 0x002A, 2))[:2] == bytes.fromhex("04 04")
-        process.send_signal(signal.SIGTERM)
-        async with asyncio.timeout(TIMEOUT):
-            await process.communicate()
-        assert process.returncode == 0
-    finally:
-        if process.returncode is None:
-            process.kill()
-            await process.wait()
+        assert (await stop(process))[0] == 0
 
 
 @pytest.mark.parametrize(
@@ -100,19 +65,15 @@ async def test_strict_meters_on_request() -> None:
     ],
 )
 async def test_usage_errors_exit_2(args: list[str], message: str) -> None:
-    process = await start(*args)
-    async with asyncio.timeout(TIMEOUT):
-        stdout, stderr = await process.communicate()
-    assert process.returncode == 2
+    returncode, stdout, stderr = await finish(*args)
+    assert returncode == 2
     assert stdout == b""
     assert message in stderr.decode()
 
 
 async def test_port_in_use_exits_1() -> None:
     async with ModbusTcpSimulator({1: TypedMeter()}) as busy:
-        process = await start("modbus-tcp", "--port", str(busy.port))
-        async with asyncio.timeout(TIMEOUT):
-            stdout, stderr = await process.communicate()
-    assert process.returncode == 1
+        returncode, stdout, stderr = await finish("modbus-tcp", "--port", str(busy.port))
+    assert returncode == 1
     assert stdout == b""
     assert "cannot listen" in stderr.decode()

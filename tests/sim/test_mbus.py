@@ -12,8 +12,6 @@ import contextlib
 import itertools
 import os
 import re
-import signal
-import sys
 import tty
 from datetime import date, datetime
 
@@ -36,6 +34,8 @@ from hwsim.mbus import (
 )
 from hypothesis import given
 from hypothesis import strategies as st
+
+from tests.sim import command
 
 TIMEOUT = 10.0
 SND_NKE, REQ_UD2, FCB = 0x40, 0x5B, 0x20
@@ -254,24 +254,8 @@ async def test_meters_answer_on_the_pty() -> None:
 
 
 async def test_citygate_sim_mbus_serves_until_signalled() -> None:
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "hwsim",
-        "mbus",
-        "--baudrate",
-        "38400",
-        "--unit",
-        "5=12345678",
-        "--unit",
-        "6=12345699:telegrams=2,medium=warm_water",
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    assert process.stdout is not None
-    try:
-        async with asyncio.timeout(TIMEOUT):
-            line = (await process.stdout.readline()).decode()
+    units = ("--unit", "5=12345678", "--unit", "6=12345699:telegrams=2,medium=warm_water")
+    async with command.serving("mbus", "--baudrate", "38400", *units) as (process, line):
         match = re.fullmatch(r"serial port (/dev/\S+)\n", line)
         assert match, line
         client = PtyClient(match[1])
@@ -279,29 +263,10 @@ async def test_citygate_sim_mbus_serves_until_signalled() -> None:
             assert await client.exchange(short_frame(SND_NKE, 6), 1) == ACK
         finally:
             client.close()
-        process.send_signal(signal.SIGTERM)
-        async with asyncio.timeout(TIMEOUT):
-            rest, _ = await process.communicate()
-        assert process.returncode == 0
-        assert rest == b""
-    finally:
-        if process.returncode is None:
-            process.kill()
-            await process.wait()
+        assert await command.stop(process) == (0, b"")
 
 
 async def test_citygate_sim_mbus_usage_errors() -> None:
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "hwsim",
-        "mbus",
-        "--unit",
-        "5=12345678:colour=red",
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    async with asyncio.timeout(TIMEOUT):
-        _, err = await process.communicate()
-    assert process.returncode == 2
+    returncode, _, err = await command.finish("mbus", "--unit", "5=12345678:colour=red")
+    assert returncode == 2
     assert b"options are" in err

@@ -6,9 +6,7 @@ from __future__ import annotations
 import asyncio
 import os
 import re
-import signal
 import struct
-import sys
 import termios
 import tty
 from collections.abc import AsyncIterator
@@ -29,6 +27,8 @@ from hwsim.modbus import (
 )
 from hypothesis import given
 from hypothesis import strategies as st
+
+from tests.sim import command
 
 TIMEOUT = 5.0
 M1_REQUEST = bytes.fromhex("01 04 00 00 00 02 71 CB")
@@ -237,24 +237,8 @@ def test_every_other_model_is_built() -> None:
 
 async def test_the_command_serves_rtu_on_a_link(tmp_path: Path) -> None:
     link = tmp_path / "ttyRS485"
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "hwsim",
-        "modbus-rtu",
-        "--link",
-        str(link),
-        "--unit",
-        "1=sdm630",
-        "--unit",
-        "3=iem3255",
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    assert process.stdout is not None
-    try:
-        async with asyncio.timeout(TIMEOUT):
-            line = (await process.stdout.readline()).decode()
+    units = ("--unit", "1=sdm630", "--unit", "3=iem3255")
+    async with command.serving("modbus-rtu", "--link", str(link), *units) as (process, line):
         assert re.fullmatch(rf"serial port {re.escape(str(link))}\n", line), line
         client = Client(str(link))
         try:
@@ -264,12 +248,5 @@ async def test_the_command_serves_rtu_on_a_link(tmp_path: Path) -> None:
             client.close()
         assert reply[:3] == bytes.fromhex("03 03 04")
         assert 200 < struct.unpack(">f", reply[3:7])[0] < 260
-        process.send_signal(signal.SIGTERM)
-        async with asyncio.timeout(TIMEOUT):
-            await process.communicate()
-        assert process.returncode == 0
+        assert (await command.stop(process))[0] == 0
         assert not link.exists()
-    finally:
-        if process.returncode is None:
-            process.kill()
-            await process.wait()

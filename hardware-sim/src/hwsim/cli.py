@@ -16,12 +16,11 @@ error, 1 if it cannot listen.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import logging
-import signal
 import sys
 from collections.abc import Sequence
 
+from hwsim import _cli as common
 from hwsim.mbus import _cli as mbus_cli
 from hwsim.modbus import (
     MODELS,
@@ -57,6 +56,20 @@ def _positive(text: str) -> float:
     return value
 
 
+def _add_meter_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--unit``, ``--speed`` and ``--seed``: the meters a Modbus command serves."""
+    parser.add_argument(
+        "--unit",
+        dest="units",
+        action="append",
+        type=_unit_spec,
+        metavar="UNIT=MODEL",
+        help="serve MODEL at unit id UNIT (repeatable; default 1=sdm630)",
+    )
+    parser.add_argument("--speed", type=_positive, default=1.0, help="simulated time multiplier")
+    parser.add_argument("--seed", type=int, default=0, help="base seed (each unit gets its own)")
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="citygate-sim", description="Hardware simulators for citygate."
@@ -69,16 +82,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     tcp.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
     tcp.add_argument("--port", type=int, default=5020, help="TCP port; 0 picks a free one")
-    tcp.add_argument(
-        "--unit",
-        dest="units",
-        action="append",
-        type=_unit_spec,
-        metavar="UNIT=MODEL",
-        help="serve MODEL at unit id UNIT (repeatable; default 1=sdm630)",
-    )
-    tcp.add_argument("--speed", type=_positive, default=1.0, help="simulated time multiplier")
-    tcp.add_argument("--seed", type=int, default=0, help="base seed (each unit gets its own)")
+    _add_meter_arguments(tcp)
     tcp.add_argument(
         "--unknown-unit",
         choices=("silent", "gateway_error"),
@@ -107,63 +111,11 @@ def _parser() -> argparse.ArgumentParser:
     rtu.add_argument(
         "--turnaround", type=float, default=0.0, help="seconds before a meter answers (default 0)"
     )
-    rtu.add_argument(
-        "--unit",
-        dest="units",
-        action="append",
-        type=_unit_spec,
-        metavar="UNIT=MODEL",
-        help="serve MODEL at unit id UNIT (repeatable; default 1=sdm630)",
-    )
-    rtu.add_argument("--speed", type=_positive, default=1.0, help="simulated time multiplier")
-    rtu.add_argument("--seed", type=int, default=0, help="base seed (each unit gets its own)")
+    _add_meter_arguments(rtu)
     rtu.add_argument("--unmapped", choices=UNMAPPED_POLICIES, default=None)
     rtu.add_argument("-v", "--verbose", action="store_true", help="log every request")
     mbus_cli.add_parser(commands)
     return parser
-
-
-async def _serve_modbus_tcp(args: argparse.Namespace, meters: dict[int, Meter]) -> int:
-    simulator = ModbusTcpSimulator(
-        meters, host=args.host, port=args.port, unknown_unit=args.unknown_unit
-    )
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(signum, stop.set)
-    try:
-        async with simulator:
-            print(f"listening on {simulator.bound_host}:{simulator.port}", flush=True)
-            await stop.wait()
-            logger.info("stopping")
-    finally:
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            loop.remove_signal_handler(signum)
-    return 0
-
-
-async def _serve_modbus_rtu(args: argparse.Namespace, meters: dict[int, Meter]) -> int:
-    simulator = ModbusRtuSimulator(
-        meters,
-        baudrate=args.baudrate,
-        parity=args.parity,
-        stopbits=args.stopbits,
-        turnaround=args.turnaround,
-        link=args.link,
-    )
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(signum, stop.set)
-    try:
-        async with simulator:
-            print(f"serial port {simulator.port}", flush=True)
-            await stop.wait()
-            logger.info("stopping")
-    finally:
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            loop.remove_signal_handler(signum)
-    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -191,14 +143,23 @@ def main(argv: Sequence[str] | None = None) -> int:
             )
         except ValueError as error:
             parser.error(f"unit {unit}: {error}")
-    if args.command == "modbus-rtu" and args.baudrate <= 0:
-        parser.error("--baudrate must be positive")
-    serve = _serve_modbus_rtu if args.command == "modbus-rtu" else _serve_modbus_tcp
-    try:
-        return asyncio.run(serve(args, meters))
-    except KeyboardInterrupt:  # Ctrl-C before the signal handlers were installed
-        return 0
-    except OSError as error:
-        where = args.link or "a pty" if args.command == "modbus-rtu" else f"{args.host}:{args.port}"
-        logger.error("cannot listen on %s: %s", where, error)
-        return 1
+    if args.command == "modbus-rtu":
+        if args.baudrate <= 0:
+            parser.error("--baudrate must be positive")
+        rtu = ModbusRtuSimulator(
+            meters,
+            baudrate=args.baudrate,
+            parity=args.parity,
+            stopbits=args.stopbits,
+            turnaround=args.turnaround,
+            link=args.link,
+        )
+        return common.run(
+            rtu, lambda: f"serial port {rtu.port}", f"cannot listen on {args.link or 'a pty'}"
+        )
+    tcp = ModbusTcpSimulator(meters, host=args.host, port=args.port, unknown_unit=args.unknown_unit)
+    return common.run(
+        tcp,
+        lambda: f"listening on {tcp.bound_host}:{tcp.port}",
+        f"cannot listen on {args.host}:{args.port}",
+    )

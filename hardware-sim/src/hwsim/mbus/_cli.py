@@ -9,19 +9,15 @@ Prints ``serial port PATH`` once ready (open it with parity N: a pty refuses E).
 from __future__ import annotations
 
 import argparse
-import asyncio
-import logging
-import signal
 from collections.abc import Callable
 from typing import Any
 
+from .. import _cli as common
 from ._encode import MEDIUM_CODES
 from ._line import MbusSimulator
 from ._meter import WaterMeter
 
 __all__ = ["add_parser", "serve"]
-
-logger = logging.getLogger("hwsim")
 
 _OPTIONS: dict[str, Callable[[str], Any]] = {
     "telegrams": int,
@@ -98,26 +94,8 @@ def serve(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         except (ValueError, TypeError) as error:
             parser.error(f"meter {address}={ident}: {error}")
     simulator = MbusSimulator(meters, baudrate=args.baudrate, link=args.link)
-    try:
-        return asyncio.run(_serve(simulator))
-    except KeyboardInterrupt:
-        return 0
-    except OSError as error:
-        logger.error("cannot open %s: %s", args.link or "a pty", error)
-        return 1
-
-
-async def _serve(simulator: MbusSimulator) -> int:
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(signum, stop.set)
-    try:
-        async with simulator:
-            print(f"serial port {simulator.port}", flush=True)
-            await stop.wait()
-            logger.info("stopping")
-    finally:
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            loop.remove_signal_handler(signum)
-    return 0
+    return common.run(
+        simulator,
+        lambda: f"serial port {simulator.port}",
+        f"cannot open {args.link or 'a pty'}",
+    )

@@ -33,21 +33,16 @@ until cleared): no answer, a bad checksum, collision garbage, a truncated frame.
 
 from __future__ import annotations
 
-import asyncio
 import collections
-import contextlib
 import logging
-import os
-import pty
 import random
-import tty
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
-from types import TracebackType
-from typing import Final, Self
+from typing import Final
 
+from .._pty import PtyLine
 from ._encode import ACK, checksum, manufacturer_code
 from ._meter import WaterMeter
 
@@ -58,7 +53,6 @@ logger = logging.getLogger("hwsim.mbus")
 NETWORK_LAYER: Final = 253
 BROADCAST_REPLY: Final = 254
 BROADCAST_NO_REPLY: Final = 255
-_CHUNK: Final = 16
 _C_SND_NKE: Final = 0x40
 _C_REQ_UD2: Final = 0x5B
 _C_SND_UD: Final = 0x53
@@ -163,12 +157,14 @@ class _Fault:
     remaining: int | None
 
 
-class MbusSimulator:
+class MbusSimulator(PtyLine):
     """Simulated M-Bus meters on one line behind a pseudo-terminal.
 
     ``async with`` it to create the pty; :attr:`port` is the path a client opens
     (``link`` if given: a symlink to the pty, else the pty itself).
     """
+
+    _logger = logger
 
     def __init__(
         self,
@@ -184,41 +180,25 @@ class MbusSimulator:
         self.meters = list(meters)
         if turnaround is not None and turnaround < 0:
             raise ValueError("turnaround must be >= 0")
-        self.baudrate = baudrate
-        self.character_time = 11 / baudrate  # 8E1: start, 8 data, parity, stop
-        self.turnaround = 33 / baudrate if turnaround is None else turnaround
-        self.link = Path(link) if link is not None else None
+        super().__init__(
+            baudrate=baudrate,
+            character_bits=11,  # 8E1: start, 8 data, parity, stop
+            turnaround=33 / baudrate if turnaround is None else turnaround,
+            link=link,
+        )
         self.requests: collections.Counter[str] = collections.Counter()
         """Valid requests received, by kind (``snd_nke``, ``req_ud2``, ``select``, ``other``)."""
         self.request_log: collections.deque[tuple[float, Request]] = collections.deque(
             maxlen=10_000
         )
         self.collisions = 0
-        self.replies_sent = 0
-        self.bytes_sent = 0
-        self.bytes_received = 0
         self._links = {id(m): _Link() for m in self.meters}
         self._faults: dict[int, _Fault] = {}
         self._rng = random.Random(seed)
         self._decoder = MbusRequestDecoder()
-        self._master: int | None = None
-        self._slave: int | None = None
-        self._pty_path: str | None = None
-        self._line_free = 0.0
         self._last_byte = 0.0
-        self._timers: set[asyncio.TimerHandle] = set()
-        self._loop: asyncio.AbstractEventLoop | None = None
 
     # -- state and controls -----------------------------------------------------------
-
-    @property
-    def port(self) -> str:
-        """What a client opens: the link, or the pty's slave path."""
-        if self.link is not None:
-            return str(self.link)
-        if self._pty_path is None:
-            raise RuntimeError("the simulator is not running")
-        return self._pty_path
 
     @property
     def dropped_bytes(self) -> int:
@@ -242,55 +222,6 @@ class MbusSimulator:
     def wire_time(self, n_bytes: int) -> float:
         """Seconds ``n_bytes`` take on this line."""
         return n_bytes * self.character_time
-
-    # -- lifecycle ----------------------------------------------------------------------
-
-    async def start(self) -> None:
-        """Create the pty (and the link) and start serving."""
-        if self._master is not None:
-            raise RuntimeError("already started")
-        self._loop = asyncio.get_running_loop()
-        master, slave = pty.openpty()
-        tty.setraw(slave)
-        os.set_blocking(master, False)
-        self._master, self._slave = master, slave
-        self._pty_path = os.ttyname(slave)
-        if self.link is not None:
-            with contextlib.suppress(FileNotFoundError):
-                self.link.unlink()
-            self.link.symlink_to(self._pty_path)
-        self._loop.add_reader(master, self._readable)
-
-    async def close(self) -> None:
-        """Stop serving; the pty (and the link) go away."""
-        for timer in self._timers:
-            timer.cancel()
-        self._timers.clear()
-        if self.link is not None:
-            with contextlib.suppress(FileNotFoundError):
-                self.link.unlink()
-        master, slave = self._master, self._slave
-        self._master = self._slave = None
-        self._pty_path = None
-        if master is not None:
-            if self._loop is not None:
-                self._loop.remove_reader(master)
-            os.close(master)
-        if slave is not None:
-            os.close(slave)
-        self._loop = None
-
-    async def __aenter__(self) -> Self:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        await self.close()
 
     # -- the meters' side (sans-I/O) ----------------------------------------------------
 
@@ -391,27 +322,10 @@ class MbusSimulator:
 
     # -- the wire -----------------------------------------------------------------------
 
-    def _now(self) -> float:
-        assert self._loop is not None
-        return self._loop.time()
-
-    def _readable(self) -> None:
-        if self._master is None:
-            return
-        try:
-            data = os.read(self._master, 4096)
-        except (BlockingIOError, InterruptedError):
-            return
-        except OSError:  # no client has the slave open
-            return
-        if not data:
-            return
-        now = self._now()
+    def _received(self, data: bytes, now: float) -> None:
         if now > self._last_byte + _IDLE_CHARS * self.character_time + 0.05:
             self._decoder.reset()
-        self.bytes_received += len(data)
-        received_at = max(now, self._line_free) + len(data) * self.character_time
-        self._line_free = received_at
+        received_at = self._arrived(data, now)
         self._last_byte = now
         for request in self._decoder.feed(data):
             self.request_log.append((received_at, request))
@@ -425,29 +339,3 @@ class MbusSimulator:
             )
             if reply is not None:
                 self._send(reply, received_at + self.turnaround)
-
-    def _send(self, frame: bytes, start: float) -> None:
-        start = max(start, self._line_free)
-        self.replies_sent += 1
-        for offset in range(0, len(frame), _CHUNK):
-            chunk = frame[offset : offset + _CHUNK]
-            due = start + (offset + len(chunk)) * self.character_time
-            self._schedule(due, chunk)
-        self._line_free = start + len(frame) * self.character_time
-
-    def _schedule(self, due: float, chunk: bytes) -> None:
-        assert self._loop is not None
-        handle: asyncio.TimerHandle
-
-        def write() -> None:
-            self._timers.discard(handle)
-            if self._master is None:
-                return
-            try:
-                os.write(self._master, chunk)
-                self.bytes_sent += len(chunk)
-            except OSError as exc:
-                logger.debug("write failed: %s", exc)
-
-        handle = self._loop.call_at(due, write)
-        self._timers.add(handle)

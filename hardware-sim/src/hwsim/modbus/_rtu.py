@@ -22,29 +22,21 @@ port vanish and come back (a USB adapter pulled out), moving ``link``.
 
 from __future__ import annotations
 
-import asyncio
 import collections
-import contextlib
 import logging
-import os
-import pty
 import random
 import struct
-import tty
 from collections.abc import Mapping
 from enum import StrEnum
 from pathlib import Path
-from types import TracebackType
-from typing import Self
 
+from .._pty import PtyLine
 from ._meter import Meter
 from ._server import RequestHandler, UnknownUnit
 
 __all__ = ["LineFault", "ModbusRtuSimulator", "RtuRequestDecoder", "crc16", "rtu_frame"]
 
 logger = logging.getLogger("hwsim.modbus.rtu")
-
-_CHUNK = 16  # bytes written at once while pacing a reply
 
 
 def crc16(data: bytes | bytearray) -> int:
@@ -134,12 +126,14 @@ class RtuRequestDecoder:
         self._buffer.clear()
 
 
-class ModbusRtuSimulator:
+class ModbusRtuSimulator(PtyLine):
     """Simulated meters on one RS-485 line behind a pseudo-terminal.
 
     ``async with`` it to create the pty; :attr:`port` is the path a client opens
     (``link`` if given: a symlink to the pty kept up to date, else the pty itself).
     """
+
+    _logger = logger
 
     def __init__(
         self,
@@ -161,36 +155,19 @@ class ModbusRtuSimulator:
         if turnaround < 0:
             raise ValueError("turnaround must be >= 0")
         self.handler = RequestHandler(meters, unknown_unit=unknown_unit)
-        self.baudrate = baudrate
-        bits = 1 + bytesize + (0 if parity == "N" else 1) + stopbits
-        self.character_time = bits / baudrate
-        self.turnaround = turnaround
-        self.link = Path(link) if link is not None else None
+        super().__init__(
+            baudrate=baudrate,
+            character_bits=1 + bytesize + (0 if parity == "N" else 1) + stopbits,
+            turnaround=turnaround,
+            link=link,
+        )
         self.line_faults: dict[int, LineFault] = {}
         self.request_log: collections.deque[tuple[float, int]] = collections.deque(maxlen=10_000)
         """``(loop time received, unit id)`` of the latest requests with a valid CRC."""
-        self.replies_sent = 0
-        self.bytes_sent = 0
-        self.bytes_received = 0
         self._rng = random.Random(seed)
         self._decoder = RtuRequestDecoder()
-        self._master: int | None = None
-        self._slave: int | None = None
-        self._pty_path: str | None = None
-        self._line_free = 0.0  # when the wire is idle again (loop time)
-        self._timers: set[asyncio.TimerHandle] = set()
-        self._loop: asyncio.AbstractEventLoop | None = None
 
     # -- state and controls ---------------------------------------------------------------
-
-    @property
-    def port(self) -> str:
-        """What a client opens: the link, or the pty's slave path."""
-        if self.link is not None:
-            return str(self.link)
-        if self._pty_path is None:
-            raise RuntimeError("the simulator is not running")
-        return self._pty_path
 
     @property
     def pty_path(self) -> str | None:
@@ -234,18 +211,6 @@ class ModbusRtuSimulator:
 
     # -- lifecycle -----------------------------------------------------------------------
 
-    async def start(self) -> None:
-        """Create the pty (and the link) and start serving."""
-        if self._master is not None:
-            raise RuntimeError("already started")
-        self._loop = asyncio.get_running_loop()
-        self._open_pty()
-
-    async def close(self) -> None:
-        """Stop serving; the pty (and the link) go away."""
-        self._close_pty()
-        self._loop = None
-
     def unplug(self) -> None:
         """The adapter vanishes: the pty closes (clients get a hangup), the link goes."""
         self._close_pty()
@@ -258,73 +223,16 @@ class ModbusRtuSimulator:
         self._open_pty()
         logger.info("plugged in again at %s", self.port)
 
-    async def __aenter__(self) -> Self:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        await self.close()
-
     # -- internals -----------------------------------------------------------------------
 
-    def _now(self) -> float:
-        assert self._loop is not None
-        return self._loop.time()
-
     def _open_pty(self) -> None:
-        assert self._loop is not None
-        master, slave = pty.openpty()
-        tty.setraw(slave)
-        os.set_blocking(master, False)
-        self._master, self._slave = master, slave
-        self._pty_path = os.ttyname(slave)
-        if self.link is not None:
-            with contextlib.suppress(FileNotFoundError):
-                self.link.unlink()
-            self.link.symlink_to(self._pty_path)
+        super()._open_pty()
         self._decoder.reset()
-        self._loop.add_reader(master, self._readable)
 
-    def _close_pty(self) -> None:
-        for timer in self._timers:
-            timer.cancel()
-        self._timers.clear()
-        if self.link is not None:
-            with contextlib.suppress(FileNotFoundError):
-                self.link.unlink()
-        master, slave = self._master, self._slave
-        self._master = self._slave = None
-        self._pty_path = None
-        if master is not None:
-            if self._loop is not None:
-                self._loop.remove_reader(master)
-            os.close(master)
-        if slave is not None:
-            os.close(slave)
-
-    def _readable(self) -> None:
-        if self._master is None:
-            return
-        try:
-            data = os.read(self._master, 4096)
-        except (BlockingIOError, InterruptedError):
-            return
-        except OSError:  # no client has the slave open: nothing to read
-            return
-        if not data:
-            return
-        now = self._now()
+    def _received(self, data: bytes, now: float) -> None:
         if now > self._line_free + 3.5 * self.character_time:
             self._decoder.reset()  # a silence ends any partial frame
-        self.bytes_received += len(data)
-        # The bytes were written at once; on the wire they end len × char later.
-        received_at = max(now, self._line_free) + len(data) * self.character_time
-        self._line_free = received_at
+        received_at = self._arrived(data, now)
         for unit_id, pdu in self._decoder.feed(data):
             self.request_log.append((received_at, unit_id))
             if unit_id == 0:  # broadcast: served, never answered
@@ -353,30 +261,3 @@ class ModbusRtuSimulator:
         if fault is LineFault.WRONG_UNIT:
             return rtu_frame((unit_id + 1) % 248 or 1, frame[1:-2])
         return frame
-
-    def _send(self, frame: bytes, start: float) -> None:
-        """Write ``frame`` paced: each chunk when its last character would arrive."""
-        start = max(start, self._line_free)
-        self.replies_sent += 1
-        for offset in range(0, len(frame), _CHUNK):
-            chunk = frame[offset : offset + _CHUNK]
-            due = start + (offset + len(chunk)) * self.character_time
-            self._schedule(due, chunk)
-        self._line_free = start + len(frame) * self.character_time
-
-    def _schedule(self, due: float, chunk: bytes) -> None:
-        assert self._loop is not None
-        handle: asyncio.TimerHandle
-
-        def write() -> None:
-            self._timers.discard(handle)
-            if self._master is None:
-                return
-            try:
-                os.write(self._master, chunk)
-                self.bytes_sent += len(chunk)
-            except OSError as exc:
-                logger.debug("write failed: %s", exc)
-
-        handle = self._loop.call_at(due, write)
-        self._timers.add(handle)

@@ -15,9 +15,9 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import StrEnum
-from types import TracebackType
-from typing import ClassVar, Literal, Self
+from typing import ClassVar, Literal
 
+from .._service import Service
 from ._mbap import NEED_DATA, Discarded, MbapDecoder, MbapFramingError, encode_adu
 from ._meter import Meter
 from ._pdu import ExceptionCode, exception_response, handle_pdu
@@ -253,7 +253,7 @@ class _Connection(asyncio.Protocol):
         self._arm_idle_timer()
 
 
-class ModbusTcpSimulator:
+class ModbusTcpSimulator(Service):
     """Modbus TCP server for simulated meters; ``async with`` it to listen.
 
     ``port=0`` binds a free port (read it from :attr:`port` once started).
@@ -370,15 +370,3 @@ class ModbusTcpSimulator:
         async with asyncio.timeout(self._start_timeout):
             await server.wait_closed()
         self._bound = None
-
-    async def __aenter__(self) -> Self:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        await self.close()

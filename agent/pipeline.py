@@ -30,20 +30,22 @@ class BufferWriter:
         self._queue: asyncio.Queue[Sample | None] = asyncio.Queue(maxsize=QUEUE_SAMPLES)
         self._dropping = False
         self._congested = False
+        self._congested_episodes = 0  # logged once; skipped polls are counted in metrics
         self._dropped_in_episode = 0
 
     def congested(self) -> bool:
-        """True while the queue is more than half full: the agent is overloaded
-        (more offered than it can encode and store), and polls should be skipped
-        rather than starve the publisher."""
-        congested = self._queue.qsize() > QUEUE_SAMPLES // 2
-        if congested != self._congested:
-            self._congested = congested
-            if congested:
-                log.warning("overloaded: skipping polls until the buffer writer catches up")
-            else:
-                log.warning("no longer overloaded; polls resume")
-        return congested
+        """True from when the queue is three quarters full until it is down to a
+        quarter: the agent is overloaded (more offered than it can encode and
+        store), and polls should be skipped rather than pile up."""
+        size = self._queue.qsize()
+        if not self._congested and size > QUEUE_SAMPLES * 3 // 4:
+            self._congested = True
+            self._congested_episodes += 1
+            if self._congested_episodes == 1:
+                log.warning("overloaded: skipping polls while the buffer writer catches up")
+        elif self._congested and size < QUEUE_SAMPLES // 4:
+            self._congested = False
+        return self._congested
 
     async def submit(self, sample: Sample) -> None:
         """Queue a sample for the buffer; waits while the queue is full."""

@@ -31,6 +31,13 @@ is published (for at most :data:`OFFLINE_TIMEOUT_S`) and the client disconnects;
 did not answer, the connection is dropped instead (the broker publishes the will). A stop during
 a connection attempt abandons it rather than waiting for the CONNACK.
 
+Health (:meth:`Publisher.health`, for the systemd watchdog): the publisher is healthy while it
+makes progress by its own standard: connected with nothing to send, or taking data and getting
+PUBACKs within ``ack_timeout``; disconnected, while its reconnect loop keeps trying (a broker
+outage is not a fault of the agent). Test hook: when the environment variable
+:data:`WEDGE_ENV` names a file, the data loop hangs for good once that file exists (as a lost
+wake-up would); the watchdog tests use it to wedge a running publisher.
+
 aiomqtt 2.5 can reuse a client only with care, which :func:`_prepare_reconnect`,
 :func:`_drop_connection` and :class:`_Client` take (they touch aiomqtt internals: the 2.5 release
 line is pinned).
@@ -43,6 +50,7 @@ import contextlib
 import json
 import logging
 import math
+import os
 import socket
 import ssl
 import time
@@ -71,6 +79,8 @@ RECONNECT_MAX_S = 60.0
 ACK_TIMEOUT_MIN_S = 10.0  # a PUBACK or CONNACK later than max(keepalive, this) means a stall
 OFFLINE_TIMEOUT_S = 2.0  # how long the clean stop waits for `offline` to be acknowledged
 DROP_TIMEOUT_S = 2.0  # how long dropping a connection waits for the client to notice
+HEALTH_SLACK_S = 2.0  # margin on the publisher's own deadlines before it counts as wedged
+WEDGE_ENV = "CITYGATE_TEST_WEDGE_FILE"  # test hook, see the module docstring
 
 
 class _Client(aiomqtt.Client):
@@ -247,7 +257,11 @@ class Publisher:
         self._refused = asyncio.Event()  # the client refused a data publish: not connected
         self._resend_after: int | None = None  # the cursor goes back here: a refused publish
         self.connected = False
-        self.last_progress = time.monotonic()  # last PUBACK, or last time there was nothing to send
+        # Last PUBACK, message handed over, empty fetch or session start (see health()).
+        self.last_progress = time.monotonic()
+        self._last_attempt = time.monotonic()  # the reconnect loop's last tick
+        self._info_stale = asyncio.Event()  # the devices list or labels changed: publish info
+        self._wedge_file = os.environ.get(WEDGE_ENV)
 
     # ------------------------------------------------------------------ API
 
@@ -265,6 +279,50 @@ class Publisher:
         if self._unsent_readings >= self._mqtt.max_batch:
             self._batch_ready.set()
 
+    def health(self, now: float | None = None) -> str | None:
+        """None while the publisher makes progress by its own standard, else why not.
+
+        Connected: nothing waits to be sent or acknowledged, or the oldest wait is answered
+        (a message handed over, a PUBACK) within ``ack_timeout`` plus ``linger``.
+        Disconnected: the reconnect loop ticked within the longest backoff plus the longest
+        attempt (each of its waits is bounded by ``ack_timeout``). Stopping: healthy (bounded).
+        """
+        now = time.monotonic() if now is None else now
+        if self._stopping.is_set():
+            return None
+        if not self.connected:
+            idle = now - self._last_attempt
+            # The longest backoff, plus the longest attempt: TCP connect (≤ keepalive) and
+            # CONNACK, the online and info PUBACKs, then dropping and leaving the client.
+            limit = RECONNECT_MAX_S + 5 * self.ack_timeout + DROP_TIMEOUT_S + HEALTH_SLACK_S
+            if idle > limit:
+                return f"publisher: disconnected and no connection attempt for {idle:.0f} s"
+            return None
+        waits = []
+        if self._first_unsent_at is not None:
+            waits.append(self._first_unsent_at)
+        if self._in_flight:
+            waits.append(self._waiting_since if self._waiting_since is not None else now)
+        if not waits:
+            return None
+        stuck = now - max(min(waits), self.last_progress)
+        if stuck > self.ack_timeout + self._mqtt.linger + HEALTH_SLACK_S:
+            return (
+                f"publisher: connected, data waiting ({self._in_flight} messages awaiting "
+                f"PUBACK) and no progress for {stuck:.0f} s"
+            )
+        return None
+
+    def update_announcement(
+        self, devices: Sequence[tuple[str, str]], gateway: GatewaySettings
+    ) -> None:
+        """A reload changed the devices or the gateway labels: publish info and every
+        device status again (at once if connected, else with the next session)."""
+        self._devices = list(devices)
+        self._gateway = gateway
+        self._info_stale.set()
+        self._status_watch.reset()
+
     def stop(self, flush_timeout: float) -> None:
         """Flush for at most ``flush_timeout`` seconds, publish offline, end :meth:`run`."""
         self._stop_deadline = time.monotonic() + flush_timeout
@@ -274,11 +332,14 @@ class Publisher:
 
     async def run(self) -> None:
         client = self._client()
-        async with asyncio.TaskGroup() as tg:
-            data = tg.create_task(self._send_data(client), name="mqtt-data")
-            await self._keep_connected(client)
-            # What is still in flight stays buffered for the next start.
-            data.cancel()
+        try:
+            async with asyncio.TaskGroup() as tg:
+                data = tg.create_task(self._send_data(client), name="mqtt-data")
+                await self._keep_connected(client)
+                # What is still in flight stays buffered for the next start.
+                data.cancel()
+        finally:
+            self._board.unwatch(self._status_watch)  # a reload may start another publisher
 
     # ------------------------------------------------------------------ connection
 
@@ -326,6 +387,7 @@ class Publisher:
         last_error: str | None = None
         failures = 0
         while not self._stopping.is_set():
+            self._last_attempt = time.monotonic()
             try:
                 async with contextlib.AsyncExitStack() as connection:
                     if not await self._connect(client):
@@ -422,7 +484,9 @@ class Publisher:
     async def _announce(self, client: aiomqtt.Client, tg: asyncio.TaskGroup) -> None:
         """Publish online and info, then let data, statuses and metrics flow."""
         await client.publish(self.status_topic, b"online", qos=1, retain=True)
+        self._info_stale.clear()
         await client.publish(self.info_topic, self._info_payload(), qos=1, retain=True)
+        self.last_progress = time.monotonic()
         self.connected = True
         if self._in_flight:
             self._waiting_since = time.monotonic()  # the client re-sends them now
@@ -433,6 +497,7 @@ class Publisher:
         tg.create_task(self._watch_refusals(), name="mqtt-refusal-watch")
         tg.create_task(self._send_statuses(client), name="mqtt-status")
         tg.create_task(self._send_metrics(client), name="mqtt-metrics")
+        tg.create_task(self._send_info(client), name="mqtt-info")
 
     async def _end_session(self, client: aiomqtt.Client) -> None:
         """Stopping: flush until the deadline, publish offline, end the session."""
@@ -510,6 +575,8 @@ class Publisher:
             while True:
                 await self._wait_for_data()
                 await self._online.wait()
+                if self._wedge_file is not None and os.path.exists(self._wedge_file):  # noqa: ASYNC240 - test only
+                    await asyncio.Event().wait()  # test hook: hang as a lost wake-up would
                 self._data_waiting.clear()
                 self._first_unsent_at = None
                 self._unsent_readings = 0
@@ -532,6 +599,7 @@ class Publisher:
                     await slots.acquire()
                     await self._online.wait()
                     self._in_flight += 1
+                    self.last_progress = time.monotonic()
                     self._all_acked.clear()
                     if self._waiting_since is None:
                         self._waiting_since = time.monotonic()
@@ -589,6 +657,13 @@ class Publisher:
             "devices": [{"id": d, "driver": drv} for d, drv in self._devices],
         }
         return json.dumps(info, separators=(",", ":")).encode()
+
+    async def _send_info(self, client: aiomqtt.Client) -> None:
+        while True:
+            await self._info_stale.wait()
+            self._info_stale.clear()
+            await client.publish(self.info_topic, self._info_payload(), qos=1, retain=True)
+            raise_if_cancelled()
 
     async def _send_statuses(self, client: aiomqtt.Client) -> None:
         while True:

@@ -52,6 +52,16 @@ class StatusBoard:
         self._watches.append(watch)
         return watch
 
+    def unwatch(self, watch: StatusWatch) -> None:
+        """Forget a consumer that has ended (a publisher replaced by a reload)."""
+        if watch in self._watches:
+            self._watches.remove(watch)
+
+    def add(self, device_id: str) -> None:
+        """A device added by a reload (or added again): it starts afresh."""
+        self.devices[device_id] = DeviceStatus()
+        self._mark(device_id)
+
     def _mark(self, device_id: str) -> None:
         self._generation += 1
         self._stamps[device_id] = self._generation

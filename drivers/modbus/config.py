@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Final
 
 from drivers.api import ConfigIssue, DeviceContext, DriverConfigError, Field, SerialLineConfig
@@ -74,7 +74,7 @@ class ModbusConfig:
     """
 
     registers: tuple[RegisterSpec, ...]
-    plan: ReadPlan
+    plan: ReadPlan = field(compare=False)  # narrowed at run time: not part of the config
     host: str | None = None
     port: int = 502
     serial: SerialLineConfig | None = None

@@ -19,6 +19,7 @@ log = logging.getLogger(__name__)
 
 QUEUE_SAMPLES = 2000
 BATCH_SAMPLES = 500
+BATCH_READINGS = 5000
 
 
 class BufferWriter:
@@ -59,15 +60,22 @@ class BufferWriter:
         while True:
             first = await self._queue.get()
             batch: list[Sample] = []
+            readings = 0
             closing = first is None
             if first is not None:
                 batch.append(first)
-            while len(batch) < BATCH_SAMPLES and not self._queue.empty():
+                readings = len(first.readings)
+            # Bounded by readings too: one huge transaction would hold the buffer's
+            # thread while the publisher waits to fetch and acknowledge.
+            while (
+                len(batch) < BATCH_SAMPLES and readings < BATCH_READINGS and not self._queue.empty()
+            ):
                 item = self._queue.get_nowait()
                 if item is None:
                     closing = True
                     break
                 batch.append(item)
+                readings += len(item.readings)
             if batch:
                 await self._write(batch)
             if closing:

@@ -38,8 +38,10 @@ its ``seq`` are never touched. Info and device statuses are published again.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import dataclasses
+import itertools
 import logging
 import os
 import signal
@@ -62,6 +64,8 @@ from drivers.api import DeviceContext, DriverFactory, FatalDriverError, PollDriv
 log = logging.getLogger(__name__)
 
 FLUSH_TIMEOUT_S = 5.0
+PACE_PERIOD_S = 1.0
+PACE_WINDOW = 5
 RELOAD_FLUSH_TIMEOUT_S = 2.0  # a publisher replaced by a reload: its buffer rows stay anyway
 HOUSEKEEPING_S = 5.0  # watchdog/STATUS period when systemd gives no WATCHDOG_USEC
 BUFFER_CHECK_TIMEOUT_S = 5.0
@@ -119,6 +123,7 @@ class Agent:
         self._writer_task: asyncio.Task[None] | None = None
         self._publisher_task: asyncio.Task[None] | None = None
         self._unhealthy: str | None = None  # why the last health check failed
+        self._falling_behind = False  # see _watch_pace
 
     def _new_publisher(self, config: Config) -> Publisher:
         return Publisher(
@@ -156,7 +161,36 @@ class Agent:
 
     def _overloaded(self) -> bool:
         """More is offered than the agent can take: supervisors skip polls (counted)."""
-        return self.writer.congested()
+        return self.writer.congested() or self._falling_behind
+
+    async def _watch_pace(self) -> None:
+        """Notice when the publisher, connected, cannot keep up with the polling.
+
+        The unsent backlog then grows at every look although the broker is there;
+        polls are skipped until it shrinks again. An outage (not connected) or a
+        drain after one (the backlog shrinks) never counts.
+        """
+        window: collections.deque[int] = collections.deque(maxlen=PACE_WINDOW)
+        margin = 2 * self.config.mqtt.max_batch * self.config.mqtt.max_inflight
+        episodes = 0
+        while True:
+            await asyncio.sleep(PACE_PERIOD_S)
+            if not self.publisher.connected:
+                window.clear()
+                self._falling_behind = False
+                continue
+            window.append(self.counters.readings_read - self.counters.readings_published)
+            if len(window) < PACE_WINDOW:
+                continue
+            values = list(window)
+            growing = all(b > a for a, b in itertools.pairwise(values))
+            if not self._falling_behind and growing and values[-1] - values[0] > margin:
+                self._falling_behind = True
+                episodes += 1
+                if episodes == 1:
+                    log.warning("overloaded: the broker gets less than is polled; skipping polls")
+            elif self._falling_behind and values[-1] < values[0]:
+                self._falling_behind = False
 
     def request_reload(self) -> None:
         """Re-read the config soon (SIGHUP); requests during a reload fold into one more."""
@@ -210,6 +244,7 @@ class Agent:
                 self._publisher_task = sinks.create_task(self.publisher.run(), name="publisher")
                 saver_task = sinks.create_task(self._save_states(), name="state-saver")
                 housekeeping_task = sinks.create_task(self._housekeeping(), name="housekeeping")
+                pace_task = sinks.create_task(self._watch_pace(), name="pace")
                 log.info(
                     "citygate %s running: gateway %s, %d devices, broker %s",
                     _version(),
@@ -241,6 +276,7 @@ class Agent:
                 await self._publisher_task
                 saver_task.cancel()
                 housekeeping_task.cancel()
+                pace_task.cancel()
             self.lines.close()
             await self._save_all_states()
             stats = await self.buffer.stats()

@@ -695,6 +695,7 @@ class Publisher:
             "readings_published": c.readings_published,
             "invalid_readings": c.invalid_readings,
             "polls_skipped": c.polls_skipped,
+            "overflow_samples": c.overflow_samples,
             **(self._extra_metrics() if self._extra_metrics is not None else {}),
         }
 

@@ -152,6 +152,7 @@ async def test_senml_topics_and_status(tmp_path: Path, broker: Mosquitto) -> Non
         assert key in metrics
     assert metrics["devices_online"] == 2
     assert metrics["samples_read"] > 0 and metrics["rss_bytes"] > 0
+    assert metrics["overflow_samples"] == 0
 
     stats, states = open_readonly_stats(buffer_path(config))
     # whatever was not acknowledged before stop stays buffered; it was all acknowledged here

@@ -37,7 +37,7 @@ lint: venv
 	$(VENV)/bin/ruff format --check .
 
 typecheck: venv
-	$(VENV)/bin/mypy
+	$(PY) -m tests.tools.typecheck
 
 pytest: venv mosquitto
 	$(VENV)/bin/pytest -q

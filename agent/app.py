@@ -50,16 +50,22 @@ from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from agent import __version__, systemd
-from agent.buffer import AsyncBuffer
-from agent.clock import ClockState
-from agent.config import BleSettings, Config, ConfigError, DeviceConfig, load
-from agent.lines import LineOwner, LineSet
-from agent.pipeline import BufferWriter
-from agent.publisher import Publisher
-from agent.status import Counters, StatusBoard
-from agent.supervise import DeviceSupervisor
-from drivers.api import DeviceContext, DriverFactory, FatalDriverError, PollDriver, PushDriver
+from citygate import __version__, systemd
+from citygate.buffer import AsyncBuffer
+from citygate.clock import ClockState
+from citygate.config import BleSettings, Config, ConfigError, DeviceConfig, load
+from citygate.drivers.api import (
+    DeviceContext,
+    DriverFactory,
+    FatalDriverError,
+    PollDriver,
+    PushDriver,
+)
+from citygate.lines import LineOwner, LineSet
+from citygate.pipeline import BufferWriter
+from citygate.publisher import Publisher
+from citygate.status import Counters, StatusBoard
+from citygate.supervise import DeviceSupervisor
 
 log = logging.getLogger(__name__)
 

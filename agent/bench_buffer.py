@@ -1,4 +1,4 @@
-"""Throughput of the SQLite buffer, for ``make bench`` (and ``python -m agent.bench_buffer``).
+"""Throughput of the SQLite buffer, for ``make bench`` (and ``python -m citygate.bench_buffer``).
 
 Syncs per sample: SQLite offers no fsync counter and the stdlib cannot hook one (no VFS
 shims), so the figure is derived from what WAL mode documents and what the run measured:
@@ -22,10 +22,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from agent.buffer import PAGE_SIZE, Buffer, NewSample
-from agent.config import BufferSettings
-from agent.model import Reading
-from agent.senml import encode_body
+from citygate.buffer import PAGE_SIZE, Buffer, NewSample
+from citygate.config import BufferSettings
+from citygate.model import Reading
+from citygate.senml import encode_body
 
 _WAL_FRAME_HEADER = 24
 _AUTOCHECKPOINT_PAGES = 1000  # SQLite's default, which the buffer keeps

@@ -115,9 +115,9 @@ from pathlib import Path
 from types import TracebackType
 from typing import ParamSpec, Self, TypeVar
 
-from agent.clock import SYSTEM, Timebase
-from agent.config import BufferSettings
-from drivers.api import CitygateError
+from citygate.clock import SYSTEM, Timebase
+from citygate.config import BufferSettings
+from citygate.drivers.api import CitygateError
 
 __all__ = [
     "APPLICATION_ID",
@@ -201,7 +201,7 @@ class BufferError(CitygateError):
 
 @dataclass(frozen=True, slots=True)
 class NewSample:
-    """A sample to buffer: ``body`` is its SenML records as ``agent.senml`` encodes them."""
+    """A sample to buffer: ``body`` is its SenML records as ``citygate.senml`` encodes them."""
 
     device_id: str
     time: float

@@ -16,10 +16,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from agent import __version__, logs, registry
-from agent.clock import wall_time
-from agent.config import Config, ConfigError, DeviceConfig, load
-from drivers.api import (
+from citygate import __version__, logs, registry
+from citygate.clock import wall_time
+from citygate.config import Config, ConfigError, DeviceConfig, load
+from citygate.drivers.api import (
     CitygateError,
     DeviceContext,
     DriverError,
@@ -142,7 +142,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if command == "scan":
             return _scan(args)
         if command == "demo":
-            from agent.demo import run_demo
+            from citygate.demo import run_demo
 
             return run_demo(broker=args.broker)
     except ConfigError as exc:
@@ -172,7 +172,7 @@ def _run(path: Path) -> int:
     logs.setup(config.gateway.log_level)
     for warning in config.warnings:
         log.warning("%s", warning)
-    from agent.app import Agent, run_until_signalled
+    from citygate.app import Agent, run_until_signalled
 
     async def main() -> int:
         agent = Agent(config, registry.factories())
@@ -296,7 +296,7 @@ def _read(path: Path, device_id: str, as_json: bool) -> int:
         return measurements
 
     async def read_once() -> list[Any]:
-        from agent.normalise import Normaliser
+        from citygate.normalise import Normaliser
 
         hub = None
         if device.driver == "ble" and config.ble is not None:
@@ -332,7 +332,7 @@ def _read(path: Path, device_id: str, as_json: bool) -> int:
     try:
         readings = asyncio.run(read_once())
     except (DriverError, TimeoutError, OSError, BaseExceptionGroup) as exc:
-        from agent.supervise import describe
+        from citygate.supervise import describe
 
         errors = exc.exceptions if isinstance(exc, BaseExceptionGroup) else [exc]
         if isinstance(exc, TimeoutError) and device.driver == "ble":
@@ -366,8 +366,8 @@ def _read(path: Path, device_id: str, as_json: bool) -> int:
 
 def _status(path: Path, as_json: bool) -> int:
     config = _load(path)
-    from agent.app import buffer_path
-    from agent.buffer import open_readonly_stats
+    from citygate.app import buffer_path
+    from citygate.buffer import open_readonly_stats
 
     db = buffer_path(config)
     if not db.exists():
@@ -450,8 +450,8 @@ def _scan(args: argparse.Namespace) -> int:
         raise UsageError("--address is required with --host (or give --serial to probe unit ids)")
     else:
         where = f"{args.host}:{args.port} unit {args.unit}"
-    from drivers.modbus.assistant import assistant_json, format_assistant
-    from drivers.modbus.driver import read_raw, read_raw_serial
+    from citygate.drivers.modbus.assistant import assistant_json, format_assistant
+    from citygate.drivers.modbus.driver import read_raw, read_raw_serial
 
     timeout = 1.0 if args.timeout is None else args.timeout
     try:
@@ -484,8 +484,8 @@ def _scan(args: argparse.Namespace) -> int:
 
 
 def _scan_ble(args: argparse.Namespace) -> int:
-    from drivers.ble.config import BleDeviceConfig
-    from drivers.ble.scan import scan_ble
+    from citygate.drivers.ble.config import BleDeviceConfig
+    from citygate.drivers.ble.scan import scan_ble
 
     if not args.seconds > 0:
         raise UsageError("--seconds must be more than 0")
@@ -526,8 +526,8 @@ def _unit_range(text: str) -> list[int]:
 
 
 def _scan_units(args: argparse.Namespace, line: Any) -> int:
-    from agent.lines import LineOwner
-    from drivers.modbus.scan import probe_units, recognise, snippet
+    from citygate.drivers.modbus.scan import probe_units, recognise, snippet
+    from citygate.lines import LineOwner
 
     units = _unit_range(args.units)
     timeout = 0.2 if args.timeout is None else args.timeout
@@ -626,9 +626,9 @@ def _address_range(text: str) -> list[int]:
 
 
 def _scan_mbus(args: argparse.Namespace) -> int:
-    from agent.lines import LineOwner
-    from drivers.mbus.config import PrimaryAddress
-    from drivers.mbus.scan import ack_timeout, probe_primary, search_secondary, snippet
+    from citygate.drivers.mbus.config import PrimaryAddress
+    from citygate.drivers.mbus.scan import ack_timeout, probe_primary, search_secondary, snippet
+    from citygate.lines import LineOwner
 
     config = _load(args.config)
     line = config.serial.get(args.serial)

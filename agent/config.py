@@ -2,9 +2,9 @@
 
 ``load(path, factories)`` returns a :class:`Config` or raises :class:`ConfigError`
 holding every problem found, each placed on its key or value as
-``FILE:LINE:COL: message`` (positions from :mod:`agent.tomlpos`).
+``FILE:LINE:COL: message`` (positions from :mod:`citygate.tomlpos`).
 
-Each section is a declarative table of :class:`drivers.api.Field` (the same
+Each section is a declarative table of :class:`citygate.drivers.api.Field` (the same
 kind of table a driver declares for its device keys); one walker types a TOML
 table by such a schema. What a table cannot say (the MQTT url, unique ids,
 references between tables) is checked after it, and a driver's own checks run
@@ -41,8 +41,7 @@ from pathlib import Path
 from typing import Any, Final
 from urllib.parse import urlsplit
 
-from agent.tomlpos import KeyPath, Locator, Position, locate
-from drivers.api import (
+from citygate.drivers.api import (
     REQUIRED,
     CitygateError,
     ConfigIssue,
@@ -52,6 +51,7 @@ from drivers.api import (
     Field,
     SerialLineConfig,
 )
+from citygate.tomlpos import KeyPath, Locator, Position, locate
 
 __all__ = [
     "BLE_FIELDS",

@@ -1,7 +1,7 @@
 """``citygate demo``: simulators, a broker, the agent, and a live view of what arrives.
 
 Everything runs in this one process on loopback: the hardware simulators
-(package ``hwsim``), an embedded MQTT broker (amqtt, bound to 127.0.0.1 only)
+(package ``citygate_sim``), an embedded MQTT broker (amqtt, bound to 127.0.0.1 only)
 unless ``--broker URL`` names a real one, and the agent on a generated config
 that is written to a temporary folder (its path is printed, so it can be read
 and copied). Ctrl-C stops everything in order.
@@ -25,8 +25,8 @@ from urllib.parse import urlsplit
 
 import aiomqtt
 
-from agent import logs, registry
-from agent.config import load
+from citygate import logs, registry
+from citygate.config import load
 
 GATEWAY_ID = "gw-demo"
 
@@ -59,7 +59,7 @@ def demo_config(
 
 def _ble_part(capture: Path) -> str:
     """BLE sensors from a simulated capture, replayed in a loop (no radio needed)."""
-    from hwsim.ble import DEMO_SENSORS
+    from citygate_sim.ble import DEMO_SENSORS
 
     text = f"""
 # BLE sensors: adverts replayed from a capture written by the BLE simulator
@@ -271,13 +271,13 @@ async def _watch(broker_url: str, protocol: str, view: LiveView, header: str) ->
 
 async def _demo(broker: str | None) -> None:
     try:
-        from hwsim.mbus import MbusSimulator, WaterMeter
-        from hwsim.modbus import ModbusTcpSimulator, make_meter
+        from citygate_sim.mbus import MbusSimulator, WaterMeter
+        from citygate_sim.modbus import ModbusTcpSimulator, make_meter
     except ImportError:
         raise SystemExit(
             "the demo needs the simulators: pip install -e hardware-sim (make demo does it)"
         ) from None
-    from agent.app import Agent
+    from citygate.app import Agent
 
     with tempfile.TemporaryDirectory(prefix="citygate-demo-") as tmp:
         workdir = Path(tmp)
@@ -286,7 +286,7 @@ async def _demo(broker: str | None) -> None:
         # the water meter's time runs 60 times faster: its volume visibly grows
         water = WaterMeter(*MBUS_DEMO_METER, seed=3, speed=60.0)
         mbus = MbusSimulator([water], baudrate=2400)
-        from hwsim.ble import BleSimulator
+        from citygate_sim.ble import BleSimulator
 
         capture = workdir / "ble-capture.jsonl"
         with capture.open("w") as stream:

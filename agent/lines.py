@@ -1,17 +1,17 @@
 """Serial line owners: one per ``[[serial]]`` line, shared by its devices.
 
-A :class:`LineOwner` implements :class:`drivers.api.SerialLine`:
+A :class:`LineOwner` implements :class:`citygate.drivers.api.SerialLine`:
 
 * one transaction on the wire at a time; turns are given in FIFO order
   (``asyncio.Lock`` wakes waiters first come, first served);
 * before every request the line stays silent for its inter-frame gap
-  (:attr:`~drivers.api.SerialLineConfig.silent_interval`) after the last byte
+  (:attr:`~citygate.drivers.api.SerialLineConfig.silent_interval`) after the last byte
   sent or received, and bytes found waiting (late replies, noise) are discarded
   and counted;
 * an exchange that got no answer ends its turn, so a silent device holds the
   line for at most one timeout before every waiting device had its turn;
 * the port is opened on the first turn; when it fails (the adapter vanished)
-  every turn raises :class:`~drivers.api.TransportError` until the port path is
+  every turn raises :class:`~citygate.drivers.api.TransportError` until the port path is
   back, then it is reopened (one log line when lost, one when back);
 * wire time is accounted per device and per line: ``utilisation`` (busy
   fraction over the last minute) and ``demand`` (the wire time the devices'
@@ -37,7 +37,7 @@ from typing import Any, Final, Protocol
 
 import serial
 
-from drivers.api import (
+from citygate.drivers.api import (
     ReplyFramer,
     SerialExchange,
     SerialLineConfig,
@@ -491,7 +491,7 @@ class LineOwner:
 
 
 class _Wire:
-    """One turn on a :class:`LineOwner`'s wire (a :class:`drivers.api.SerialWire`)."""
+    """One turn on a :class:`LineOwner`'s wire (a :class:`citygate.drivers.api.SerialWire`)."""
 
     def __init__(self, owner: LineOwner, device_id: str, stats: DeviceLineStats) -> None:
         self._owner = owner
@@ -507,7 +507,7 @@ class _Wire:
         framer: ReplyFramer,
         timeout: float,  # noqa: ASYNC109 - the reply timeout of this request
     ) -> SerialExchange:
-        """See :meth:`drivers.api.SerialWire.exchange`."""
+        """See :meth:`citygate.drivers.api.SerialWire.exchange`."""
         if self.silent or not self.holding:
             await self._owner._requeue(self)
         before = self._stats.busy_s
@@ -517,7 +517,7 @@ class _Wire:
         return result
 
     async def send(self, request: bytes) -> None:
-        """See :meth:`drivers.api.SerialWire.send`."""
+        """See :meth:`citygate.drivers.api.SerialWire.send`."""
         if self.silent or not self.holding:
             await self._owner._requeue(self)
         before = self._stats.busy_s

@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import sys
 
-from agent.systemd import under_systemd
+from citygate.systemd import under_systemd
 
 _PRIORITY = {
     logging.DEBUG: 7,

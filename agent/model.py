@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from drivers.api import Value
+from citygate.drivers.api import Value
 
 
 @dataclass(frozen=True, slots=True)

@@ -11,9 +11,9 @@ import logging
 import math
 from collections.abc import Sequence
 
-from agent.model import Reading
-from agent.units import CONVERSIONS
-from drivers.api import Measurement
+from citygate.drivers.api import Measurement
+from citygate.model import Reading
+from citygate.units import CONVERSIONS
 
 log = logging.getLogger(__name__)
 

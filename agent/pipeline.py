@@ -11,9 +11,9 @@ import asyncio
 import logging
 from collections.abc import Callable
 
-from agent.buffer import AsyncBuffer, NewSample
-from agent.model import Sample
-from agent.senml import encode_body
+from citygate.buffer import AsyncBuffer, NewSample
+from citygate.model import Sample
+from citygate.senml import encode_body
 
 log = logging.getLogger(__name__)
 

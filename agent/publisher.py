@@ -64,12 +64,12 @@ from aiomqtt.types import PahoSocket
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from agent import __version__
-from agent.buffer import AsyncBuffer, StoredSample
-from agent.config import GatewaySettings, MqttSettings
-from agent.senml import encode_pack
-from agent.status import Counters, StatusBoard, rss_bytes
-from agent.supervise import Backoff, describe, raise_if_cancelled
+from citygate import __version__
+from citygate.buffer import AsyncBuffer, StoredSample
+from citygate.config import GatewaySettings, MqttSettings
+from citygate.senml import encode_pack
+from citygate.status import Counters, StatusBoard, rss_bytes
+from citygate.supervise import Backoff, describe, raise_if_cancelled
 
 log = logging.getLogger(__name__)
 

@@ -11,7 +11,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from importlib.metadata import entry_points
 
-from drivers.api import DriverFactory
+from citygate.drivers.api import DriverFactory
 
 GROUP = "citygate.drivers"
 log = logging.getLogger(__name__)

@@ -14,7 +14,7 @@ import json
 from collections.abc import Iterable, Sequence
 from typing import Protocol
 
-from agent.model import Reading
+from citygate.model import Reading
 
 _prefix_cache: dict[tuple[str, str | None], str] = {}
 

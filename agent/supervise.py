@@ -13,11 +13,8 @@ import math
 import random
 from collections.abc import Awaitable, Callable, Sequence
 
-from agent.clock import wall_time
-from agent.model import Sample
-from agent.normalise import Normaliser
-from agent.status import Counters, StatusBoard
-from drivers.api import (
+from citygate.clock import wall_time
+from citygate.drivers.api import (
     DecodeError,
     DriverError,
     Measurement,
@@ -27,6 +24,9 @@ from drivers.api import (
     SilentDevice,
     TransportError,
 )
+from citygate.model import Sample
+from citygate.normalise import Normaliser
+from citygate.status import Counters, StatusBoard
 
 log = logging.getLogger(__name__)
 

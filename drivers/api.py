@@ -1,7 +1,7 @@
 """The contract between citygate's runtime and its drivers.
 
 This module imports nothing from ``agent``: a driver shipped in its own package
-depends on ``drivers.api`` only.
+depends on ``citygate.drivers.api`` only.
 
 A driver is found through the entry-point group ``citygate.drivers``; the entry
 point names a :class:`DriverFactory`. The factory declares its config keys as a

@@ -1,5 +1,5 @@
 """The ``ble`` driver: environmental sensors heard through their adverts.
 
-Its config model lives in :mod:`drivers.ble.config` (``FIELDS``, ``configure``,
+Its config model lives in :mod:`citygate.drivers.ble.config` (``FIELDS``, ``configure``,
 ``DEFAULT_INTERVAL``).
 """

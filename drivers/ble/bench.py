@@ -13,12 +13,12 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
-from drivers.api import DeviceContext, Measurement
-from drivers.ble.advert import Advert, CaptureError, from_line
-from drivers.ble.config import BleDeviceConfig
-from drivers.ble.driver import BleDriver
-from drivers.ble.replay import ReplaySource
-from drivers.ble.scanner import AdvertListener, AdvertSource, ScannerHub
+from citygate.drivers.api import DeviceContext, Measurement
+from citygate.drivers.ble.advert import Advert, CaptureError, from_line
+from citygate.drivers.ble.config import BleDeviceConfig
+from citygate.drivers.ble.driver import BleDriver
+from citygate.drivers.ble.replay import ReplaySource
+from citygate.drivers.ble.scanner import AdvertListener, AdvertSource, ScannerHub
 
 __all__ = ["bench_ble", "cpu_share"]
 

@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Final
 
-from drivers.api import DecodeError, Measurement, Value
+from citygate.drivers.api import DecodeError, Measurement, Value
 
 __all__ = [
     "BTHOME_UUID",

@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from drivers.api import REQUIRED, ConfigIssue, DeviceContext, DriverConfigError, Field
+from citygate.drivers.api import REQUIRED, ConfigIssue, DeviceContext, DriverConfigError, Field
 
 __all__ = ["DEFAULT_INTERVAL", "FIELDS", "FORMATS", "BleDeviceConfig", "configure"]
 

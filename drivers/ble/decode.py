@@ -11,9 +11,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Final
 
-from drivers.api import DecodeError, Measurement
-from drivers.ble import bthome, pvvx, ruuvi
-from drivers.ble.advert import Advert
+from citygate.drivers.api import DecodeError, Measurement
+from citygate.drivers.ble import bthome, pvvx, ruuvi
+from citygate.drivers.ble.advert import Advert
 
 __all__ = ["FORMAT_NAMES", "AdvertDecoder", "Decoded", "detect"]
 

@@ -19,8 +19,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Final, Literal, Self
 
-from agent import __version__
-from drivers.api import (
+from citygate import __version__
+from citygate.drivers.api import (
     DeviceContext,
     Emit,
     Field,
@@ -29,12 +29,12 @@ from drivers.api import (
     SilentDevice,
     TransportError,
 )
-from drivers.ble import config
-from drivers.ble.advert import Advert
-from drivers.ble.config import BleDeviceConfig
-from drivers.ble.decode import AdvertDecoder
-from drivers.ble.replay import ReplaySource
-from drivers.ble.scanner import BleakSource, ScannerGaveUp, ScannerHub
+from citygate.drivers.ble import config
+from citygate.drivers.ble.advert import Advert
+from citygate.drivers.ble.config import BleDeviceConfig
+from citygate.drivers.ble.decode import AdvertDecoder
+from citygate.drivers.ble.replay import ReplaySource
+from citygate.drivers.ble.scanner import BleakSource, ScannerGaveUp, ScannerHub
 
 __all__ = ["SILENT_AFTER_INTERVALS", "BleDriver", "BleFactory", "DeviceSilent", "factory"]
 
@@ -51,7 +51,7 @@ def private_hub() -> ScannerHub:
 
 
 class BleDriver:
-    """One BLE sensor (a :class:`~drivers.api.PushDriver`)."""
+    """One BLE sensor (a :class:`~citygate.drivers.api.PushDriver`)."""
 
     def __init__(
         self,

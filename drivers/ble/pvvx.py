@@ -16,7 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Final
 
-from drivers.api import DecodeError, Measurement
+from citygate.drivers.api import DecodeError, Measurement
 
 __all__ = ["ATC_LENGTH", "ENVIRONMENT_UUID", "PVVX_LENGTH", "PvvxError", "PvvxPacket", "parse"]
 

@@ -16,8 +16,8 @@ from dataclasses import replace
 from pathlib import Path
 from typing import IO
 
-from drivers.ble.advert import Advert, CaptureError, from_line, to_line
-from drivers.ble.scanner import AdvertListener
+from citygate.drivers.ble.advert import Advert, CaptureError, from_line, to_line
+from citygate.drivers.ble.scanner import AdvertListener
 
 __all__ = ["CaptureWriter", "ReplaySource"]
 

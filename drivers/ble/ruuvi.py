@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Final
 
-from drivers.api import DecodeError, Measurement
+from citygate.drivers.api import DecodeError, Measurement
 
 __all__ = ["RUUVI_COMPANY_ID", "RuuviError", "parse"]
 

@@ -16,12 +16,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, Literal
 
-from drivers.api import Measurement
-from drivers.ble.advert import Advert
-from drivers.ble.bthome import BTHOME_UUID
-from drivers.ble.decode import AdvertDecoder, detect
-from drivers.ble.replay import CaptureWriter, ReplaySource
-from drivers.ble.scanner import AdvertSource, BleakSource, ScannerGaveUp, ScannerHub
+from citygate.drivers.api import Measurement
+from citygate.drivers.ble.advert import Advert
+from citygate.drivers.ble.bthome import BTHOME_UUID
+from citygate.drivers.ble.decode import AdvertDecoder, detect
+from citygate.drivers.ble.replay import CaptureWriter, ReplaySource
+from citygate.drivers.ble.scanner import AdvertSource, BleakSource, ScannerGaveUp, ScannerHub
 
 __all__ = ["Heard", "report_json", "report_text", "scan", "scan_ble", "snippet"]
 

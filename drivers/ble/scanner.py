@@ -32,8 +32,8 @@ from bleak.backends.device import BLEDevice
 from bleak.backends.scanner import AdvertisementData, BaseBleakScanner
 from bleak.exc import BleakDBusError
 
-from drivers.api import FatalDriverError
-from drivers.ble.advert import Advert
+from citygate.drivers.api import FatalDriverError
+from citygate.drivers.ble.advert import Advert
 
 __all__ = [
     "AdvertListener",

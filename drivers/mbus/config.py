@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from drivers.api import (
+from citygate.drivers.api import (
     REQUIRED,
     ConfigIssue,
     DeviceContext,

@@ -1,13 +1,13 @@
 """EN 13757-3 application layer of wired M-Bus, sans-I/O: user data in, records out.
 
 :func:`decode_frame` reads the user data of an RSP_UD frame (from
-:mod:`drivers.mbus.link`) into a :class:`Telegram`: the fixed header and one
+:mod:`citygate.drivers.mbus.link`) into a :class:`Telegram`: the fixed header and one
 :class:`Record` per data record, named per quantities.md: the base name of the
 VIF (plus what combinable VIFEs add, e.g. ``energy_forward``), then
 ``_max``/``_min``/``_err``, ``_t<n>``, ``_s<n>``, ``_u<n>``, and ``_2``, ``_3``…
 for a name already used. :func:`combine` joins the telegrams of a
 multi-telegram readout; :func:`to_measurements` turns a telegram into the
-driver's :class:`~drivers.api.Measurement` list (units are SenML symbols
+driver's :class:`~citygate.drivers.api.Measurement` list (units are SenML symbols
 before canonical conversion; ``meter_status`` first).
 
 Supported: CI 0x72/0x76 (variable data, LSB/MSB first), 0x78 (no header), 0x7A
@@ -42,8 +42,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import Final, Literal
 
-from drivers.api import DecodeError, DeviceError, Measurement
-from drivers.mbus.link import Frame
+from citygate.drivers.api import DecodeError, DeviceError, Measurement
+from citygate.drivers.mbus.link import Frame
 
 __all__ = [
     "MEDIUMS",

@@ -1,6 +1,6 @@
 """The ``mbus`` driver's I/O shell: wired M-Bus meters on a ``[[serial]]`` line.
 
-A poll takes one turn on the line (:class:`drivers.api.SerialLine`) and reads
+A poll takes one turn on the line (:class:`citygate.drivers.api.SerialLine`) and reads
 one full readout (EN 13757-2):
 
 * primary address: ``SND_NKE`` first when the link needs a reset (the first
@@ -12,21 +12,21 @@ one full readout (EN 13757-2):
   since), then ``REQ_UD2`` to 253, FCB set after the selection;
 * a telegram ending in DIF 0x1F has more records: ``REQ_UD2`` again with the
   FCB toggled until one does not (at most :data:`MAX_TELEGRAMS`); the
-  telegrams are joined (:func:`~drivers.mbus.decode.combine`);
+  telegrams are joined (:func:`~citygate.drivers.mbus.decode.combine`);
 * every exchange is read by :class:`MbusReplyFramer` (the streaming
-  :class:`~drivers.mbus.link.FrameDecoder`: length, checksum and stop byte
+  :class:`~citygate.drivers.mbus.link.FrameDecoder`: length, checksum and stop byte
   checked); the reply timeout comes from the baud rate
-  (:func:`~drivers.mbus.link.reply_timeout`: 330 bit times + 50 ms + margin +
+  (:func:`~citygate.drivers.mbus.link.reply_timeout`: 330 bit times + 50 ms + margin +
   the reply's wire time); a request without a good answer is repeated
   ``retries`` times with the same FCB (the meter repeats its telegram).
 
-Errors (all :class:`~drivers.api.DriverError`, never logged here):
+Errors (all :class:`~citygate.drivers.api.DriverError`, never logged here):
 
-* :class:`~drivers.api.TransportError` — no answer to any attempt, port gone;
-* :class:`~drivers.api.DecodeError` — answers that stay garbled (bad checksum,
+* :class:`~citygate.drivers.api.TransportError` — no answer to any attempt, port gone;
+* :class:`~citygate.drivers.api.DecodeError` — answers that stay garbled (bad checksum,
   collision garbage, a truncated frame) or a telegram that cannot be decoded;
-* :class:`~drivers.mbus.decode.MeterApplicationError` — the meter answered
-  CI 0x70 (also a :class:`~drivers.api.DeviceError`).
+* :class:`~citygate.drivers.mbus.decode.MeterApplicationError` — the meter answered
+  CI 0x70 (also a :class:`~citygate.drivers.api.DeviceError`).
 
 Bad answers are counted by kind (``silent``, ``checksum``, ``collision``,
 ``truncated``, ``wrong_address``, ``undecodable``) in the line's per-device
@@ -46,9 +46,8 @@ from dataclasses import dataclass, field
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Final, Literal, Self
 
-from agent import __version__ as agent_version
-from agent.lines import private_line
-from drivers.api import (
+from citygate import __version__ as agent_version
+from citygate.drivers.api import (
     DecodeError,
     DeviceContext,
     DriverFactory,
@@ -59,10 +58,10 @@ from drivers.api import (
     SerialWire,
     TransportError,
 )
-from drivers.mbus import config as mbus_config
-from drivers.mbus.config import MbusConfig, PrimaryAddress, SecondaryAddress
-from drivers.mbus.decode import Telegram, combine, decode_frame, to_measurements
-from drivers.mbus.link import (
+from citygate.drivers.mbus import config as mbus_config
+from citygate.drivers.mbus.config import MbusConfig, PrimaryAddress, SecondaryAddress
+from citygate.drivers.mbus.decode import Telegram, combine, decode_frame, to_measurements
+from citygate.drivers.mbus.link import (
     NETWORK_LAYER_ADDRESS,
     Ack,
     Discarded,
@@ -74,6 +73,7 @@ from drivers.mbus.link import (
     encode_snd_nke,
     reply_timeout,
 )
+from citygate.lines import private_line
 
 __all__ = [
     "MAX_LONG_FRAME",
@@ -108,7 +108,7 @@ Expect = Literal["ack", "frame"]
 class MbusReplyFramer:
     """Finds the answer to one M-Bus request in the bytes received after it.
 
-    A :class:`drivers.api.ReplyFramer`. ``expect="ack"`` waits for ``E5``,
+    A :class:`citygate.drivers.api.ReplyFramer`. ``expect="ack"`` waits for ``E5``,
     ``expect="frame"`` for a long frame (RSP_UD) from ``address`` (any address
     when None: the meter selected by secondary address answers with its own).
     A frame that fails its checksum is the verdict at once; anything else that
@@ -430,7 +430,7 @@ class MbusFactory:
         self._stats: dict[str, DeviceStats] = {}
 
     def configure(self, options: Mapping[str, Any], context: DeviceContext) -> MbusConfig:
-        """Check a device's options; see :func:`drivers.mbus.config.configure`."""
+        """Check a device's options; see :func:`citygate.drivers.mbus.config.configure`."""
         return mbus_config.configure(options, context)
 
     def create(self, config: MbusConfig, context: DeviceContext) -> MbusDriver:

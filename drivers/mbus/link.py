@@ -26,7 +26,7 @@ import re
 from dataclasses import dataclass
 from typing import Final, Literal
 
-from drivers.api import DecodeError
+from citygate.drivers.api import DecodeError
 
 __all__ = [
     "ACK",

@@ -21,11 +21,17 @@ import contextlib
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
-from drivers.api import DriverError, SerialLine, SerialLineConfig, SerialWire, TransportError
-from drivers.mbus.config import PrimaryAddress, SecondaryAddress, parse_address
-from drivers.mbus.decode import Header, Telegram
-from drivers.mbus.driver import DeviceStats, MbusReplyFramer, MbusSession
-from drivers.mbus.link import encode_select, encode_snd_nke, reply_timeout
+from citygate.drivers.api import (
+    DriverError,
+    SerialLine,
+    SerialLineConfig,
+    SerialWire,
+    TransportError,
+)
+from citygate.drivers.mbus.config import PrimaryAddress, SecondaryAddress, parse_address
+from citygate.drivers.mbus.decode import Header, Telegram
+from citygate.drivers.mbus.driver import DeviceStats, MbusReplyFramer, MbusSession
+from citygate.drivers.mbus.link import encode_select, encode_snd_nke, reply_timeout
 
 __all__ = [
     "FoundMeter",

@@ -11,15 +11,15 @@ Sans-I/O parts, importable without pymodbus:
 * :mod:`.assistant` — the byte-order assistant of ``citygate scan modbus``.
 
 The I/O shell and the entry point (``factory``, ``read_raw``, ``read_raw_serial``)
-live in :mod:`drivers.modbus.driver`; unit discovery on a serial line in
-:mod:`drivers.modbus.scan`.
+live in :mod:`citygate.drivers.modbus.driver`; unit discovery on a serial line in
+:mod:`citygate.drivers.modbus.scan`.
 """
 
-from drivers.modbus.assistant import assistant_json, format_assistant
-from drivers.modbus.config import FIELDS, ModbusConfig, configure
-from drivers.modbus.decode import BlockDecoder, RegisterSpec, bench_decode, decode_value
-from drivers.modbus.plan import ReadPlan, ReadRequest, plan_requests, split_at_gaps
-from drivers.modbus.profile import Profile, builtin_profiles, find_profile, load_profile
+from citygate.drivers.modbus.assistant import assistant_json, format_assistant
+from citygate.drivers.modbus.config import FIELDS, ModbusConfig, configure
+from citygate.drivers.modbus.decode import BlockDecoder, RegisterSpec, bench_decode, decode_value
+from citygate.drivers.modbus.plan import ReadPlan, ReadRequest, plan_requests, split_at_gaps
+from citygate.drivers.modbus.profile import Profile, builtin_profiles, find_profile, load_profile
 
 __all__ = [
     "FIELDS",

@@ -14,7 +14,13 @@ import math
 from collections.abc import Sequence
 from typing import Any, Final
 
-from drivers.modbus.decode import BYTE_ORDERS, FLOAT_TYPES, REGISTER_WIDTH, DataType, decode_value
+from citygate.drivers.modbus.decode import (
+    BYTE_ORDERS,
+    FLOAT_TYPES,
+    REGISTER_WIDTH,
+    DataType,
+    decode_value,
+)
 
 __all__ = ["ASSISTANT_TYPES", "assistant_json", "format_assistant", "is_plausible"]
 

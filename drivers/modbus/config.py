@@ -12,10 +12,16 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final
 
-from drivers.api import ConfigIssue, DeviceContext, DriverConfigError, Field, SerialLineConfig
-from drivers.modbus.decode import RegisterSpec
-from drivers.modbus.plan import MAX_REGISTERS, RTU_REQUEST_COST, ReadPlan
-from drivers.modbus.profile import (
+from citygate.drivers.api import (
+    ConfigIssue,
+    DeviceContext,
+    DriverConfigError,
+    Field,
+    SerialLineConfig,
+)
+from citygate.drivers.modbus.decode import RegisterSpec
+from citygate.drivers.modbus.plan import MAX_REGISTERS, RTU_REQUEST_COST, ReadPlan
+from citygate.drivers.modbus.profile import (
     REGISTER_FIELDS,
     Profile,
     find_profile,

@@ -28,8 +28,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Final, Literal, get_args
 
-from agent.units import canonical
-from drivers.api import DecodeError, Measurement, Value
+from citygate.drivers.api import DecodeError, Measurement, Value
+from citygate.units import canonical
 
 __all__ = [
     "BIT_TABLES",

@@ -1,24 +1,24 @@
 """The Modbus driver's I/O shell: pymodbus's TCP client under citygate's control,
-and Modbus RTU on a runtime-owned serial line (:class:`drivers.api.SerialLine`)
-with citygate's own sans-I/O framing (:mod:`drivers.modbus.rtu`).
+and Modbus RTU on a runtime-owned serial line (:class:`citygate.drivers.api.SerialLine`)
+with citygate's own sans-I/O framing (:mod:`citygate.drivers.modbus.rtu`).
 
 pymodbus's own retries and automatic reconnection are off: every request runs
 under ``asyncio.timeout(timeout)`` and is retried ``retries`` times on timeout
 only; a connection lost between polls is reopened once at the next poll, and
 the supervisor's backoff governs anything beyond that.
 
-Errors (all :class:`~drivers.api.DriverError`, never logged here):
+Errors (all :class:`~citygate.drivers.api.DriverError`, never logged here):
 
-* :class:`~drivers.api.TransportError` — refused, unreachable, no answer in
+* :class:`~citygate.drivers.api.TransportError` — refused, unreachable, no answer in
   time, connection closed;
-* :class:`~drivers.api.DeviceError` — a Modbus exception reply, named by code
+* :class:`~citygate.drivers.api.DeviceError` — a Modbus exception reply, named by code
   (:class:`ModbusExceptionError`, which carries the code);
-* :class:`~drivers.api.DecodeError` — a malformed reply (checked by
-  :mod:`drivers.modbus.frame` before pymodbus sees it, and by register count).
+* :class:`~citygate.drivers.api.DecodeError` — a malformed reply (checked by
+  :mod:`citygate.drivers.modbus.frame` before pymodbus sees it, and by register count).
 
 Strict meters answer exception 02 (illegal data address) to a read that
 bridges unused addresses. When a coalesced request that bridges a gap gets 02,
-the driver splits it into its gap-free runs (:func:`~drivers.modbus.plan.split_at_gaps`),
+the driver splits it into its gap-free runs (:func:`~citygate.drivers.modbus.plan.split_at_gaps`),
 reads them at once and keeps them in the device's plan from then on, logging
 one info line per device. A 02 to a gap-free request is a DeviceError.
 
@@ -39,9 +39,8 @@ from pymodbus.client import AsyncModbusTcpClient
 from pymodbus.exceptions import ConnectionException, ModbusException, ModbusIOException
 from pymodbus.pdu import ModbusPDU
 
-from agent import __version__ as agent_version
-from agent.lines import private_line
-from drivers.api import (
+from citygate import __version__ as agent_version
+from citygate.drivers.api import (
     DecodeError,
     DeviceContext,
     DeviceError,
@@ -53,11 +52,17 @@ from drivers.api import (
     SerialWire,
     TransportError,
 )
-from drivers.modbus.config import FIELDS, ModbusConfig, configure
-from drivers.modbus.decode import BIT_TABLES, Table
-from drivers.modbus.frame import ReadRequestFrame, check_reply, parse_read_request
-from drivers.modbus.plan import MAX_BITS, MAX_REGISTERS, ReadRequest, split_at_gaps
-from drivers.modbus.rtu import BadReply, ExceptionReply, RtuReplyFramer, encode_read_request
+from citygate.drivers.modbus.config import FIELDS, ModbusConfig, configure
+from citygate.drivers.modbus.decode import BIT_TABLES, Table
+from citygate.drivers.modbus.frame import ReadRequestFrame, check_reply, parse_read_request
+from citygate.drivers.modbus.plan import MAX_BITS, MAX_REGISTERS, ReadRequest, split_at_gaps
+from citygate.drivers.modbus.rtu import (
+    BadReply,
+    ExceptionReply,
+    RtuReplyFramer,
+    encode_read_request,
+)
+from citygate.lines import private_line
 
 __all__ = [
     "EXCEPTION_NAMES",
@@ -562,7 +567,7 @@ class ModbusFactory:
     fields: Mapping[str, Field] = FIELDS
 
     def configure(self, options: Mapping[str, object], context: DeviceContext) -> ModbusConfig:
-        """Check a device's options; see :func:`drivers.modbus.config.configure`."""
+        """Check a device's options; see :func:`citygate.drivers.modbus.config.configure`."""
         return configure(options, context)
 
     def create(

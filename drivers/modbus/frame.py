@@ -3,7 +3,7 @@
 The driver parses the read request it sends (:func:`parse_read_request`) and
 checks every received byte buffer against it (:func:`check_reply`) before the
 client library sees it, so a malformed reply becomes a
-:class:`~drivers.api.DecodeError` instead of a stalled request.
+:class:`~citygate.drivers.api.DecodeError` instead of a stalled request.
 """
 
 from __future__ import annotations

@@ -21,8 +21,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from drivers.api import Measurement
-from drivers.modbus.decode import BIT_TABLES, TABLES, BlockDecoder, RegisterSpec, Table
+from citygate.drivers.api import Measurement
+from citygate.drivers.modbus.decode import BIT_TABLES, TABLES, BlockDecoder, RegisterSpec, Table
 
 __all__ = [
     "MAX_BITS",
@@ -72,7 +72,7 @@ def plan_requests(
     request_cost: int | None = None,
 ) -> tuple[ReadRequest, ...]:
     """Coalesce ``registers`` into read requests, tables in the order of
-    :data:`~drivers.modbus.decode.TABLES`, requests in address order.
+    :data:`~citygate.drivers.modbus.decode.TABLES`, requests in address order.
 
     Without ``request_cost`` the sweep is greedy: every gap up to ``max_gap`` is
     bridged. With it (the cost of one more request, in registers' worth of wire

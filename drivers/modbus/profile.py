@@ -10,7 +10,7 @@ Built-in profiles are found by name in the repository's ``config/profiles/``
 and then in ``<sys.prefix>/share/citygate/profiles/``; any other profile is a
 path, relative to the directory of the config file that names it.
 
-Errors are :class:`~drivers.api.ConfigIssue` lists: issues inside a profile file
+Errors are :class:`~citygate.drivers.api.ConfigIssue` lists: issues inside a profile file
 carry ``file=`` and a path from that file's top, e.g. ``("registers", 3, "unit")``.
 """
 
@@ -27,10 +27,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final, cast
 
-from agent.config import one_of, show_value
-from agent.units import CONVERSIONS, known_units
-from drivers.api import REQUIRED, ConfigIssue, DriverConfigError, Field
-from drivers.modbus.decode import (
+from citygate.config import one_of, show_value
+from citygate.drivers.api import REQUIRED, ConfigIssue, DriverConfigError, Field
+from citygate.drivers.modbus.decode import (
     BIT_TABLES,
     BYTE_ORDERS,
     DATA_TYPES,
@@ -41,6 +40,7 @@ from drivers.modbus.decode import (
     RegisterSpec,
     Table,
 )
+from citygate.units import CONVERSIONS, known_units
 
 __all__ = [
     "NAME_PATTERN",

@@ -113,7 +113,7 @@ Outcome = RegisterReply | ExceptionReply | BadReply
 class RtuReplyFramer:
     """Finds the reply to one read request in the bytes received after it.
 
-    A :class:`drivers.api.ReplyFramer`: ``feed(data)`` returns True once the
+    A :class:`citygate.drivers.api.ReplyFramer`: ``feed(data)`` returns True once the
     verdict is in :attr:`outcome`.
     """
 

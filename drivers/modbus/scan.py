@@ -15,10 +15,10 @@ import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from drivers.api import DriverError, SerialLine, SerialLineConfig, TransportError
-from drivers.modbus.driver import ModbusExceptionError, RtuSession
-from drivers.modbus.plan import ReadPlan
-from drivers.modbus.profile import Profile, builtin_profiles, load_profile
+from citygate.drivers.api import DriverError, SerialLine, SerialLineConfig, TransportError
+from citygate.drivers.modbus.driver import ModbusExceptionError, RtuSession
+from citygate.drivers.modbus.plan import ReadPlan
+from citygate.drivers.modbus.profile import Profile, builtin_profiles, load_profile
 
 __all__ = ["FoundUnit", "probe_units", "recognise", "snippet"]
 

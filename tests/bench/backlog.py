@@ -9,10 +9,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from agent.app import BUFFER_FILE
-from agent.bench_buffer import meter_body
-from agent.buffer import Buffer, BufferStats, NewSample, open_readonly_stats
-from agent.config import BufferSettings
+from citygate.app import BUFFER_FILE
+from citygate.bench_buffer import meter_body
+from citygate.buffer import Buffer, BufferStats, NewSample, open_readonly_stats
+from citygate.config import BufferSettings
 from tests.bench import rig
 from tests.bench.counter import ReadingCounter, metrics_delta, readings
 from tests.bench.procs import mib, scratch, status_kib

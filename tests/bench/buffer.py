@@ -1,5 +1,5 @@
 """Issue 3 figure 8: buffered samples/s and readings/s with durability normal and full,
-and syncs per sample, from :func:`agent.bench_buffer.bench_buffer` on the real disk; then
+and syncs per sample, from :func:`citygate.bench_buffer.bench_buffer` on the real disk; then
 the fsyncs the running agent makes per sample (strace, 20 meters), where strace exists."""
 
 from __future__ import annotations
@@ -11,9 +11,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from agent.app import BUFFER_FILE
-from agent.bench_buffer import bench_buffer
-from agent.buffer import open_readonly_stats
+from citygate.app import BUFFER_FILE
+from citygate.bench_buffer import bench_buffer
+from citygate.buffer import open_readonly_stats
 from tests.bench import rig
 from tests.bench.procs import filesystem_of, scratch
 from tests.bench.report import PartResult

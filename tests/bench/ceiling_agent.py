@@ -9,9 +9,9 @@ import cProfile
 import os
 from pathlib import Path
 
-from agent import logs
-from agent.app import Agent, run_until_signalled
-from agent.config import BufferSettings, Config, DeviceConfig, GatewaySettings, MqttSettings
+from citygate import logs
+from citygate.app import Agent, run_until_signalled
+from citygate.config import BufferSettings, Config, DeviceConfig, GatewaySettings, MqttSettings
 from tests.support.synthetic import factory as synthetic
 
 

@@ -141,7 +141,7 @@ def run(quick: bool) -> PartResult:
     )
     imports = result.details["imports"]
     result.add("python start-up (python -c pass)", imports["python_s"], "s")
-    result.add("import agent.cli", imports["agent_cli_s"], "s")
+    result.add("import citygate.cli", imports["agent_cli_s"], "s")
     result.add(
         "import of the run path (cli, app, modbus driver)",
         imports["run_path_s"],
@@ -270,7 +270,7 @@ def import_times(runs: int) -> dict[str, Any]:
             times.append(time.perf_counter() - t0)
         return round(statistics.median(times), 3)
 
-    run_path = "import agent.cli, agent.app, drivers.modbus.driver"
+    run_path = "import citygate.cli, citygate.app, citygate.drivers.modbus.driver"
     trace = subprocess.run(
         [sys.executable, "-X", "importtime", "-c", run_path],
         cwd=ROOT,
@@ -280,7 +280,7 @@ def import_times(runs: int) -> dict[str, Any]:
     ).stderr
     return {
         "python_s": wall("pass"),
-        "agent_cli_s": wall("import agent.cli"),
+        "agent_cli_s": wall("import citygate.cli"),
         "run_path_s": wall(run_path),
         "largest_imports_ms": largest_imports(trace),
     }

@@ -29,7 +29,7 @@ def generic_profile(path: Path, values: int = VALUES) -> Path:
         'manufacturer = "citygate-sim"',
         f'model = "generic{values}"',
         f'description = "{values} float32 input registers from address 0"',
-        'source = "hwsim GenericMeter"',
+        'source = "citygate_sim GenericMeter"',
         "",
     ]
     for i in range(values):

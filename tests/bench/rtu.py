@@ -30,13 +30,13 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
 
-from agent.lines import LineOwner
-from agent.model import Sample
-from agent.status import Counters, StatusBoard
-from agent.supervise import DeviceSupervisor
-from drivers.api import DeviceContext, Measurement, SerialLineConfig
-from drivers.modbus.driver import ModbusRtuDriver, factory
-from drivers.modbus.profile import builtin_profiles, load_profile
+from citygate.drivers.api import DeviceContext, Measurement, SerialLineConfig
+from citygate.drivers.modbus.driver import ModbusRtuDriver, factory
+from citygate.drivers.modbus.profile import builtin_profiles, load_profile
+from citygate.lines import LineOwner
+from citygate.model import Sample
+from citygate.status import Counters, StatusBoard
+from citygate.supervise import DeviceSupervisor
 from tests.bench.report import PartResult
 
 BAUD = 9600
@@ -92,12 +92,12 @@ def minimum_wire_time(profile_path: Path, line: SerialLineConfig) -> tuple[float
 
 
 async def _wire_time(profile: str, model: str, polls: int) -> dict[str, Any]:
-    import hwsim.modbus as hwsim
+    import citygate_sim.modbus as citygate_sim
 
-    meter = hwsim.make_meter(model, seed=1)
+    meter = citygate_sim.make_meter(model, seed=1)
     line = SerialLineConfig("bench", "", BAUD, "N", 1, 8, 1.0)
     # A meter that answers as soon as the spec allows: after a 3.5-character silence.
-    async with hwsim.ModbusRtuSimulator(
+    async with citygate_sim.ModbusRtuSimulator(
         {1: meter}, baudrate=BAUD, turnaround=line.silent_interval
     ) as sim:
         line = SerialLineConfig("bench", sim.port, BAUD, "N", 1, 8, 1.0)
@@ -168,10 +168,13 @@ class _TimedDriver:
 
 
 async def _isolation(seconds: float) -> dict[str, Any]:
-    import hwsim.modbus as hwsim
+    import citygate_sim.modbus as citygate_sim
 
-    meters = {1: hwsim.make_meter("sdm630", seed=1), 2: hwsim.make_meter("sdm120", seed=2)}
-    async with hwsim.ModbusRtuSimulator(meters, baudrate=BAUD) as sim:
+    meters = {
+        1: citygate_sim.make_meter("sdm630", seed=1),
+        2: citygate_sim.make_meter("sdm120", seed=2),
+    }
+    async with citygate_sim.ModbusRtuSimulator(meters, baudrate=BAUD) as sim:
         line = SerialLineConfig("bench", sim.port, BAUD, "N", 1, 8, ISOLATION_TIMEOUT)
         owner = LineOwner(line)
         board = StatusBoard(["healthy-1", "healthy-2", "silent"])

@@ -27,9 +27,9 @@ import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
-from agent.app import Agent
-from agent.buffer import BufferStats, open_readonly_stats
-from agent.config import BufferSettings, Config, DeviceConfig, GatewaySettings, MqttSettings
+from citygate.app import Agent
+from citygate.buffer import BufferStats, open_readonly_stats
+from citygate.config import BufferSettings, Config, DeviceConfig, GatewaySettings, MqttSettings
 from tests.support.broker import Mosquitto
 from tests.support.synthetic import factory as synthetic
 

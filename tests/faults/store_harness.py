@@ -23,7 +23,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
 
-from drivers.api import DeviceContext, Field, Measurement
+from citygate.drivers.api import DeviceContext, Field, Measurement
 from tests.support.broker import Subscriber
 from tests.support.processes import ROOT, run_cli
 

@@ -11,11 +11,11 @@ from pathlib import Path
 
 import pytest
 
-from agent.app import buffer_path
-from agent.buffer import Buffer, NewSample
-from agent.config import BufferSettings
-from agent.model import Reading
-from agent.senml import encode_body
+from citygate.app import buffer_path
+from citygate.buffer import Buffer, NewSample
+from citygate.config import BufferSettings
+from citygate.model import Reading
+from citygate.senml import encode_body
 from tests.faults.helpers import (
     SessionSubscriber,
     assert_no_errors,

@@ -8,8 +8,8 @@ from itertools import pairwise
 from hypothesis import given
 from hypothesis import strategies as st
 
-from agent.buffer import StoredSample
-from agent.publisher import group_messages
+from citygate.buffer import StoredSample
+from citygate.publisher import group_messages
 
 
 @st.composite

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.publisher import ACK_TIMEOUT_MIN_S
+from citygate.publisher import ACK_TIMEOUT_MIN_S
 from tests.faults.helpers import (
     SessionSubscriber,
     assert_no_errors,
@@ -53,7 +53,7 @@ def sub(broker: Mosquitto) -> Iterator[SessionSubscriber]:
 
 
 def broker_lines(caplog: pytest.LogCaptureFixture) -> list[str]:
-    return [r.getMessage() for r in caplog.records if r.name == "agent.publisher"]
+    return [r.getMessage() for r in caplog.records if r.name == "citygate.publisher"]
 
 
 async def test_withheld_pubacks_lead_to_reconnect(

@@ -17,9 +17,9 @@ from pathlib import Path
 
 import pytest
 
-from agent.buffer import SCHEMA_VERSION, Buffer, NewSample, open_readonly_stats
-from agent.clock import OFFSET_FILE_ENV, SystemTimebase
-from agent.config import BufferSettings
+from citygate.buffer import SCHEMA_VERSION, Buffer, NewSample, open_readonly_stats
+from citygate.clock import OFFSET_FILE_ENV, SystemTimebase
+from citygate.config import BufferSettings
 from tests.faults.store_harness import Ledger, counting_devices, plugin_env, status, write_config
 from tests.support.broker import Mosquitto, Subscriber, free_port
 from tests.support.processes import AgentProcess

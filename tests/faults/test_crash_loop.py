@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.buffer import open_readonly_stats
+from citygate.buffer import open_readonly_stats
 from tests.faults.store_harness import Ledger, counting_devices, plugin_env, status, write_config
 from tests.support.broker import Mosquitto, Subscriber
 from tests.support.processes import AgentProcess

@@ -10,8 +10,8 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from agent.buffer import Buffer, NewSample
-from agent.config import BufferSettings
+from citygate.buffer import Buffer, NewSample
+from citygate.config import BufferSettings
 from tests.faults.store_harness import (
     counting_devices,
     plugin_env,

@@ -35,9 +35,9 @@ from pathlib import Path
 
 import pytest
 
-from agent.buffer import PAGE_SIZE, Buffer, NewSample
-from agent.clock import SystemTimebase
-from agent.config import BufferSettings
+from citygate.buffer import PAGE_SIZE, Buffer, NewSample
+from citygate.clock import SystemTimebase
+from citygate.config import BufferSettings
 
 READINGS = 10
 WAL_HEADER = 32
@@ -227,7 +227,7 @@ def _copy_files(source: Path, target: Path) -> None:
 def test_after_a_reboot_seq_skips_what_a_power_cut_may_have_taken_unless_closed_cleanly(
     tmp_path: Path, clean_close: bool, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.INFO, "agent.buffer")
+    caplog.set_level(logging.INFO, "citygate.buffer")
     settings = BufferSettings(durability="normal")
     path = tmp_path / "live" / "buffer.sqlite3"
     before = Buffer(path, settings, timebase=Boot("boot-1"))

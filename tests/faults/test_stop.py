@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from agent.app import FLUSH_TIMEOUT_S
-from agent.publisher import DROP_TIMEOUT_S, OFFLINE_TIMEOUT_S
+from citygate.app import FLUSH_TIMEOUT_S
+from citygate.publisher import DROP_TIMEOUT_S, OFFLINE_TIMEOUT_S
 from tests.faults.helpers import (
     SessionSubscriber,
     assert_nothing_missing,

@@ -326,7 +326,7 @@ def test_drivers_lists_builtins() -> None:
 
 def test_demo_shows_live_readings_and_stops_on_ctrl_c() -> None:
     demo = subprocess.Popen(
-        [sys.executable, "-m", "agent.cli", "demo"],
+        [sys.executable, "-m", "citygate.cli", "demo"],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,

@@ -10,8 +10,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from hwsim.ble import DEMO_BINDKEY, BleSimulator
 
+from citygate_sim.ble import DEMO_BINDKEY, BleSimulator
 from tests.support.broker import Mosquitto, Subscriber
 from tests.support.processes import BIN, AgentProcess, SimProcess, run_cli
 

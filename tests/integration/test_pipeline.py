@@ -16,9 +16,9 @@ from typing import Any
 
 import pytest
 
-from agent.app import Agent, buffer_path
-from agent.buffer import open_readonly_stats
-from agent.config import BufferSettings, Config, DeviceConfig, GatewaySettings, MqttSettings
+from citygate.app import Agent, buffer_path
+from citygate.buffer import open_readonly_stats
+from citygate.config import BufferSettings, Config, DeviceConfig, GatewaySettings, MqttSettings
 from tests.support.broker import Mosquitto, Subscriber
 from tests.support.synthetic import factory as synthetic
 

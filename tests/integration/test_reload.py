@@ -20,9 +20,9 @@ from typing import Any
 
 import pytest
 
-from agent import registry
-from agent.app import _differs
-from agent.config import load
+from citygate import registry
+from citygate.app import _differs
+from citygate.config import load
 from tests.faults.helpers import buffer_stats
 from tests.support.broker import Mosquitto, Subscriber
 from tests.support.processes import AgentProcess, SimProcess, modbus_config

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.app import HOUSEKEEPING_S, watchdog_period
+from citygate.app import HOUSEKEEPING_S, watchdog_period
 from tests.support.broker import Mosquitto
 from tests.support.processes import AgentProcess, SimProcess, modbus_config
 

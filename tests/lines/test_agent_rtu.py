@@ -12,12 +12,12 @@ from typing import Any
 
 import pytest
 
-from agent import registry
-from agent.app import Agent
-from agent.config import load
+from citygate import registry
+from citygate.app import Agent
+from citygate.config import load
 from tests.support.broker import Mosquitto, Subscriber
 
-hwsim = pytest.importorskip("hwsim.modbus")
+citygate_sim = pytest.importorskip("citygate_sim.modbus")
 
 BAUD = 38400
 
@@ -26,8 +26,11 @@ pytestmark = pytest.mark.broker
 
 @pytest.fixture
 async def sim() -> AsyncIterator[Any]:
-    meters = {1: hwsim.make_meter("sdm120", seed=1), 2: hwsim.make_meter("abb-b23", seed=2)}
-    async with hwsim.ModbusRtuSimulator(meters, baudrate=BAUD) as simulator:
+    meters = {
+        1: citygate_sim.make_meter("sdm120", seed=1),
+        2: citygate_sim.make_meter("abb-b23", seed=2),
+    }
+    async with citygate_sim.ModbusRtuSimulator(meters, baudrate=BAUD) as simulator:
         yield simulator
 
 

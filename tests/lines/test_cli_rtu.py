@@ -14,15 +14,18 @@ import pytest
 
 from tests.support.processes import run_cli
 
-hwsim = pytest.importorskip("hwsim.modbus")
+citygate_sim = pytest.importorskip("citygate_sim.modbus")
 
 BAUD = 38400
 
 
 @pytest.fixture
 async def sim() -> AsyncIterator[Any]:
-    meters = {1: hwsim.make_meter("sdm630", seed=1), 3: hwsim.make_meter("em24", seed=3)}
-    async with hwsim.ModbusRtuSimulator(meters, baudrate=BAUD) as simulator:
+    meters = {
+        1: citygate_sim.make_meter("sdm630", seed=1),
+        3: citygate_sim.make_meter("em24", seed=3),
+    }
+    async with citygate_sim.ModbusRtuSimulator(meters, baudrate=BAUD) as simulator:
         for meter in meters.values():
             meter.freeze()
         yield simulator

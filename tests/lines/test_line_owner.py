@@ -1,4 +1,4 @@
-"""The serial line owner (agent.lines) on a real pseudo-terminal: turns, silence,
+"""The serial line owner (citygate.lines) on a real pseudo-terminal: turns, silence,
 stale bytes, a vanishing adapter, the figures."""
 
 from __future__ import annotations
@@ -16,12 +16,18 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from agent.lines import LineOwner, LineSet, Port, line_protocol_conflicts
-from drivers.api import DriverError, SerialLine, SerialLineConfig, SerialWire, TransportError
-from drivers.modbus.driver import RtuSession
-from drivers.modbus.rtu import RtuReplyFramer, encode_read_request
+from citygate.drivers.api import (
+    DriverError,
+    SerialLine,
+    SerialLineConfig,
+    SerialWire,
+    TransportError,
+)
+from citygate.drivers.modbus.driver import RtuSession
+from citygate.drivers.modbus.rtu import RtuReplyFramer, encode_read_request
+from citygate.lines import LineOwner, LineSet, Port, line_protocol_conflicts
 
-hwsim = pytest.importorskip("hwsim.modbus")
+citygate_sim = pytest.importorskip("citygate_sim.modbus")
 
 BAUD = 38400
 QUICK = 0.1
@@ -44,8 +50,11 @@ async def until(condition: Any, limit: float = 5.0) -> None:
 
 @pytest.fixture
 async def sim() -> AsyncIterator[Any]:
-    meters = {1: hwsim.make_meter("sdm120", seed=1), 2: hwsim.make_meter("sdm120", seed=2)}
-    async with hwsim.ModbusRtuSimulator(meters, baudrate=BAUD) as simulator:
+    meters = {
+        1: citygate_sim.make_meter("sdm120", seed=1),
+        2: citygate_sim.make_meter("sdm120", seed=2),
+    }
+    async with citygate_sim.ModbusRtuSimulator(meters, baudrate=BAUD) as simulator:
         yield simulator
 
 
@@ -184,8 +193,8 @@ async def test_a_vanishing_adapter_is_reopened_when_it_returns(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     link = tmp_path / "ttyUSB0"
-    meters = {1: hwsim.make_meter("sdm120", seed=1)}
-    async with hwsim.ModbusRtuSimulator(meters, baudrate=BAUD, link=link) as sim:
+    meters = {1: citygate_sim.make_meter("sdm120", seed=1)}
+    async with citygate_sim.ModbusRtuSimulator(meters, baudrate=BAUD, link=link) as sim:
         owner = LineOwner(line_config(str(link)), reopen_after=0.0)
         try:
 
@@ -195,7 +204,7 @@ async def test_a_vanishing_adapter_is_reopened_when_it_returns(
                     return (await wire.exchange(request, framer, QUICK)).complete
 
             assert await poll()
-            with caplog.at_level(logging.INFO, logger="agent.lines"):
+            with caplog.at_level(logging.INFO, logger="citygate.lines"):
                 sim.unplug()
                 assert not link.exists()
                 for _ in range(3):
@@ -206,7 +215,7 @@ async def test_a_vanishing_adapter_is_reopened_when_it_returns(
                 assert await poll()
         finally:
             owner.close()
-    lines = [r.getMessage() for r in caplog.records if r.name == "agent.lines"]
+    lines = [r.getMessage() for r in caplog.records if r.name == "citygate.lines"]
     assert len([m for m in lines if "lost" in m or "cannot open" in m]) == 1, lines
     assert any("is back; reopened" in m for m in lines), lines
     assert owner.reopens == 1
@@ -223,7 +232,7 @@ async def test_a_line_that_cannot_fit_its_devices_says_so_once(
     owner: LineOwner, caplog: pytest.LogCaptureFixture
 ) -> None:
     owner.attach("meter-1", 0.001)  # far more often than one exchange takes
-    with caplog.at_level(logging.WARNING, logger="agent.lines"):
+    with caplog.at_level(logging.WARNING, logger="citygate.lines"):
         for _ in range(3):
             async with owner.turn("meter-1") as wire:
                 request, framer = read_request(1)
@@ -268,7 +277,7 @@ def test_a_line_carries_one_protocol() -> None:
 
 
 def test_a_second_protocol_on_a_line_gets_no_owner(caplog: pytest.LogCaptureFixture) -> None:
-    with caplog.at_level(logging.ERROR, logger="agent.lines"):
+    with caplog.at_level(logging.ERROR, logger="citygate.lines"):
         lines = LineSet(
             {"rs485": line_config("/dev/null")},
             [("meter-1", "modbus", "rs485", 10.0), ("water-1", "mbus", "rs485", 900.0)],

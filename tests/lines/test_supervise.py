@@ -1,4 +1,4 @@
-"""Scheduling and isolation (agent.supervise): deadlines on a fixed grid, late
+"""Scheduling and isolation (citygate.supervise): deadlines on a fixed grid, late
 polls skipped and counted, backoff for a failing device, and a silent RTU device
 that never costs its healthy neighbours a poll."""
 
@@ -13,11 +13,7 @@ from typing import Any, Self
 
 import pytest
 
-from agent.lines import LineOwner
-from agent.model import Sample
-from agent.status import Counters, StatusBoard
-from agent.supervise import BACKOFF_MAX_S, DeviceSupervisor
-from drivers.api import (
+from citygate.drivers.api import (
     DecodeError,
     DeviceContext,
     DeviceError,
@@ -25,9 +21,13 @@ from drivers.api import (
     SerialLineConfig,
     TransportError,
 )
-from drivers.modbus.driver import factory
+from citygate.drivers.modbus.driver import factory
+from citygate.lines import LineOwner
+from citygate.model import Sample
+from citygate.status import Counters, StatusBoard
+from citygate.supervise import BACKOFF_MAX_S, DeviceSupervisor
 
-hwsim = pytest.importorskip("hwsim.modbus")
+citygate_sim = pytest.importorskip("citygate_sim.modbus")
 
 
 class FakeClock:
@@ -164,8 +164,11 @@ INTERVAL = 0.4
 
 
 async def test_a_silent_device_costs_its_healthy_neighbours_no_poll(tmp_path: Path) -> None:
-    meters = {1: hwsim.make_meter("sdm120", seed=1), 2: hwsim.make_meter("sdm120", seed=2)}
-    async with hwsim.ModbusRtuSimulator(meters, baudrate=BAUD) as sim:
+    meters = {
+        1: citygate_sim.make_meter("sdm120", seed=1),
+        2: citygate_sim.make_meter("sdm120", seed=2),
+    }
+    async with citygate_sim.ModbusRtuSimulator(meters, baudrate=BAUD) as sim:
         line_config = SerialLineConfig("rs485", sim.port, BAUD, "N", 1, 8, TIMEOUT)
         owner = LineOwner(line_config)
         counters = {name: Counters() for name in ("healthy-1", "healthy-2", "silent")}

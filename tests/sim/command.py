@@ -1,4 +1,4 @@
-"""``python -m hwsim`` (the ``citygate-sim`` command) as a subprocess, for the command tests."""
+"""``python -m citygate_sim`` (``citygate-sim``) as a subprocess, for the command tests."""
 
 from __future__ import annotations
 
@@ -12,11 +12,11 @@ TIMEOUT = 10.0
 
 
 async def start(*args: str) -> asyncio.subprocess.Process:
-    """``python -m hwsim ARGS`` with stdout and stderr piped."""
+    """``python -m citygate_sim ARGS`` with stdout and stderr piped."""
     return await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
-        "hwsim",
+        "citygate_sim",
         *args,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,

@@ -10,15 +10,15 @@ import statistics
 from pathlib import Path
 
 import pytest
-from hwsim.ble import DEMO_BINDKEY, DEMO_SENSORS, BleSimulator, SensorSpec
-from hwsim.ble import _formats as encode
-from hwsim.ble._aes import ccm_encrypt, encrypt_block
 from hypothesis import given
 from hypothesis import strategies as st
 
-from drivers.ble import bthome, pvvx, ruuvi
-from drivers.ble.advert import from_line
-from drivers.ble.decode import AdvertDecoder
+from citygate.drivers.ble import bthome, pvvx, ruuvi
+from citygate.drivers.ble.advert import from_line
+from citygate.drivers.ble.decode import AdvertDecoder
+from citygate_sim.ble import DEMO_BINDKEY, DEMO_SENSORS, BleSimulator, SensorSpec
+from citygate_sim.ble import _formats as encode
+from citygate_sim.ble._aes import ccm_encrypt, encrypt_block
 
 ADDRESS = "A4:C1:38:8D:18:B2"
 

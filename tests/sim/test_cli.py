@@ -1,4 +1,4 @@
-"""``python -m hwsim`` as a subprocess: the line it prints, a read, a clean exit."""
+"""``python -m citygate_sim`` as a subprocess: the line it prints, a read, a clean exit."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import signal
 import struct
 
 import pytest
-from hwsim.modbus import ModbusTcpSimulator, TypedMeter
 
+from citygate_sim.modbus import ModbusTcpSimulator, TypedMeter
 from tests.sim.command import TIMEOUT, finish, serving, stop
 
 

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import pytest
-from hwsim.modbus import (
+from hypothesis import given
+from hypothesis import strategies as st
+
+from citygate_sim.modbus import (
     NEED_DATA,
     Discarded,
     MbapDecoder,
@@ -11,8 +14,6 @@ from hwsim.modbus import (
     MbapFramingError,
     encode_adu,
 )
-from hypothesis import given
-from hypothesis import strategies as st
 
 # Transaction 0x0001, protocol 0, length 6, unit 0x11, then "read registers 108-110".
 REQUEST = bytes.fromhex("0001 0000 0006 11 03 006B 0003")

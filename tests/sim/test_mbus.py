@@ -16,7 +16,10 @@ import tty
 from datetime import date, datetime
 
 import pytest
-from hwsim.mbus import (
+from hypothesis import given
+from hypothesis import strategies as st
+
+from citygate_sim.mbus import (
     ACK,
     MbusFault,
     MbusRequestDecoder,
@@ -32,9 +35,6 @@ from hwsim.mbus import (
     matches_secondary,
     short_frame,
 )
-from hypothesis import given
-from hypothesis import strategies as st
-
 from tests.sim import command
 
 TIMEOUT = 10.0

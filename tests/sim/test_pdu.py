@@ -5,7 +5,8 @@ from __future__ import annotations
 import struct
 
 import pytest
-from hwsim.modbus import (
+
+from citygate_sim.modbus import (
     Fault,
     Meter,
     Register,

@@ -11,8 +11,9 @@ import random
 import time
 
 import pytest
-from hwsim.modbus import ADVANCE_PERIOD, make_meter
-from hwsim.modbus._physics import Supply
+
+from citygate_sim.modbus import ADVANCE_PERIOD, make_meter
+from citygate_sim.modbus._physics import Supply
 
 
 class FakeClock:

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import struct
 
-from hwsim.modbus import (
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from citygate_sim.modbus import (
     UNMAPPED_POLICIES,
     Meter,
     RequestHandler,
@@ -16,8 +19,6 @@ from hwsim.modbus import (
     handle_pdu,
     make_meter,
 )
-from hypothesis import given, settings
-from hypothesis import strategies as st
 
 
 def all_models_handler() -> RequestHandler:

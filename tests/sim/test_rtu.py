@@ -14,7 +14,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from hwsim.modbus import (
+from hypothesis import given
+from hypothesis import strategies as st
+
+from citygate_sim.modbus import (
     OTHER_MODELS,
     Fault,
     LineFault,
@@ -25,9 +28,6 @@ from hwsim.modbus import (
     make_meter,
     rtu_frame,
 )
-from hypothesis import given
-from hypothesis import strategies as st
-
 from tests.sim import command
 
 TIMEOUT = 5.0

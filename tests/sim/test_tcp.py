@@ -7,7 +7,8 @@ import contextlib
 import struct
 
 import pytest
-from hwsim.modbus import Fault, ModbusTcpSimulator, TypedMeter, make_meter
+
+from citygate_sim.modbus import Fault, ModbusTcpSimulator, TypedMeter, make_meter
 
 TIMEOUT = 5.0
 

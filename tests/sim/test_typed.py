@@ -5,7 +5,8 @@ from __future__ import annotations
 import struct
 
 import pytest
-from hwsim.modbus import RequestHandler, TypedMeter, ValueType, WordOrder, typed_address
+
+from citygate_sim.modbus import RequestHandler, TypedMeter, ValueType, WordOrder, typed_address
 
 # The values documented in hardware-sim/README.md ("typed" table).
 DOCUMENTED: dict[str, tuple[str, float]] = {

@@ -15,7 +15,7 @@ BIN = Path(sys.executable).parent
 
 
 def citygate_command(*args: str) -> list[str]:
-    return [sys.executable, "-m", "agent.cli", *args]
+    return [sys.executable, "-m", "citygate.cli", *args]
 
 
 def run_cli(

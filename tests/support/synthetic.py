@@ -8,7 +8,7 @@ from collections.abc import Mapping, Sequence
 from types import TracebackType
 from typing import Any, Self
 
-from drivers.api import DeviceContext, DeviceError, Field, Measurement, TransportError
+from citygate.drivers.api import DeviceContext, DeviceError, Field, Measurement, TransportError
 
 
 class SyntheticDriver:

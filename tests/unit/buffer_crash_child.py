@@ -14,8 +14,8 @@ import random
 import sys
 from pathlib import Path
 
-from agent.buffer import Buffer, NewSample
-from agent.config import BufferSettings
+from citygate.buffer import Buffer, NewSample
+from citygate.config import BufferSettings
 
 
 def main() -> None:

@@ -18,7 +18,7 @@ from hypothesis import HealthCheck, given
 from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 
-from agent.buffer import (
+from citygate.buffer import (
     ROW_OVERHEAD,
     AppendResult,
     AsyncBuffer,
@@ -28,13 +28,13 @@ from agent.buffer import (
     StoredSample,
     open_readonly_stats,
 )
-from agent.config import BufferSettings
+from citygate.config import BufferSettings
 
 T0 = 1_764_079_200.0
 
 
 class Clock:
-    """Injected clocks (agent.clock.Timebase): ``now`` is the wall clock, ``boot`` the boot
+    """Injected clocks (citygate.clock.Timebase): ``now`` is the wall clock, ``boot`` the boot
     clock; :meth:`advance` moves both, as time passing does; setting ``now`` alone is a jump."""
 
     def __init__(self, now: float = T0, boot: float = 1000.0, boot_id: str = "boot-1") -> None:
@@ -61,7 +61,7 @@ class Clock:
 
 
 def body(readings: int, salt: int = 0) -> str:
-    """A SenML body as agent.senml writes it: records joined, outer braces left off."""
+    """A SenML body as citygate.senml writes it: records joined, outer braces left off."""
     return "},{".join(f'"n":"power_{i}","u":"W","v":{salt * 0.25 + i}' for i in range(readings))
 
 
@@ -393,7 +393,10 @@ def test_invalid_samples_are_dropped_counted_and_logged(
         replace(good, device_id=""),
         replace(good, body='"n":"x","vs":"\udc80"'),  # a lone surrogate: not encodable
     ]
-    with opened(db_path, BufferSettings()) as b, caplog.at_level(logging.WARNING, "agent.buffer"):
+    with (
+        opened(db_path, BufferSettings()) as b,
+        caplog.at_level(logging.WARNING, "citygate.buffer"),
+    ):
         result = b.append([good, *bad])
         assert result.seqs[0] is not None
         assert result.seqs[1:] == [None] * 5
@@ -439,7 +442,7 @@ def test_an_unreadable_row_is_dropped_and_counted(
         tamper.execute("UPDATE sample SET body = x'00ff' WHERE seq = ?", (seqs[1],))
         tamper.commit()
         tamper.close()
-        with caplog.at_level(logging.WARNING, "agent.buffer"):
+        with caplog.at_level(logging.WARNING, "citygate.buffer"):
             assert [r.seq for r in everything(b)] == [seqs[0], seqs[2]]
         assert "unreadable" in caplog.text
         assert b.stats().dropped_samples == 1
@@ -456,7 +459,10 @@ def test_counters_that_disagree_with_the_rows_are_repaired_at_open(
     tamper.execute("UPDATE meta SET backlog_samples = 99, backlog_readings = 1, next_seq = 2")
     tamper.commit()
     tamper.close()
-    with caplog.at_level(logging.WARNING, "agent.buffer"), opened(db_path, BufferSettings()) as b:
+    with (
+        caplog.at_level(logging.WARNING, "citygate.buffer"),
+        opened(db_path, BufferSettings()) as b,
+    ):
         assert b.stats() == expected
     assert "did not match" in caplog.text
 
@@ -520,7 +526,7 @@ def test_a_corrupt_or_foreign_file_is_moved_aside_and_seq_continues(
     assert callable(damage)
     damage(db_path)
     damaged = db_path.read_bytes()
-    with caplog.at_level(logging.WARNING, "agent.buffer"), opened(db_path, settings, clock) as b:
+    with caplog.at_level(logging.WARNING, "citygate.buffer"), opened(db_path, settings, clock) as b:
         assert everything(b) == []
         (fresh,) = stored(b.append([new()]))
         assert fresh > max(used)
@@ -610,7 +616,7 @@ def test_a_full_disk_drops_and_counts_then_recovers(
     path = small_fs / "buffer.sqlite3"
     settings = BufferSettings(durability=durability, max_size=1 << 30)
     offered = kept = dropped = 0
-    with caplog.at_level(logging.INFO, "agent.buffer"), opened(path, settings) as b:
+    with caplog.at_level(logging.INFO, "citygate.buffer"), opened(path, settings) as b:
         first = stored(b.append([new(readings=20, salt=i) for i in range(5)]))
         ballast = small_fs / "ballast"
         _fill(ballast)

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from agent.buffer import Buffer
-from agent.config import BufferSettings
+from citygate.buffer import Buffer
+from citygate.config import BufferSettings
 
 REPO = Path(__file__).resolve().parents[2]
 ROUNDS = 5

@@ -1,4 +1,4 @@
-"""agent.config: load(), the golden cases of tests/cases/config, durations and sizes.
+"""citygate.config: load(), the golden cases of tests/cases/config, durations and sizes.
 
 The factories here are test scaffolding: a small stand-in for the modbus driver
 (its key table as config.md gives it, and a ``configure`` that reports issues by
@@ -22,14 +22,14 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from agent.config import (
+from citygate.config import (
     ConfigError,
     Problem,
     load,
     parse_duration,
     parse_size,
 )
-from drivers.api import (
+from citygate.drivers.api import (
     REQUIRED,
     ConfigIssue,
     DeviceContext,
@@ -37,9 +37,9 @@ from drivers.api import (
     DriverFactory,
     Field,
 )
-from drivers.ble import config as ble_config
-from drivers.mbus import config as mbus_config
-from drivers.mbus.config import PrimaryAddress
+from citygate.drivers.ble import config as ble_config
+from citygate.drivers.mbus import config as mbus_config
+from citygate.drivers.mbus.config import PrimaryAddress
 
 CASES = Path(__file__).parent.parent / "cases" / "config"
 

@@ -1,4 +1,4 @@
-"""drivers.mbus.config and drivers.ble.config: the checks a key table cannot make."""
+"""citygate.drivers.mbus.config and citygate.drivers.ble.config: checks a key table cannot make."""
 
 from __future__ import annotations
 
@@ -10,10 +10,10 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from drivers.api import DeviceContext, DriverConfigError, SerialLineConfig
-from drivers.ble import config as ble
-from drivers.mbus import config as mbus
-from drivers.mbus.config import PrimaryAddress, SecondaryAddress, parse_address
+from citygate.drivers.api import DeviceContext, DriverConfigError, SerialLineConfig
+from citygate.drivers.ble import config as ble
+from citygate.drivers.mbus import config as mbus
+from citygate.drivers.mbus.config import PrimaryAddress, SecondaryAddress, parse_address
 
 LINE = SerialLineConfig("mbus", "/dev/ttyAMA0", 2400, "E", 1, 8, 1.0)
 CONTEXT = DeviceContext("water-1", 900.0, Path("/etc/citygate"), {"mbus": LINE})

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from agent import registry
-from agent.config import load
+from citygate import registry
+from citygate.config import load
 
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "config"
 

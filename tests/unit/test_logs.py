@@ -8,7 +8,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from agent import logs
+from citygate import logs
 
 
 @pytest.fixture

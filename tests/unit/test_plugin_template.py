@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from drivers.api import DecodeError
+from citygate.drivers.api import DecodeError
 
 ROOT = Path(__file__).resolve().parents[2]
 TEMPLATE = ROOT / "drivers" / "plugin-template"
@@ -44,7 +44,7 @@ async def test_driver_reads_a_sysfs_like_tree(tmp_path: Path) -> None:
     sensor_dir = tmp_path / "28-0316a2795aff"
     sensor_dir.mkdir()
     (sensor_dir / "w1_slave").write_text(GOOD)
-    from drivers.api import DeviceContext
+    from citygate.drivers.api import DeviceContext
 
     context = DeviceContext(device_id="t", interval=30.0, config_dir=tmp_path)
     config = factory.configure({"sensor": "28-0316a2795aff", "devices_dir": tmp_path}, context)
@@ -76,7 +76,7 @@ def test_installed_template_is_listed_as_a_plugin(tmp_path: Path) -> None:
     )
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(target), str(ROOT)])}
     listed = subprocess.run(
-        [sys.executable, "-m", "agent.cli", "drivers"],
+        [sys.executable, "-m", "citygate.cli", "drivers"],
         check=False,
         capture_output=True,
         text=True,

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from agent import systemd
+from citygate import systemd
 
 ROOT = Path(__file__).resolve().parents[2]
 UNIT = ROOT / "systemd" / "citygate.service"

@@ -1,4 +1,4 @@
-"""agent.tomlpos: exact positions for every TOML syntax, and a generated-document property."""
+"""citygate.tomlpos: exact positions for every TOML syntax, and a generated-document property."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from agent.tomlpos import KeyPath, locate
+from citygate.tomlpos import KeyPath, locate
 
 
 def where(text: str, needle: str, occurrence: int = 1) -> tuple[int, int]:

@@ -11,10 +11,9 @@ import io
 import tempfile
 from pathlib import Path
 
-from hwsim.ble import DEMO_BINDKEY, BleSimulator, SensorSpec
-
-from drivers.ble.advert import from_line
-from drivers.ble.bench import bench_ble, cpu_share
+from citygate.drivers.ble.advert import from_line
+from citygate.drivers.ble.bench import bench_ble, cpu_share
+from citygate_sim.ble import DEMO_BINDKEY, BleSimulator, SensorSpec
 from tests.bench.report import PartResult
 
 SENSORS = 100

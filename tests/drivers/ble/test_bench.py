@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import io
 
-from hwsim.ble import BleSimulator
-
-from drivers.ble.advert import from_line
-from drivers.ble.bench import bench_ble
+from citygate.drivers.ble.advert import from_line
+from citygate.drivers.ble.bench import bench_ble
+from citygate_sim.ble import BleSimulator
 
 from .bench_part import sensors
 

@@ -6,9 +6,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from drivers.api import DecodeError, Measurement
-from drivers.ble import bthome
-from drivers.ble.bthome import BTHomeFilter, BTHomePacket, DecryptionError, parse
+from citygate.drivers.api import DecodeError, Measurement
+from citygate.drivers.ble import bthome
+from citygate.drivers.ble.bthome import BTHomeFilter, BTHomePacket, DecryptionError, parse
 
 ADDRESS = "A4:C1:38:8D:18:B2"
 SPEC_KEY = bytes.fromhex("231d39c1d7cc1ab1aee224cd096db932")

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from drivers.ble.advert import Advert, CaptureError, from_line, to_line
+from citygate.drivers.ble.advert import Advert, CaptureError, from_line, to_line
 
 SPEC_LINE = (
     '{"t": 1764079200.512, "address": "A4:C1:38:5B:0F:21", "rssi": -67, "name": "ATC_5B0F21", '

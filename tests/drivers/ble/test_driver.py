@@ -12,12 +12,12 @@ from pathlib import Path
 
 import pytest
 
-from drivers.api import DeviceContext, Measurement, PushDriver, TransportError
-from drivers.ble.bthome import BTHOME_UUID
-from drivers.ble.config import BleDeviceConfig
-from drivers.ble.driver import BleDriver, DeviceSilent, factory
-from drivers.ble.pvvx import ENVIRONMENT_UUID
-from drivers.ble.scanner import BleakSource, ScannerHub
+from citygate.drivers.api import DeviceContext, Measurement, PushDriver, TransportError
+from citygate.drivers.ble.bthome import BTHOME_UUID
+from citygate.drivers.ble.config import BleDeviceConfig
+from citygate.drivers.ble.driver import BleDriver, DeviceSilent, factory
+from citygate.drivers.ble.pvvx import ENVIRONMENT_UUID
+from citygate.drivers.ble.scanner import BleakSource, ScannerHub
 
 from .radio import ManualClock, Radio, settle
 

@@ -10,14 +10,14 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from drivers.api import DecodeError, DeviceContext, Measurement
-from drivers.ble import pvvx, ruuvi
-from drivers.ble.advert import Advert
-from drivers.ble.bthome import BTHOME_UUID
-from drivers.ble.config import FIELDS, configure
-from drivers.ble.decode import AdvertDecoder, detect
-from drivers.ble.pvvx import ENVIRONMENT_UUID
-from drivers.ble.ruuvi import RUUVI_COMPANY_ID
+from citygate.drivers.api import DecodeError, DeviceContext, Measurement
+from citygate.drivers.ble import pvvx, ruuvi
+from citygate.drivers.ble.advert import Advert
+from citygate.drivers.ble.bthome import BTHOME_UUID
+from citygate.drivers.ble.config import FIELDS, configure
+from citygate.drivers.ble.decode import AdvertDecoder, detect
+from citygate.drivers.ble.pvvx import ENVIRONMENT_UUID
+from citygate.drivers.ble.ruuvi import RUUVI_COMPANY_ID
 
 G = 9.80665
 

@@ -10,14 +10,14 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
-from hwsim.ble import DEMO_SENSORS, BleSimulator
 
-from drivers.api import DeviceContext, Measurement
-from drivers.ble.advert import Advert, from_line
-from drivers.ble.config import BleDeviceConfig
-from drivers.ble.driver import BleDriver, factory
-from drivers.ble.replay import CaptureWriter, ReplaySource
-from drivers.ble.scanner import ScannerHub
+from citygate.drivers.api import DeviceContext, Measurement
+from citygate.drivers.ble.advert import Advert, from_line
+from citygate.drivers.ble.config import BleDeviceConfig
+from citygate.drivers.ble.driver import BleDriver, factory
+from citygate.drivers.ble.replay import CaptureWriter, ReplaySource
+from citygate.drivers.ble.scanner import ScannerHub
+from citygate_sim.ble import DEMO_SENSORS, BleSimulator
 
 from .radio import FakeClock, ManualClock, settle
 

@@ -6,12 +6,11 @@ import io
 import json
 from pathlib import Path
 
-from hwsim.ble import DEMO_BINDKEY, DEMO_SENSORS, BleSimulator
-
-from drivers.ble.advert import from_line
-from drivers.ble.replay import CaptureWriter, ReplaySource
-from drivers.ble.scan import report_text, scan
-from drivers.ble.scanner import ScannerHub
+from citygate.drivers.ble.advert import from_line
+from citygate.drivers.ble.replay import CaptureWriter, ReplaySource
+from citygate.drivers.ble.scan import report_text, scan
+from citygate.drivers.ble.scanner import ScannerHub
+from citygate_sim.ble import DEMO_BINDKEY, DEMO_SENSORS, BleSimulator
 from tests.support.processes import run_cli
 
 from .radio import FakeClock

@@ -10,9 +10,9 @@ from collections.abc import Awaitable, Callable
 import pytest
 from bleak.exc import BleakDBusError, BleakError
 
-from drivers.ble.advert import Advert
-from drivers.ble.bthome import BTHOME_UUID
-from drivers.ble.scanner import PASSIVE_PATTERNS, BleakSource, ScannerGaveUp, ScannerHub
+from citygate.drivers.ble.advert import Advert
+from citygate.drivers.ble.bthome import BTHOME_UUID
+from citygate.drivers.ble.scanner import PASSIVE_PATTERNS, BleakSource, ScannerGaveUp, ScannerHub
 
 from .radio import FakeClock, Radio
 
@@ -122,7 +122,7 @@ async def test_bluez_errors_restart_the_scan_with_backoff(
         rig.radio.advertise(SENSOR, service_data=PLAIN)
 
     with (
-        caplog.at_level(logging.INFO, "drivers.ble.scanner"),
+        caplog.at_level(logging.INFO, "citygate.drivers.ble.scanner"),
         rig.hub.subscribe(SENSOR, got.append),
     ):
         await running(rig, body)

@@ -11,14 +11,14 @@ from pathlib import Path
 
 import pytest
 
-from agent.model import Sample
-from agent.status import Counters, DeviceStatus, StatusBoard
-from agent.supervise import DeviceSupervisor
-from drivers.api import DeviceContext
-from drivers.ble.bthome import BTHOME_UUID
-from drivers.ble.config import BleDeviceConfig
-from drivers.ble.driver import BleDriver
-from drivers.ble.scanner import BleakSource, ScannerGaveUp, ScannerHub, power_cycle_adapter
+from citygate.drivers.api import DeviceContext
+from citygate.drivers.ble.bthome import BTHOME_UUID
+from citygate.drivers.ble.config import BleDeviceConfig
+from citygate.drivers.ble.driver import BleDriver
+from citygate.drivers.ble.scanner import BleakSource, ScannerGaveUp, ScannerHub, power_cycle_adapter
+from citygate.model import Sample
+from citygate.status import Counters, DeviceStatus, StatusBoard
+from citygate.supervise import DeviceSupervisor
 
 from .radio import FakeClock, ManualClock, Radio, settle
 

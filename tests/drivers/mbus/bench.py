@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import time
 
-from drivers.mbus.decode import decode_frame, to_measurements
-from drivers.mbus.link import Frame, FrameDecoder, wire_time
+from citygate.drivers.mbus.decode import decode_frame, to_measurements
+from citygate.drivers.mbus.link import Frame, FrameDecoder, wire_time
 from tests.drivers.mbus.libmbus import FRAMES
 
 

@@ -22,9 +22,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from agent.lines import LineOwner
-from drivers.api import DeviceContext, SerialLineConfig
-from drivers.mbus.driver import MbusFactory
+from citygate.drivers.api import DeviceContext, SerialLineConfig
+from citygate.drivers.mbus.driver import MbusFactory
+from citygate.lines import LineOwner
 
 __all__ = ["ReadoutFigure", "bench_readout", "main"]
 
@@ -44,7 +44,7 @@ class ReadoutFigure:
 
 
 async def _measure(telegrams: int, baudrate: int, runs: int) -> ReadoutFigure:
-    from hwsim.mbus import MbusSimulator, WaterMeter
+    from citygate_sim.mbus import MbusSimulator, WaterMeter
 
     meter = WaterMeter(12345678, 5, telegrams=telegrams, seed=telegrams)
     meter.freeze()

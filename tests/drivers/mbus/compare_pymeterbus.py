@@ -20,10 +20,10 @@ from collections.abc import Callable
 from decimal import Decimal
 from typing import Any
 
-from agent.units import canonical
-from drivers.api import DecodeError
-from drivers.mbus.decode import decode_frame
-from drivers.mbus.link import parse_frame
+from citygate.drivers.api import DecodeError
+from citygate.drivers.mbus.decode import decode_frame
+from citygate.drivers.mbus.link import parse_frame
+from citygate.units import canonical
 from tests.drivers.mbus.libmbus import (
     ERROR_FRAMES,
     FRAMES,
@@ -180,7 +180,7 @@ def main() -> None:
     print(f"  a real32 value comes back as {decimal_value!r}")
     print(f"  root logger level before/after import: {level_before} -> {level_after}")
     print(f"  {_rate(meterbus.load, frames):.0f} telegrams/s")
-    print("citygate drivers.mbus:")
+    print("citygate citygate.drivers.mbus:")
     print(f"  frames matching libmbus record by record: {ours_full}/{len(frames)}")
     print(f"  records matching libmbus: {total_records - ours_differing_records}/{total_records}")
     print(f"  error frames accepted: {len(ours_accepted)}/{len(error_paths)} {ours_accepted}")

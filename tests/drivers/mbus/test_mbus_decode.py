@@ -14,16 +14,16 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from agent.units import CONVERSIONS
-from drivers.api import DecodeError, Measurement
-from drivers.mbus.decode import (
+from citygate.drivers.api import DecodeError, Measurement
+from citygate.drivers.mbus.decode import (
     Telegram,
     combine,
     decode_frame,
     decode_user_data,
     to_measurements,
 )
-from drivers.mbus.link import parse_frame
+from citygate.drivers.mbus.link import parse_frame
+from citygate.units import CONVERSIONS
 from tests.drivers.mbus.libmbus import FRAMES
 
 # id 92752244, manufacturer HYD (H=8 Y=25 D=4: 8<<10 | 25<<5 | 4 = 0x2324), version 41,

@@ -1,6 +1,6 @@
 """The mbus driver against the M-Bus simulator, over a real pseudo-terminal.
 
-The simulator encodes its telegrams from EN 13757-3 itself (hwsim.mbus), so a
+The simulator encodes its telegrams from EN 13757-3 itself (citygate_sim.mbus), so a
 value read here went through two independent implementations of the standard.
 """
 
@@ -16,12 +16,18 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from agent.lines import LineOwner
-from drivers.api import DecodeError, DeviceContext, Measurement, SerialLineConfig, TransportError
-from drivers.mbus.driver import MbusDriver, MbusFactory, MbusReplyFramer
-from drivers.mbus.link import encode_req_ud2
+from citygate.drivers.api import (
+    DecodeError,
+    DeviceContext,
+    Measurement,
+    SerialLineConfig,
+    TransportError,
+)
+from citygate.drivers.mbus.driver import MbusDriver, MbusFactory, MbusReplyFramer
+from citygate.drivers.mbus.link import encode_req_ud2
+from citygate.lines import LineOwner
 
-hwsim = pytest.importorskip("hwsim.mbus")
+citygate_sim = pytest.importorskip("citygate_sim.mbus")
 
 BAUD = 9600  # behaviour tests; 2400-baud pacing is measured in test_readout_at_2400_baud
 WATER = 12345678
@@ -36,13 +42,15 @@ def line_config(port: str, baudrate: int = BAUD) -> SerialLineConfig:
 @pytest.fixture
 async def sim() -> AsyncIterator[Any]:
     meters = [
-        hwsim.WaterMeter(WATER, 5, telegrams=2, unknown_vif=True, seed=1),
-        hwsim.WaterMeter(WATER_2, 6, seed=2),
-        hwsim.WaterMeter(WARM, 7, manufacturer="ABB", version=3, medium="warm_water", seed=3),
+        citygate_sim.WaterMeter(WATER, 5, telegrams=2, unknown_vif=True, seed=1),
+        citygate_sim.WaterMeter(WATER_2, 6, seed=2),
+        citygate_sim.WaterMeter(
+            WARM, 7, manufacturer="ABB", version=3, medium="warm_water", seed=3
+        ),
     ]
     for meter in meters:
         meter.freeze()
-    async with hwsim.MbusSimulator(meters, baudrate=BAUD) as simulator:
+    async with citygate_sim.MbusSimulator(meters, baudrate=BAUD) as simulator:
         yield simulator
 
 
@@ -158,7 +166,9 @@ async def test_real32_flow_and_header_of_a_warm_water_meter(sim: Any, tmp_path: 
 
 async def test_status_and_error_flags_reach_the_readings(sim: Any, tmp_path: Path) -> None:
     meter = sim.meters[1]
-    meter.status = hwsim.STATUS_BITS["power_low"] | hwsim.STATUS_BITS["temporary_error"]
+    meter.status = (
+        citygate_sim.STATUS_BITS["power_low"] | citygate_sim.STATUS_BITS["temporary_error"]
+    )
     meter.error_flags = 0x0102
     async with make_driver(tmp_path, sim.port, 6) as driver:
         got = by_name(await driver.poll())
@@ -167,10 +177,10 @@ async def test_status_and_error_flags_reach_the_readings(sim: Any, tmp_path: Pat
 
 
 async def test_volume_only_increases_between_polls(tmp_path: Path) -> None:
-    meter = hwsim.WaterMeter(WATER, 5, seed=4)
+    meter = citygate_sim.WaterMeter(WATER, 5, seed=4)
     meter.freeze()
     async with (
-        hwsim.MbusSimulator([meter], baudrate=BAUD) as sim,
+        citygate_sim.MbusSimulator([meter], baudrate=BAUD) as sim,
         make_driver(tmp_path, sim.port, 5) as driver,
     ):
         volumes: list[float] = []
@@ -223,7 +233,7 @@ async def test_bad_checksum_once_is_retried_with_the_same_fcb(sim: Any, tmp_path
     try:
         async with make_driver(tmp_path, sim.port, 6, line=line) as driver:
             await driver.poll()
-            sim.set_fault(meter, hwsim.MbusFault.CHECKSUM, times=1)
+            sim.set_fault(meter, citygate_sim.MbusFault.CHECKSUM, times=1)
             sim.request_log.clear()
             assert_readings(await driver.poll(), meter)
     finally:
@@ -235,7 +245,10 @@ async def test_bad_checksum_once_is_retried_with_the_same_fcb(sim: Any, tmp_path
 
 @pytest.mark.parametrize(
     ("fault", "kind"),
-    [(hwsim.MbusFault.TRUNCATED, "truncated"), (hwsim.MbusFault.COLLISION, "collision")],
+    [
+        (citygate_sim.MbusFault.TRUNCATED, "truncated"),
+        (citygate_sim.MbusFault.COLLISION, "collision"),
+    ],
 )
 async def test_garbled_answers_are_retried_then_a_decode_error(
     sim: Any, tmp_path: Path, fault: Any, kind: str
@@ -256,7 +269,7 @@ async def test_garbled_answers_are_retried_then_a_decode_error(
 
 async def test_a_silent_meter_does_not_stop_the_others(sim: Any, tmp_path: Path) -> None:
     silent, other = sim.meters[0], sim.meters[2]
-    sim.set_fault(silent, hwsim.MbusFault.SILENT)
+    sim.set_fault(silent, citygate_sim.MbusFault.SILENT)
     line = LineOwner(line_config(sim.port), protocol="mbus")
     factory = MbusFactory()
     try:
@@ -312,10 +325,10 @@ async def test_several_meters_share_one_line(sim: Any, tmp_path: Path) -> None:
 
 
 async def test_readout_at_2400_baud_takes_its_wire_time(tmp_path: Path) -> None:
-    meter = hwsim.WaterMeter(WATER, 5, telegrams=2, seed=5)
+    meter = citygate_sim.WaterMeter(WATER, 5, telegrams=2, seed=5)
     meter.freeze()
     frames = meter.readout()
-    async with hwsim.MbusSimulator([meter], baudrate=2400) as sim:
+    async with citygate_sim.MbusSimulator([meter], baudrate=2400) as sim:
         factory = MbusFactory()
         context = DeviceContext(
             "water", 900.0, tmp_path, serial_lines={"mbus": line_config(sim.port, 2400)}
@@ -336,7 +349,7 @@ async def test_readout_at_2400_baud_takes_its_wire_time(tmp_path: Path) -> None:
     cuts=st.lists(st.integers(min_value=0, max_value=200), max_size=6),
 )
 def test_framer_finds_the_answer_however_the_bytes_arrive(noise: bytes, cuts: list[int]) -> None:
-    meter = hwsim.WaterMeter(WATER, 5, seed=6)
+    meter = citygate_sim.WaterMeter(WATER, 5, seed=6)
     meter.freeze()
     frame = meter.readout()[0]
     stream = noise + frame
@@ -351,14 +364,14 @@ def test_framer_finds_the_answer_however_the_bytes_arrive(noise: bytes, cuts: li
 
 
 def test_framer_sets_aside_a_frame_from_another_address() -> None:
-    meter = hwsim.WaterMeter(WATER, 9, seed=7)
+    meter = citygate_sim.WaterMeter(WATER, 9, seed=7)
     framer = MbusReplyFramer("frame", 5)
     assert not framer.feed(meter.readout()[0])
     assert framer.failure() == ("wrong_address", "an answer from address 9")
 
 
 def test_framer_finds_the_answer_behind_a_false_frame_start() -> None:
-    frame = hwsim.WaterMeter(WATER, 5, seed=8).readout()[0]
+    frame = citygate_sim.WaterMeter(WATER, 5, seed=8).readout()[0]
     framer = MbusReplyFramer("frame", 5)
     # garbage that looks like a long frame header announces 255 bytes: wait for them...
     assert not framer.feed(bytes.fromhex("68 FF FF 68") + frame)
@@ -369,7 +382,7 @@ def test_framer_finds_the_answer_behind_a_false_frame_start() -> None:
 
 def test_framer_verdicts_after_the_timeout() -> None:
     truncated = MbusReplyFramer("frame", 5)
-    truncated.feed(hwsim.WaterMeter(WATER, 5).readout()[0][:30])
+    truncated.feed(citygate_sim.WaterMeter(WATER, 5).readout()[0][:30])
     assert truncated.failure()[0] == "truncated"
     silent = MbusReplyFramer("ack")
     assert silent.failure() == ("silent", "no answer")
@@ -382,8 +395,8 @@ def test_framer_verdicts_after_the_timeout() -> None:
 
 
 def test_sample_toml_is_a_valid_config(tmp_path: Path) -> None:
-    from agent import registry
-    from agent.config import load
+    from citygate import registry
+    from citygate.config import load
 
     sample = Path(__file__).parents[3] / "drivers" / "mbus" / "sample.toml"
     config = tmp_path / "gateway.toml"

@@ -12,13 +12,13 @@ from typing import Any
 
 import pytest
 
-from agent.lines import LineOwner
-from drivers.api import SerialLineConfig
-from drivers.mbus.config import PrimaryAddress, SecondaryAddress
-from drivers.mbus.scan import probe_primary, search_secondary, secondary_address, snippet
+from citygate.drivers.api import SerialLineConfig
+from citygate.drivers.mbus.config import PrimaryAddress, SecondaryAddress
+from citygate.drivers.mbus.scan import probe_primary, search_secondary, secondary_address, snippet
+from citygate.lines import LineOwner
 from tests.support.processes import run_cli
 
-hwsim = pytest.importorskip("hwsim.mbus")
+citygate_sim = pytest.importorskip("citygate_sim.mbus")
 
 BAUD = 38400
 PROBE = 0.05  # seconds: a probe at 38400 baud; silent addresses cost this much each
@@ -27,15 +27,15 @@ PROBE = 0.05  # seconds: a probe at 38400 baud; silent addresses cost this much 
 @pytest.fixture
 async def sim() -> AsyncIterator[Any]:
     meters = [
-        hwsim.WaterMeter(12345678, 5, seed=1),
-        hwsim.WaterMeter(12345699, 6, telegrams=2, seed=2),
-        hwsim.WaterMeter(87654321, 7, manufacturer="ABB", medium="warm_water", seed=3),
-        hwsim.WaterMeter(55500001, 9, seed=4),  # two meters left at the same address
-        hwsim.WaterMeter(55500002, 9, seed=5),
+        citygate_sim.WaterMeter(12345678, 5, seed=1),
+        citygate_sim.WaterMeter(12345699, 6, telegrams=2, seed=2),
+        citygate_sim.WaterMeter(87654321, 7, manufacturer="ABB", medium="warm_water", seed=3),
+        citygate_sim.WaterMeter(55500001, 9, seed=4),  # two meters left at the same address
+        citygate_sim.WaterMeter(55500002, 9, seed=5),
     ]
     for meter in meters:
         meter.freeze()
-    async with hwsim.MbusSimulator(meters, baudrate=BAUD) as simulator:
+    async with citygate_sim.MbusSimulator(meters, baudrate=BAUD) as simulator:
         yield simulator
 
 
@@ -43,11 +43,11 @@ async def sim() -> AsyncIterator[Any]:
 async def few() -> AsyncIterator[Any]:
     """Three meters; two of them differ from the fourth id digit on."""
     meters = [
-        hwsim.WaterMeter(12345678, 5, seed=1),
-        hwsim.WaterMeter(12395678, 6, telegrams=2, seed=2),
-        hwsim.WaterMeter(87654321, 7, manufacturer="ABB", medium="warm_water", seed=3),
+        citygate_sim.WaterMeter(12345678, 5, seed=1),
+        citygate_sim.WaterMeter(12395678, 6, telegrams=2, seed=2),
+        citygate_sim.WaterMeter(87654321, 7, manufacturer="ABB", medium="warm_water", seed=3),
     ]
-    async with hwsim.MbusSimulator(meters, baudrate=BAUD) as simulator:
+    async with citygate_sim.MbusSimulator(meters, baudrate=BAUD) as simulator:
         yield simulator
 
 

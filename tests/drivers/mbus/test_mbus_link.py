@@ -6,8 +6,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from drivers.api import DecodeError
-from drivers.mbus.link import (
+from citygate.drivers.api import DecodeError
+from citygate.drivers.mbus.link import (
     NEED_DATA,
     Ack,
     Discarded,

@@ -11,9 +11,14 @@ from pathlib import Path
 
 import pytest
 
-from drivers.api import DecodeError
-from drivers.mbus.decode import MeterApplicationError, Telegram, decode_frame, to_measurements
-from drivers.mbus.link import parse_frame
+from citygate.drivers.api import DecodeError
+from citygate.drivers.mbus.decode import (
+    MeterApplicationError,
+    Telegram,
+    decode_frame,
+    to_measurements,
+)
+from citygate.drivers.mbus.link import parse_frame
 from tests.drivers.mbus.libmbus import ERROR_FRAMES, FRAMES, compare, load_expected
 
 FRAME_FILES = sorted(FRAMES.glob("*.hex"))

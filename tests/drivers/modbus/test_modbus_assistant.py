@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from drivers.modbus.assistant import (
+from citygate.drivers.modbus.assistant import (
     ASSISTANT_TYPES,
     assistant_json,
     format_assistant,

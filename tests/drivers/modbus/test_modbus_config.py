@@ -9,17 +9,17 @@ from typing import Any
 
 import pytest
 
-from drivers.api import (
+from citygate.drivers.api import (
     ConfigIssue,
     DeviceContext,
     DriverConfigError,
     Measurement,
     SerialLineConfig,
 )
-from drivers.modbus.config import FIELDS, ModbusConfig, configure
-from drivers.modbus.decode import RegisterSpec
-from drivers.modbus.driver import ModbusRtuDriver, factory
-from drivers.modbus.profile import (
+from citygate.drivers.modbus.config import FIELDS, ModbusConfig, configure
+from citygate.drivers.modbus.decode import RegisterSpec
+from citygate.drivers.modbus.driver import ModbusRtuDriver, factory
+from citygate.drivers.modbus.profile import (
     REGISTER_FIELDS,
     builtin_profile_dirs,
     builtin_profiles,

@@ -14,8 +14,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from drivers.api import DecodeError, Measurement
-from drivers.modbus.decode import (
+from citygate.drivers.api import DecodeError, Measurement
+from citygate.drivers.modbus.decode import (
     BYTE_ORDERS,
     REGISTER_WIDTH,
     BlockDecoder,

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from drivers.api import (
+from citygate.drivers.api import (
     DecodeError,
     DeviceContext,
     DeviceError,
@@ -21,10 +21,10 @@ from drivers.api import (
     PollDriver,
     TransportError,
 )
-from drivers.modbus.driver import ModbusTcpDriver, factory, read_raw
-from drivers.modbus.profile import builtin_profiles, load_profile
+from citygate.drivers.modbus.driver import ModbusTcpDriver, factory, read_raw
+from citygate.drivers.modbus.profile import builtin_profiles, load_profile
 
-hwsim = pytest.importorskip("hwsim.modbus")
+citygate_sim = pytest.importorskip("citygate_sim.modbus")
 
 HOST = "127.0.0.1"
 SDM630, SDM120, TYPED = 1, 2, 3
@@ -38,11 +38,11 @@ def f32(value: float) -> float:
 @pytest.fixture
 async def sim() -> AsyncIterator[Any]:
     meters = {
-        SDM630: hwsim.make_meter("sdm630", seed=1),
-        SDM120: hwsim.make_meter("sdm120", seed=2),
-        TYPED: hwsim.make_meter("typed"),
+        SDM630: citygate_sim.make_meter("sdm630", seed=1),
+        SDM120: citygate_sim.make_meter("sdm120", seed=2),
+        TYPED: citygate_sim.make_meter("typed"),
     }
-    async with hwsim.ModbusTcpSimulator(meters, host=HOST, port=0) as simulator:
+    async with citygate_sim.ModbusTcpSimulator(meters, host=HOST, port=0) as simulator:
         for meter in meters.values():
             meter.freeze()
         yield simulator
@@ -95,13 +95,13 @@ def typed_registers() -> tuple[list[dict[str, Any]], dict[str, Any]]:
     registers: list[dict[str, Any]] = []
     expected: dict[str, Any] = {}
     for table in ("holding", "input"):
-        for value_type, value in hwsim.TYPED_VALUES.items():
-            for order in hwsim.WordOrder:
+        for value_type, value in citygate_sim.TYPED_VALUES.items():
+            for order in citygate_sim.WordOrder:
                 name = f"{table}_{value_type}_{order.lower()}"
                 registers.append(
                     {
                         "name": name,
-                        "address": hwsim.typed_address(value_type, order),
+                        "address": citygate_sim.typed_address(value_type, order),
                         "table": table,
                         "type": str(value_type),
                         "order": str(order),
@@ -109,8 +109,8 @@ def typed_registers() -> tuple[list[dict[str, Any]], dict[str, Any]]:
                 )
                 expected[name] = value
     for table, count, on in (
-        ("coil", 64, hwsim.SPEC_COILS_ON),
-        ("discrete", 256, hwsim.SPEC_DISCRETE_INPUTS_ON),
+        ("coil", 64, citygate_sim.SPEC_COILS_ON),
+        ("discrete", 256, citygate_sim.SPEC_DISCRETE_INPUTS_ON),
     ):
         for address in range(count):
             registers.append({"name": f"{table}_{address}", "address": address, "table": table})
@@ -151,7 +151,7 @@ async def test_read_raw_for_the_assistant(sim: Any) -> None:
     voltage = struct.unpack(">f", struct.pack(">2H", *words[:2]))[0]
     assert voltage == f32(sim.meters[SDM630].truth()["voltage_l1"])
     bits = await read_raw(HOST, sim.port, TYPED, 19, 19, "coil", 1.0)
-    assert bits == [address in hwsim.SPEC_COILS_ON for address in range(19, 38)]
+    assert bits == [address in citygate_sim.SPEC_COILS_ON for address in range(19, 38)]
     with pytest.raises(ValueError, match="count"):
         await read_raw(HOST, sim.port, TYPED, 0, 126, "holding", 1.0)
     with pytest.raises(DeviceError, match="exception 2"):
@@ -165,10 +165,10 @@ async def test_read_raw_for_the_assistant(sim: Any) -> None:
 async def strict_sim() -> AsyncIterator[Any]:
     """Meters that answer exception 02 to any read touching an unmapped register."""
     meters = {
-        SDM630: hwsim.make_meter("sdm630", seed=1, unmapped="exception"),
-        SDM120: hwsim.make_meter("sdm120", seed=2, unmapped="exception"),
+        SDM630: citygate_sim.make_meter("sdm630", seed=1, unmapped="exception"),
+        SDM120: citygate_sim.make_meter("sdm120", seed=2, unmapped="exception"),
     }
-    async with hwsim.ModbusTcpSimulator(meters, host=HOST, port=0) as simulator:
+    async with citygate_sim.ModbusTcpSimulator(meters, host=HOST, port=0) as simulator:
         for meter in meters.values():
             meter.freeze()
         yield simulator
@@ -178,7 +178,7 @@ def split_lines(caplog: pytest.LogCaptureFixture) -> list[str]:
     return [
         r.getMessage()
         for r in caplog.records
-        if r.name == "drivers.modbus.driver" and r.levelno == logging.INFO
+        if r.name == "citygate.drivers.modbus.driver" and r.levelno == logging.INFO
     ]
 
 
@@ -221,7 +221,7 @@ async def test_strict_meter_is_read_in_gap_free_requests(
     unit: int,
     expected_split: dict[tuple[int, int], list[tuple[int, int]]],
 ) -> None:
-    caplog.set_level(logging.DEBUG, logger="drivers.modbus.driver")
+    caplog.set_level(logging.DEBUG, logger="citygate.drivers.modbus.driver")
     driver = make_driver(tmp_path, port=strict_sim.port, unit=unit, profile=profile_name)
     coalesced = [(r.address, r.count) for r in driver.config.plan.requests]
     assert coalesced == list(expected_split)  # max_gap 16, max_registers 80
@@ -260,7 +260,7 @@ async def test_strict_meter_is_read_in_gap_free_requests(
 async def test_lenient_meter_keeps_the_coalesced_requests(
     sim: Any, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.DEBUG, logger="drivers.modbus.driver")
+    caplog.set_level(logging.DEBUG, logger="citygate.drivers.modbus.driver")
     driver = make_driver(tmp_path, port=sim.port, unit=SDM630, profile="eastron-sdm630")
     coalesced = driver.config.plan.requests
     async with driver:
@@ -269,13 +269,13 @@ async def test_lenient_meter_keeps_the_coalesced_requests(
             assert (requests, exceptions) == (4, 0)
     assert driver.config.plan.requests == coalesced
     assert driver.config.plan.split_count == 0
-    assert [r for r in caplog.records if r.name == "drivers.modbus.driver"] == []
+    assert [r for r in caplog.records if r.name == "citygate.drivers.modbus.driver"] == []
 
 
 async def test_refused_gap_free_request_is_a_device_error(
     strict_sim: Any, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.DEBUG, logger="drivers.modbus.driver")
+    caplog.set_level(logging.DEBUG, logger="citygate.drivers.modbus.driver")
     # 0x002C is reserved: a strict meter refuses it, and there is nothing to split
     registers = [{"name": "x", "address": 0x002C, "table": "input", "type": "float32"}]
     driver = make_driver(tmp_path, port=strict_sim.port, unit=SDM630, registers=registers)
@@ -293,7 +293,7 @@ async def test_refused_gap_free_request_is_a_device_error(
 async def test_other_exceptions_to_a_bridging_request_are_not_split(
     strict_sim: Any, tmp_path: Path
 ) -> None:
-    strict_sim.set_fault(SDM630, hwsim.Fault.exception(0x04))
+    strict_sim.set_fault(SDM630, citygate_sim.Fault.exception(0x04))
     driver = make_driver(tmp_path, port=strict_sim.port, unit=SDM630, profile="eastron-sdm630")
     async with driver:
         with pytest.raises(DeviceError, match="exception 4"):
@@ -340,7 +340,7 @@ async def test_refused_connection_is_a_transport_error(tmp_path: Path) -> None:
 
 
 async def test_silent_unit_times_out_after_its_retries(sim: Any, tmp_path: Path) -> None:
-    sim.set_fault(SDM120, hwsim.Fault.SILENT)
+    sim.set_fault(SDM120, citygate_sim.Fault.SILENT)
     driver = make_driver(
         tmp_path, port=sim.port, unit=SDM120, profile="eastron-sdm120", timeout=QUICK, retries=2
     )
@@ -356,7 +356,7 @@ async def test_silent_unit_times_out_after_its_retries(sim: Any, tmp_path: Path)
 
 
 async def test_exception_reply_is_a_device_error(sim: Any, tmp_path: Path) -> None:
-    sim.set_fault(SDM630, hwsim.Fault.exception(0x04))
+    sim.set_fault(SDM630, citygate_sim.Fault.exception(0x04))
     driver = make_driver(tmp_path, port=sim.port, unit=SDM630, profile="eastron-sdm630")
     async with driver:
         with pytest.raises(DeviceError) as caught:
@@ -369,8 +369,10 @@ async def test_exception_reply_is_a_device_error(sim: Any, tmp_path: Path) -> No
 
 
 async def test_unknown_unit_behind_a_gateway(tmp_path: Path) -> None:
-    meters = {1: hwsim.make_meter("typed")}
-    async with hwsim.ModbusTcpSimulator(meters, port=0, unknown_unit="gateway_error") as gateway:
+    meters = {1: citygate_sim.make_meter("typed")}
+    async with citygate_sim.ModbusTcpSimulator(
+        meters, port=0, unknown_unit="gateway_error"
+    ) as gateway:
         with pytest.raises(DeviceError, match=r"exception 11 \(gateway target device failed"):
             await poll_once(
                 tmp_path, port=gateway.port, unit=7, registers=[{"name": "x", "address": 107}]
@@ -394,7 +396,7 @@ async def test_idle_connection_closed_by_the_device_is_reopened(sim: Any, tmp_pa
 
 
 async def test_connection_dropped_during_a_request(sim: Any, tmp_path: Path) -> None:
-    sim.set_fault(SDM630, hwsim.Fault.SILENT)
+    sim.set_fault(SDM630, citygate_sim.Fault.SILENT)
     driver = make_driver(
         tmp_path, port=sim.port, unit=SDM630, profile="eastron-sdm630", timeout=QUICK
     )
@@ -418,7 +420,7 @@ async def test_late_replies_are_ignored(sim: Any, tmp_path: Path) -> None:
     driver = make_driver(
         tmp_path, port=sim.port, unit=SDM630, profile="eastron-sdm630", timeout=QUICK, retries=0
     )
-    sim.set_fault(SDM630, hwsim.Fault.delay(QUICK * 1.5))
+    sim.set_fault(SDM630, citygate_sim.Fault.delay(QUICK * 1.5))
     async with driver:
         with pytest.raises(TransportError, match="no answer"):
             await driver.poll()
@@ -435,19 +437,21 @@ async def test_errors_are_not_logged(
     caplog.set_level(logging.DEBUG, logger="asyncio")
     with pytest.raises(TransportError):
         await poll_once(tmp_path, port=free_port(), profile="eastron-sdm120")
-    sim.set_fault(SDM120, hwsim.Fault.SILENT)
+    sim.set_fault(SDM120, citygate_sim.Fault.SILENT)
     with pytest.raises(TransportError):
         await poll_once(
             tmp_path, port=sim.port, unit=SDM120, profile="eastron-sdm120", timeout=QUICK, retries=0
         )
     assert logging.getLogger("pymodbus").level == logging.CRITICAL
     assert [
-        r for r in caplog.records if r.levelno >= logging.WARNING and not r.name.startswith("hwsim")
+        r
+        for r in caplog.records
+        if r.levelno >= logging.WARNING and not r.name.startswith("citygate_sim")
     ] == []
 
 
 async def test_pymodbus_speaks_when_we_debug(sim: Any, tmp_path: Path) -> None:
-    ours = logging.getLogger("drivers.modbus.driver")
+    ours = logging.getLogger("citygate.drivers.modbus.driver")
     previous = ours.level
     ours.setLevel(logging.DEBUG)
     try:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from drivers.modbus.frame import ReadRequestFrame, check_reply, parse_read_request
+from citygate.drivers.modbus.frame import ReadRequestFrame, check_reply, parse_read_request
 
 # MBAP: tid 0x0007, protocol 0, length 6, unit 3; PDU: FC 04, address 0x0000, count 2
 REQUEST = bytes.fromhex("0007 0000 0006 03 04 0000 0002")

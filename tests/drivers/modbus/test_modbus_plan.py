@@ -9,8 +9,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from drivers.modbus.decode import REGISTER_WIDTH, RegisterSpec
-from drivers.modbus.plan import ReadPlan, ReadRequest, limits, plan_requests, split_at_gaps
+from citygate.drivers.modbus.decode import REGISTER_WIDTH, RegisterSpec
+from citygate.drivers.modbus.plan import ReadPlan, ReadRequest, limits, plan_requests, split_at_gaps
 
 
 def floats(*addresses: int, table: str = "input") -> list[RegisterSpec]:

@@ -15,9 +15,7 @@ from typing import Any
 
 import pytest
 
-from agent.lines import LineOwner
-from agent.units import canonical
-from drivers.api import (
+from citygate.drivers.api import (
     DecodeError,
     DeviceContext,
     DeviceError,
@@ -25,10 +23,12 @@ from drivers.api import (
     SerialLineConfig,
     TransportError,
 )
-from drivers.modbus.driver import ModbusExceptionError, ModbusRtuDriver, factory
-from drivers.modbus.profile import builtin_profiles
+from citygate.drivers.modbus.driver import ModbusExceptionError, ModbusRtuDriver, factory
+from citygate.drivers.modbus.profile import builtin_profiles
+from citygate.lines import LineOwner
+from citygate.units import canonical
 
-hwsim = pytest.importorskip("hwsim.modbus")
+citygate_sim = pytest.importorskip("citygate_sim.modbus")
 
 BAUD = 38400  # fast: these tests are about behaviour; pacing is measured by the bench
 SILENT_UNIT_1 = r"no answer from serial rs485 unit 1 .*3 attempts"
@@ -56,10 +56,10 @@ def line_config(port: str, timeout: float = 0.5) -> SerialLineConfig:
 @pytest.fixture
 async def sim() -> AsyncIterator[Any]:
     meters = {
-        unit: hwsim.make_meter(model, seed=unit)
+        unit: citygate_sim.make_meter(model, seed=unit)
         for unit, model in enumerate(PROFILE_MODELS.values(), start=1)
     }
-    async with hwsim.ModbusRtuSimulator(meters, baudrate=BAUD) as simulator:
+    async with citygate_sim.ModbusRtuSimulator(meters, baudrate=BAUD) as simulator:
         for meter in meters.values():
             meter.freeze()
         yield simulator
@@ -148,7 +148,7 @@ async def test_bad_replies_are_decode_errors_counted_per_device(
 ) -> None:
     driver = make_driver(tmp_path, line, sim.port, "meter-1", unit=1, profile="eastron-sdm630")
     async with driver:
-        sim.set_fault(1, hwsim.LineFault(fault))
+        sim.set_fault(1, citygate_sim.LineFault(fault))
         with pytest.raises(DecodeError, match=message):
             await driver.poll()
         sim.set_fault(1, None)
@@ -161,7 +161,7 @@ async def test_an_exception_reply_is_a_device_error(
 ) -> None:
     driver = make_driver(tmp_path, line, sim.port, "meter-1", unit=1, profile="eastron-sdm630")
     async with driver:
-        sim.set_fault(1, hwsim.Fault.exception(4))
+        sim.set_fault(1, citygate_sim.Fault.exception(4))
         with pytest.raises(ModbusExceptionError, match="exception 4") as caught:
             await driver.poll()
     assert isinstance(caught.value, DeviceError)
@@ -176,7 +176,7 @@ async def test_a_silent_unit_costs_retries_plus_one_exchanges(
         tmp_path, line, sim.port, "meter-1", unit=1, profile="eastron-sdm630", retries=2
     )
     async with driver:
-        sim.set_fault(1, hwsim.Fault.SILENT)
+        sim.set_fault(1, citygate_sim.Fault.SILENT)
         with pytest.raises(TransportError, match=SILENT_UNIT_1):
             await driver.poll()
     stats = line.devices["meter-1"]
@@ -204,14 +204,14 @@ async def test_stray_bytes_on_the_line_are_discarded_and_counted(
 async def test_a_strict_meter_gets_gap_free_reads_over_rtu(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    strict = hwsim.make_meter("sdm120", seed=3, unmapped="exception")
+    strict = citygate_sim.make_meter("sdm120", seed=3, unmapped="exception")
     strict.freeze()
-    async with hwsim.ModbusRtuSimulator({1: strict}, baudrate=BAUD) as simulator:
+    async with citygate_sim.ModbusRtuSimulator({1: strict}, baudrate=BAUD) as simulator:
         owner = LineOwner(line_config(simulator.port))
         driver = make_driver(tmp_path, owner, simulator.port, unit=1, profile="eastron-sdm120")
         try:
             async with driver:
-                with caplog.at_level(logging.INFO, logger="drivers.modbus.driver"):
+                with caplog.at_level(logging.INFO, logger="citygate.drivers.modbus.driver"):
                     first = await driver.poll()
                 second = await driver.poll()
         finally:

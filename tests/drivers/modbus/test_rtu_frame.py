@@ -1,4 +1,4 @@
-"""Modbus RTU framing (drivers.modbus.rtu): spec vectors, then properties."""
+"""Modbus RTU framing (citygate.drivers.modbus.rtu): spec vectors, then properties."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from drivers.api import ReplyFramer
-from drivers.modbus.rtu import (
+from citygate.drivers.api import ReplyFramer
+from citygate.drivers.modbus.rtu import (
     BadReply,
     ExceptionReply,
     RegisterReply,

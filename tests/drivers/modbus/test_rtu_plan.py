@@ -7,8 +7,8 @@ import itertools
 from hypothesis import given
 from hypothesis import strategies as st
 
-from drivers.modbus.decode import RegisterSpec
-from drivers.modbus.plan import RTU_REQUEST_COST, ReadRequest, plan_requests
+from citygate.drivers.modbus.decode import RegisterSpec
+from citygate.drivers.modbus.plan import RTU_REQUEST_COST, ReadRequest, plan_requests
 
 
 def cost(requests: tuple[ReadRequest, ...], request_cost: int) -> int:

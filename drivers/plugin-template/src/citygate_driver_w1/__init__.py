@@ -10,7 +10,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
 
-from drivers.api import (
+from citygate.drivers.api import (
     REQUIRED,
     ConfigIssue,
     DecodeError,

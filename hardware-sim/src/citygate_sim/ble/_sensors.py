@@ -15,7 +15,7 @@ import random
 from dataclasses import dataclass
 from typing import Any
 
-from hwsim.ble import _formats
+from citygate_sim.ble import _formats
 
 DAY_S = 86400.0
 

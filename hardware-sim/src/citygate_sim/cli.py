@@ -20,9 +20,9 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from hwsim import _cli as common
-from hwsim.mbus import _cli as mbus_cli
-from hwsim.modbus import (
+from citygate_sim import _cli as common
+from citygate_sim.mbus import _cli as mbus_cli
+from citygate_sim.modbus import (
     MODELS,
     UNMAPPED_POLICIES,
     Meter,
@@ -31,7 +31,7 @@ from hwsim.modbus import (
     make_meter,
 )
 
-logger = logging.getLogger("hwsim")
+logger = logging.getLogger("citygate_sim")
 
 _SEED_STRIDE = 1000
 

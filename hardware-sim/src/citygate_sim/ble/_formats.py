@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from hwsim.ble._aes import ccm_encrypt
+from citygate_sim.ble._aes import ccm_encrypt
 
 BTHOME_UUID = "0000fcd2-0000-1000-8000-00805f9b34fb"
 ENVIRONMENT_UUID = "0000181a-0000-1000-8000-00805f9b34fb"

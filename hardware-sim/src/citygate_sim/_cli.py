@@ -14,7 +14,7 @@ from collections.abc import Callable
 
 from ._service import Service
 
-logger = logging.getLogger("hwsim")
+logger = logging.getLogger("citygate_sim")
 
 _STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 

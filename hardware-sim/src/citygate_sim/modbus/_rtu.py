@@ -6,7 +6,7 @@ start 0xFFFF, low byte first); a server answers only requests addressed to its
 own id, discards frames whose CRC fails, and never answers broadcasts (id 0).
 
 :class:`RtuRequestDecoder` frames requests (sans-I/O); :class:`ModbusRtuSimulator`
-serves a :class:`~hwsim.modbus.RequestHandler` on the master side of a pty, so a
+serves a :class:`~citygate_sim.modbus.RequestHandler` on the master side of a pty, so a
 client opens the slave path (or a symlink to it) as its serial port. Bytes are
 paced as the line would carry them: a request is taken as received once its
 characters would have crossed the wire, the reply starts ``turnaround``
@@ -36,7 +36,7 @@ from ._server import RequestHandler, UnknownUnit
 
 __all__ = ["LineFault", "ModbusRtuSimulator", "RtuRequestDecoder", "crc16", "rtu_frame"]
 
-logger = logging.getLogger("hwsim.modbus.rtu")
+logger = logging.getLogger("citygate_sim.modbus.rtu")
 
 
 def crc16(data: bytes | bytearray) -> int:
@@ -190,7 +190,7 @@ class ModbusRtuSimulator(PtyLine):
         return self._decoder.dropped_bytes
 
     def set_fault(self, unit_id: int, fault: object) -> None:
-        """Inject a :class:`~hwsim.modbus.Fault` (silent, exception, delay) or a
+        """Inject a :class:`~citygate_sim.modbus.Fault` (silent, exception, delay) or a
         :class:`LineFault` into ``unit_id``, replacing its fault; None clears it."""
         self.handler.set_fault(unit_id, None)
         self.line_faults.pop(unit_id, None)

@@ -21,8 +21,8 @@ from collections.abc import Awaitable, Callable, Iterator, Sequence
 from pathlib import Path
 from typing import IO, Any
 
-from hwsim.ble._formats import BTHOME_UUID, ENVIRONMENT_UUID, RUUVI_COMPANY_ID
-from hwsim.ble._sensors import SensorSpec, SimSensor
+from citygate_sim.ble._formats import BTHOME_UUID, ENVIRONMENT_UUID, RUUVI_COMPANY_ID
+from citygate_sim.ble._sensors import SensorSpec, SimSensor
 
 __all__ = [
     "BTHOME_UUID",

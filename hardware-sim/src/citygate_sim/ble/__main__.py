@@ -1,7 +1,7 @@
-"""``python -m hwsim.ble``: write simulated adverts as a citygate capture file.
+"""``python -m citygate_sim.ble``: write simulated adverts as a citygate capture file.
 
-    python -m hwsim.ble --out site.jsonl [--seconds 600] [--seed 0]
-    python -m hwsim.ble --out live.jsonl --live [--speed 1]
+    python -m citygate_sim.ble --out site.jsonl [--seconds 600] [--seed 0]
+    python -m citygate_sim.ble --out live.jsonl --live [--speed 1]
 
 Without ``--live`` it writes ``--seconds`` of simulated time at once; with it,
 it appends adverts as they happen until SIGINT/SIGTERM. Exit 0 on success, 2 on
@@ -18,11 +18,13 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from hwsim.ble import BleSimulator
+from citygate_sim.ble import BleSimulator
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m hwsim.ble", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m citygate_sim.ble", description=__doc__.split("\n")[0]
+    )
     parser.add_argument("--out", type=Path, required=True, help="capture file to write")
     parser.add_argument("--seconds", type=float, default=600.0, help="simulated time to write")
     parser.add_argument("--seed", type=int, default=0)

@@ -48,7 +48,7 @@ from ._meter import WaterMeter
 
 __all__ = ["MbusFault", "MbusRequestDecoder", "MbusSimulator", "Request", "matches_secondary"]
 
-logger = logging.getLogger("hwsim.mbus")
+logger = logging.getLogger("citygate_sim.mbus")
 
 NETWORK_LAYER: Final = 253
 BROADCAST_REPLY: Final = 254

@@ -24,7 +24,7 @@ from ._pdu import ExceptionCode, exception_response, handle_pdu
 
 __all__ = ["Fault", "FaultKind", "ModbusTcpSimulator", "RequestHandler", "UnknownUnit"]
 
-logger = logging.getLogger("hwsim.modbus")
+logger = logging.getLogger("citygate_sim.modbus")
 
 UnknownUnit = Literal["silent", "gateway_error"]
 """How a request for a unit id nobody serves is answered: not at all, or exception 0x0B."""

@@ -2,7 +2,7 @@
 
 * :class:`WaterMeter`: one meter's state (volume only increasing, flow,
   temperatures, dates, status and error flags) and its RSP_UD telegrams,
-  encoded from the standard (:mod:`hwsim.mbus._encode`), never through
+  encoded from the standard (:mod:`citygate_sim.mbus._encode`), never through
   citygate's decoder;
 * :class:`MbusSimulator`: the meters on one paced M-Bus line behind a pty,
   answering SND_NKE, REQ_UD2 (FCB, multi-telegram readouts) and secondary

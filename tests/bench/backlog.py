@@ -10,10 +10,10 @@ from pathlib import Path
 from typing import Any
 
 from citygate.app import BUFFER_FILE
-from citygate.bench_buffer import meter_body
 from citygate.buffer import Buffer, BufferStats, NewSample, open_readonly_stats
 from citygate.config import BufferSettings
 from tests.bench import rig
+from tests.bench.buffer import meter_body
 from tests.bench.counter import ReadingCounter, metrics_delta, readings
 from tests.bench.procs import mib, scratch, status_kib
 from tests.bench.report import PartResult
@@ -103,7 +103,7 @@ def drain_rate(workdir: Path, sim: SimProcess, profile: Path, backlog: int) -> d
     spawned = rig.spawn_agent(config)
     try:
         counter.wait(lambda: counter.first_arrival() is not None, 30, "first data message")
-        time.sleep(2)
+        time.sleep(2)  # part of the scenario: 2 s of live traffic before the outage
         broker.stop()
         down_at = time.time()
         filled = _until(db, lambda s: s.backlog_readings >= backlog, 90, step=0.2)

@@ -1,4 +1,4 @@
-"""The buffer's contract, run against both durability modes (see agent/buffer.py)."""
+"""The buffer's contract, run against both durability modes (see agent/buffer/)."""
 
 from __future__ import annotations
 

@@ -4,16 +4,15 @@
   set it, and a gateway without a real-time clock boots at some old date.
 * Boot time (:meth:`Timebase.since_boot`, ``CLOCK_BOOTTIME``) counts seconds since this boot,
   suspend included, and never jumps; :meth:`Timebase.boot_id` tells one boot from the next.
-  The buffer measures ages on it (see agent/buffer.py, "Ages").
+  The buffer measures ages on it (see agent/buffer/timeline.py, "Ages").
 * Is the wall clock synchronised? (mqtt.md: samples taken before NTP say so.) The kernel knows:
   ``adjtimex(2)`` returns TIME_ERROR while STA_UNSYNC is set, and NTP daemons
   (systemd-timesyncd, chrony, ntpd) clear it once they have disciplined the clock.
 
-Test hooks (environment, read by :data:`SYSTEM`): ``CITYGATE_CLOCK=synced|unsynced`` overrides
-the kernel (also for machines where no daemon tells the kernel);
-``CITYGATE_TEST_CLOCK_OFFSET_FILE`` names a file holding seconds added to the wall clock (a
-missing or unreadable file means 0), re-read at every call, so a test can jump the agent's
-wall clock without touching the system's.
+Override: ``CITYGATE_CLOCK=synced|unsynced`` in the environment overrides the kernel's answer
+(for machines where no daemon tells the kernel, and for tests); it is read once, when a
+:class:`SystemTimebase` is made. Tests that need other clocks inject their own
+:class:`Timebase` (the agent, the buffer and the supervisors take one).
 """
 
 from __future__ import annotations
@@ -23,15 +22,24 @@ import ctypes.util
 import functools
 import os
 import time
+from collections.abc import Mapping
 from typing import Protocol
 
-__all__ = ["OFFSET_FILE_ENV", "SYSTEM", "ClockState", "SystemTimebase", "Timebase", "wall_time"]
+__all__ = [
+    "CLOCK_ENV",
+    "SYSTEM",
+    "ClockState",
+    "SystemTimebase",
+    "Timebase",
+    "clock_override",
+    "wall_time",
+]
 
 _TIME_ERROR = 5
 _STA_UNSYNC = 0x0040
 _RECHECK_S = 10.0
 _BOOT_ID_PATH = "/proc/sys/kernel/random/boot_id"
-OFFSET_FILE_ENV = "CITYGATE_TEST_CLOCK_OFFSET_FILE"
+CLOCK_ENV = "CITYGATE_CLOCK"  # synced|unsynced: see the module docstring
 
 
 class Timebase(Protocol):
@@ -98,50 +106,46 @@ def _kernel_says_synced() -> bool:
     return state != _TIME_ERROR and not timex.status & _STA_UNSYNC
 
 
-def _test_offset() -> float:
-    path = os.environ.get(OFFSET_FILE_ENV)
-    if not path:
-        return 0.0
-    try:
-        with open(path, encoding="ascii") as f:
-            return float(f.read().strip() or 0.0)
-    except (OSError, ValueError):
-        return 0.0
-
-
 def wall_time() -> float:
-    """The wall clock (Unix seconds), with the test offset if one is set."""
-    return time.time() + _test_offset()
+    """The machine's wall clock (Unix seconds)."""
+    return time.time()
+
+
+def clock_override(environ: Mapping[str, str]) -> bool | None:
+    """What ``CITYGATE_CLOCK`` in ``environ`` forces (synced: True), or None."""
+    forced = environ.get(CLOCK_ENV, "").lower()
+    return forced == "synced" if forced in ("synced", "unsynced") else None
 
 
 class ClockState:
-    """Cached answer to "is the clock synchronised?", re-asked every 10 s."""
+    """Cached answer to "is the clock synchronised?", re-asked every 10 s.
 
-    def __init__(self) -> None:
+    ``forced`` (not None) is the answer, and the kernel is not asked."""
+
+    def __init__(self, forced: bool | None = None) -> None:
+        self._forced = forced
         self._synced = True
         self._checked_at = -_RECHECK_S
 
     def synced(self) -> bool:
+        if self._forced is not None:
+            return self._forced
         now = time.monotonic()
         if now - self._checked_at >= _RECHECK_S:
             self._checked_at = now
-            forced = os.environ.get("CITYGATE_CLOCK", "").lower()
-            if forced in ("synced", "unsynced"):
-                self._synced = forced == "synced"
-            else:
-                self._synced = _kernel_says_synced()
+            self._synced = _kernel_says_synced()
         return self._synced
 
 
 class SystemTimebase:
-    """The machine's clocks (with the test hooks of the module docstring)."""
+    """The machine's clocks; ``CITYGATE_CLOCK`` is read once, here (see the module docstring)."""
 
     def __init__(self) -> None:
-        self._state = ClockState()
+        self._state = ClockState(clock_override(os.environ))
         self._boot_id: str | None = None
 
     def wall(self) -> float:
-        return wall_time()
+        return time.time()
 
     def since_boot(self) -> float:
         return time.clock_gettime(time.CLOCK_BOOTTIME)

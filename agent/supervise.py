@@ -75,7 +75,8 @@ class DeviceSupervisor:
     :data:`BACKOFF_AFTER_FAILURES` consecutive failures that cost transport time
     (no answer, a garbled answer) the device is tried less often: capped
     exponential backoff up to :data:`BACKOFF_MAX_S`, each try a single poll,
-    until it answers. ``clock`` and ``sleep`` are injectable for tests.
+    until it answers. ``clock`` and ``sleep`` are injectable for tests; ``wall`` stamps
+    samples (the agent's :class:`~citygate.clock.Timebase`).
     """
 
     def __init__(
@@ -91,6 +92,7 @@ class DeviceSupervisor:
         clock: Callable[[], float] | None = None,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         overloaded: Callable[[], bool] = lambda: False,
+        wall: Callable[[], float] = wall_time,
     ) -> None:
         self.device_id = device_id
         self.interval = interval
@@ -102,6 +104,7 @@ class DeviceSupervisor:
         self._clock = clock
         self._sleep = sleep
         self._overloaded = overloaded
+        self._wall = wall
         self._normalise = Normaliser(device_id)
         self._failures = 0  # consecutive
         self._backoff = Backoff(start=max(BACKOFF_START_S, min(interval, 30.0)))
@@ -207,7 +210,7 @@ class DeviceSupervisor:
                 self._counters.polls_skipped += 1
                 self._deadline += self.interval
                 continue
-            sample_time = wall_time()
+            sample_time = self._wall()
             try:
                 async with asyncio.timeout(self.poll_guard):
                     measurements = await driver.poll()
@@ -238,7 +241,7 @@ class DeviceSupervisor:
 
         def emit(measurements: Sequence[Measurement]) -> None:
             try:
-                queue.put_nowait((measurements, wall_time()))
+                queue.put_nowait((measurements, self._wall()))
             except asyncio.QueueFull:
                 self._counters.overflow_samples += 1
 

@@ -15,10 +15,8 @@ VALUES = 100
 INTERVAL_S = 0.1
 OFFERED_PER_S = METERS * VALUES / INTERVAL_S
 
-AGENT_ENV = {
-    "CITYGATE_CLOCK": "synced",  # samples carry plain `bt`, as on a gateway with NTP
-    "CITYGATE_METRICS_INTERVAL": "1",
-}
+AGENT_ENV = {"CITYGATE_CLOCK": "synced"}  # samples carry plain `bt`, as on a gateway with NTP
+METRICS_INTERVAL_S = 1.0
 
 
 def generic_profile(path: Path, values: int = VALUES) -> Path:
@@ -109,7 +107,7 @@ class Spawned:
 def spawn_agent(config: Path) -> Spawned:
     """``citygate run -c config`` with the bench's environment."""
     at = time.time()
-    return Spawned(AgentProcess(config, env=AGENT_ENV), at)
+    return Spawned(AgentProcess(config, env=AGENT_ENV, metrics_interval=METRICS_INTERVAL_S), at)
 
 
 def stop_agent(spawned: Spawned, timeout: float = 30.0) -> int | None:

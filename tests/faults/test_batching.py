@@ -9,7 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from citygate.buffer import StoredSample
-from citygate.publisher import group_messages
+from citygate.mqtt.data import group_messages
 
 
 @st.composite

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from citygate.publisher import ACK_TIMEOUT_MIN_S
+from citygate.mqtt.session import ACK_TIMEOUT_MIN_S
 from tests.faults.helpers import (
     SessionSubscriber,
     assert_no_errors,
@@ -53,7 +53,7 @@ def sub(broker: Mosquitto) -> Iterator[SessionSubscriber]:
 
 
 def broker_lines(caplog: pytest.LogCaptureFixture) -> list[str]:
-    return [r.getMessage() for r in caplog.records if r.name == "citygate.publisher"]
+    return [r.getMessage() for r in caplog.records if r.name.startswith("citygate.mqtt")]
 
 
 async def test_withheld_pubacks_lead_to_reconnect(
@@ -97,9 +97,9 @@ async def test_frozen_connection_is_dropped_by_keepalive(
         await until(lambda: len(sub.distinct()) >= 50, what="data flowing")
         proxy.freeze("both")
         # Nothing comes back, not even PINGRESP: paho's keepalive closes the connection.
-        await until(lambda: not agent.publisher.connected, 10, "loss noticed")
+        await until(lambda: not agent.publisher.connected, 30, "loss noticed")
         read_during_stall = agent.counters.samples_read
-        await until(lambda: agent.counters.samples_read > read_during_stall + 50, 10)
+        await until(lambda: agent.counters.samples_read > read_during_stall + 50, 30, "reading on")
         proxy.resume()
         await until(lambda: agent.counters.broker_reconnects >= 1, 30, "reconnected")
         newest = max(sub.distinct())
@@ -121,9 +121,9 @@ async def test_no_connack_is_a_failed_attempt(
     proxy.freeze("both")  # TCP is accepted, the CONNECT is held: no CONNACK
     async with running(agent):
         await until(
-            lambda: any("no CONNACK" in line for line in broker_lines(caplog)), 10, "timeout"
+            lambda: any("no CONNACK" in line for line in broker_lines(caplog)), 30, "timeout"
         )
-        await until(lambda: proxy.accepted >= 2, 10, "attempted again")
+        await until(lambda: proxy.accepted >= 2, 30, "attempted again")
         assert not agent.publisher.connected
         proxy.resume()
         await until(lambda: agent.publisher.connected, 30, "connected")

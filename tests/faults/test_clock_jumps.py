@@ -1,8 +1,9 @@
 """Issue 3.7: wall-clock jumps never reorder, renumber or drop samples; unsynced samples say so.
 
-The buffer judges ages on its own timeline (agent/buffer.py, "Ages"); these tests drive it with
+The buffer judges ages on its timeline (agent/buffer/timeline.py, "Ages"); these tests drive it with
 injected clocks (wall, boot clock, boot id, NTP state), then end to end with `citygate run`
-whose wall clock is shifted through CITYGATE_TEST_CLOCK_OFFSET_FILE (agent/clock.py).
+whose wall clock is shifted by an offset file (tests/support/seamed_agent.py, the Agent's
+``timebase`` seam).
 """
 
 from __future__ import annotations
@@ -18,11 +19,11 @@ from pathlib import Path
 import pytest
 
 from citygate.buffer import SCHEMA_VERSION, Buffer, NewSample, open_readonly_stats
-from citygate.clock import OFFSET_FILE_ENV, SystemTimebase
 from citygate.config import BufferSettings
 from tests.faults.store_harness import Ledger, counting_devices, plugin_env, status, write_config
 from tests.support.broker import Mosquitto, Subscriber, free_port
 from tests.support.processes import AgentProcess
+from tests.support.seamed_agent import OffsetTimebase
 
 T0 = 1_764_079_200.0
 DAY = 86400.0
@@ -212,7 +213,7 @@ def test_end_to_end_clock_jumps_and_unsynced_samples(tmp_path: Path) -> None:
     """`citygate run` restarted across wall-clock jumps of +40 and -80 days, first unsynced."""
     offset_file = tmp_path / "clock-offset"
     offset_file.write_text("0")
-    base_env = {**plugin_env(tmp_path), "CITYGATE_TEST_CLOCK_OFFSET_FILE": str(offset_file)}
+    base_env = plugin_env(tmp_path)
     port = free_port()  # the broker is down until the last run
     data_dir = tmp_path / "var"
     limit = 20
@@ -225,7 +226,7 @@ def test_end_to_end_clock_jumps_and_unsynced_samples(tmp_path: Path) -> None:
     for offset, clock in (("0", "unsynced"), (str(40 * DAY), "synced"), (str(-40 * DAY), "synced")):
         offset_file.write_text(offset)
         env = {**base_env, "CITYGATE_CLOCK": clock}
-        agent = AgentProcess(config, env)
+        agent = AgentProcess(config, env, clock_offset_file=offset_file)
         backlog += 2 * limit
         try:
             agent.wait_for_log("running")
@@ -246,7 +247,7 @@ def test_end_to_end_clock_jumps_and_unsynced_samples(tmp_path: Path) -> None:
     for entry in devices:
         entry["enabled"] = False
     write_config(config, broker_port=port, data_dir=data_dir, devices=devices)
-    drainer = AgentProcess(config, base_env)
+    drainer = AgentProcess(config, base_env, clock_offset_file=offset_file)
     try:
         sub.wait_for(lambda: len(Ledger(sub).by_seq) >= backlog, timeout=30)
     finally:
@@ -265,12 +266,9 @@ def test_end_to_end_clock_jumps_and_unsynced_samples(tmp_path: Path) -> None:
     assert all("clock" not in r or r["clock"] == "unsynced" for pack in raw for r in pack)
 
 
-def test_the_test_offset_file_shifts_the_wall_clock_and_only_it(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_the_offset_file_shifts_the_wall_clock_and_only_it(tmp_path: Path) -> None:
     offset = tmp_path / "offset"
-    monkeypatch.setenv(OFFSET_FILE_ENV, str(offset))
-    timebase = SystemTimebase()
+    timebase = OffsetTimebase(offset)
     assert abs(timebase.wall() - time.time()) < 60  # no file yet: no offset
     offset.write_text(str(40 * DAY))
     boot = timebase.since_boot()

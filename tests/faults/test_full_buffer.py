@@ -33,7 +33,7 @@ MAX_SIZE = 64 * 1024
 def test_full_buffer_drops_by_when_full_and_counts_every_drop(
     tmp_path: Path, when_full: str
 ) -> None:
-    env = {**plugin_env(tmp_path), "CITYGATE_METRICS_INTERVAL": "0.2"}
+    env = plugin_env(tmp_path)
     port = free_port()  # nothing listens there yet: the broker is down
     settings = {"max_size": "64KiB", "when_full": when_full}
     config = write_config(
@@ -45,7 +45,7 @@ def test_full_buffer_drops_by_when_full_and_counts_every_drop(
     )
     taken = DEVICES * LIMIT
 
-    agent = AgentProcess(config, env)
+    agent = AgentProcess(config, env, metrics_interval=0.2)
     try:
         agent.wait_for_log("running")
         agent.wait_for_log("buffer full", timeout=60)
@@ -84,7 +84,7 @@ def test_full_buffer_drops_by_when_full_and_counts_every_drop(
         devices=counting_devices(DEVICES, interval="5ms", limit=LIMIT, values=20, enabled=False),
         buffer=settings,
     )
-    drainer = AgentProcess(config, env)
+    drainer = AgentProcess(config, env, metrics_interval=0.2)
     try:
         sub.wait_for(lambda: len(Ledger(sub).by_seq) >= backlog, timeout=60)
         sub.wait_for(

@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 
 from citygate.app import FLUSH_TIMEOUT_S
-from citygate.publisher import DROP_TIMEOUT_S, OFFLINE_TIMEOUT_S
+from citygate.mqtt.announce import OFFLINE_TIMEOUT_S
+from citygate.mqtt.session import DROP_TIMEOUT_S
 from tests.faults.helpers import (
     SessionSubscriber,
     assert_nothing_missing,
@@ -80,9 +81,9 @@ def test_sigterm_with_a_frozen_broker_exits_in_bounded_time_and_keeps_the_backlo
             config = config_for(tmp_path, proxy.port, sim)
             agent = AgentProcess(config)
             try:
-                wait_until(lambda: len(sub.distinct()) >= 10, 20, "data flowing")
+                wait_until(lambda: len(sub.distinct()) >= 10, 30, "data flowing")
                 proxy.freeze("both")  # connected, but nothing is answered any more
-                wait_until(lambda: backlog(config) >= 10, 20, "a backlog")
+                wait_until(lambda: backlog(config) >= 10, 30, "a backlog")
                 code, took = timed_stop(agent)
             finally:
                 agent.kill()
@@ -95,7 +96,7 @@ def test_sigterm_with_a_frozen_broker_exits_in_bounded_time_and_keeps_the_backlo
         assert any("could not publish offline" in line for line in agent.lines), agent.log
         assert "Traceback" not in agent.log
         # The broker noticed the connection end and published the will.
-        wait_until(lambda: sub.last_status(GATEWAY_STATUS) == b"offline", 15, "the will")
+        wait_until(lambda: sub.last_status(GATEWAY_STATUS) == b"offline", 30, "the will")
 
         # The next start, with the broker reachable, sends what was kept, then the new samples.
         config = config_for(tmp_path, broker.port, sim)
@@ -106,9 +107,9 @@ def test_sigterm_with_a_frozen_broker_exits_in_bounded_time_and_keeps_the_backlo
         finally:
             agent.kill()
         assert not any("could not publish offline" in line for line in agent.lines), agent.log
-        wait_until(lambda: sub.last_status(GATEWAY_STATUS) == b"offline", 15, "clean offline")
+        wait_until(lambda: sub.last_status(GATEWAY_STATUS) == b"offline", 30, "clean offline")
         stats = buffer_stats(tmp_path / "var")
-        wait_until(lambda: sub.distinct() >= set(range(1, stats.next_seq)), 15, "all delivered")
+        wait_until(lambda: sub.distinct() >= set(range(1, stats.next_seq)), 30, "all delivered")
     finally:
         sub.stop()
     assert_nothing_missing(sub.snapshot(), stats)
@@ -122,8 +123,8 @@ def test_sigterm_while_waiting_for_connack_is_prompt(
         config = config_for(tmp_path, proxy.port, sim)
         agent = AgentProcess(config)
         try:
-            wait_until(lambda: proxy.accepted >= 1, 20, "a connection attempt")
-            wait_until(lambda: backlog(config) >= 5, 20, "a backlog")
+            wait_until(lambda: proxy.accepted >= 1, 30, "a connection attempt")
+            wait_until(lambda: backlog(config) >= 5, 30, "a backlog")
             code, took = timed_stop(agent)
         finally:
             agent.kill()

@@ -2,9 +2,9 @@
 RELOADING then READY on SIGHUP, STOPPING on SIGTERM; a wedged publisher stops the pings, a
 broker outage does not.
 
-The wedge is real from the agent's side: the publisher's data loop hangs for good (the test
-hook of agent/publisher.py, ``CITYGATE_TEST_WEDGE_FILE``, as a lost wake-up would) while the
-meter keeps producing, and only the health check can tell.
+The wedge is real from the agent's side: the publisher's data loop hangs for good (through the
+Agent's ``before_fetch`` seam, given by tests/support/seamed_agent.py ``--wedge-file``, as a lost
+wake-up would) while the meter keeps producing, and only the health check can tell.
 """
 
 from __future__ import annotations
@@ -118,11 +118,8 @@ def test_notify_protocol_and_a_wedged_publisher(
     wedge = tmp_path / "wedge"
     agent = AgentProcess(
         config,
-        env={
-            "NOTIFY_SOCKET": str(notify.path),
-            "WATCHDOG_USEC": str(WATCHDOG_USEC),
-            "CITYGATE_TEST_WEDGE_FILE": str(wedge),
-        },
+        env={"NOTIFY_SOCKET": str(notify.path), "WATCHDOG_USEC": str(WATCHDOG_USEC)},
+        wedge_file=wedge,
     )
     try:
         # READY once running, then pings with a one-line STATUS.

@@ -61,13 +61,49 @@ class SimProcess:
                 self.process.wait(5)
 
 
-class AgentProcess:
-    """`citygate run -c CONFIG` as a subprocess; its stderr is collected."""
+def seamed_agent_command(
+    config: Path,
+    *,
+    wedge_file: Path | None = None,
+    clock_offset_file: Path | None = None,
+    metrics_interval: float | None = None,
+) -> list[str]:
+    """`citygate run -c CONFIG`, or tests/support/seamed_agent.py when a seam is asked for."""
+    seams: list[str] = []
+    if wedge_file is not None:
+        seams += ["--wedge-file", str(wedge_file)]
+    if clock_offset_file is not None:
+        seams += ["--clock-offset-file", str(clock_offset_file)]
+    if metrics_interval is not None:
+        seams += ["--metrics-interval", str(metrics_interval)]
+    if not seams:
+        return citygate_command("run", "-c", str(config))
+    return [sys.executable, "-m", "tests.support.seamed_agent", "-c", str(config), *seams]
 
-    def __init__(self, config: Path, env: dict[str, str] | None = None) -> None:
+
+class AgentProcess:
+    """`citygate run -c CONFIG` as a subprocess; its stderr is collected.
+
+    ``wedge_file``, ``clock_offset_file`` and ``metrics_interval`` run it through
+    tests/support/seamed_agent.py, which gives the agent those seams."""
+
+    def __init__(
+        self,
+        config: Path,
+        env: dict[str, str] | None = None,
+        *,
+        wedge_file: Path | None = None,
+        clock_offset_file: Path | None = None,
+        metrics_interval: float | None = None,
+    ) -> None:
         self.started = time.monotonic()
         self.process = subprocess.Popen(
-            citygate_command("run", "-c", str(config)),
+            seamed_agent_command(
+                config,
+                wedge_file=wedge_file,
+                clock_offset_file=clock_offset_file,
+                metrics_interval=metrics_interval,
+            ),
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
             text=True,
@@ -104,7 +140,7 @@ class AgentProcess:
         self.process.wait(10)
         self._reader.join(5)
 
-    def wait_for_log(self, text: str, timeout: float = 15.0) -> None:
+    def wait_for_log(self, text: str, timeout: float = 30.0) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if any(text in line for line in self.lines):

@@ -52,7 +52,6 @@ __all__ = [
     "Port",
     "SerialPort",
     "line_protocol_conflicts",
-    "private_line",
 ]
 
 log = logging.getLogger(__name__)
@@ -200,6 +199,10 @@ class LineOwner:
     def attach(self, device_id: str, interval: float) -> None:
         """Declare a device and its poll interval (for ``demand``)."""
         self._stats(device_id).interval = interval
+
+    def detach(self, device_id: str) -> None:
+        """Forget a device that left the line, and its figures (no-op if unknown)."""
+        self.devices.pop(device_id, None)
 
     @contextlib.asynccontextmanager
     async def turn(self, device_id: str) -> AsyncIterator[_Wire]:
@@ -581,16 +584,6 @@ class LineSet:
         """Close every port."""
         for owner in self.owners.values():
             owner.close()
-
-
-@contextlib.asynccontextmanager
-async def private_line(config: SerialLineConfig, *, protocol: str) -> AsyncIterator[LineOwner]:
-    """A line of one's own, for a driver running alone (``citygate read``): closed on exit."""
-    owner = LineOwner(config, protocol=protocol)
-    try:
-        yield owner
-    finally:
-        owner.close()
 
 
 def line_protocol_conflicts(users: Iterable[tuple[str, str, str]]) -> list[tuple[str, str, str]]:

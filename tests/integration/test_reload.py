@@ -21,8 +21,8 @@ from typing import Any
 import pytest
 
 from citygate import registry
-from citygate.app import _differs
 from citygate.config import load
+from citygate.reload import device_differs as _differs
 from tests.faults.helpers import buffer_stats
 from tests.support.broker import Mosquitto, Subscriber
 from tests.support.processes import AgentProcess, SimProcess, modbus_config
@@ -128,10 +128,10 @@ def test_reload_restarts_only_what_changed_and_loses_nothing(
                 [d["id"] for d in latest_json(sub, "/info")["devices"]]
                 == ["meter-a", "meter-b", "meter-d"]
             ),
-            timeout=10,
+            timeout=30,
         )
         assert latest_json(sub, "/meter-c/status")["state"] == "disabled"
-        sub.wait_for(lambda: len(samples_of(sub, "meter-a")) >= a_before + 2, timeout=10)
+        sub.wait_for(lambda: len(samples_of(sub, "meter-a")) >= a_before + 2, timeout=30)
 
         # 2. Invalid: logged with its position; the running config stays.
         path.write_text(path.read_text().replace('interval = "250ms"', 'interval = "soon"'))
@@ -148,7 +148,7 @@ def test_reload_restarts_only_what_changed_and_loses_nothing(
                 len(samples_of(sub, "meter-b")) >= b_before + 3
                 and len(samples_of(sub, "meter-a")) >= a_before + 2
             ),
-            timeout=10,
+            timeout=30,
         )
         assert agent.process.poll() is None
     finally:

@@ -1,3 +1,5 @@
 """citygate: the edge gateway agent (runtime)."""
 
-__version__ = "0.1.0"
+from citygate.drivers.api import __version__
+
+__all__ = ["__version__"]

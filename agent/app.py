@@ -40,30 +40,33 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
-import dataclasses
 import itertools
 import logging
 import os
 import signal
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from citygate import __version__, systemd
+from citygate import __version__, registry, systemd
 from citygate.buffer import AsyncBuffer
-from citygate.clock import ClockState
-from citygate.config import BleSettings, Config, ConfigError, DeviceConfig, load
+from citygate.clock import SystemTimebase, Timebase
+from citygate.config import Config, ConfigError, DeviceConfig, load
 from citygate.drivers.api import (
+    BleSettings,
     DeviceContext,
     DriverFactory,
     FatalDriverError,
+    Hub,
     PollDriver,
     PushDriver,
 )
-from citygate.lines import LineOwner, LineSet
+from citygate.lines import LineSet
+from citygate.mqtt import Publisher
+from citygate.mqtt.announce import METRICS_INTERVAL_S
 from citygate.pipeline import BufferWriter
-from citygate.publisher import Publisher
+from citygate.reload import ReloadPlan, line_users, plan_reload
 from citygate.status import Counters, StatusBoard
 from citygate.supervise import DeviceSupervisor
 
@@ -92,16 +95,25 @@ def buffer_path(config: Config) -> Path:
 
 
 class Agent:
-    """The running agent of one config."""
+    """The running agent of one config.
+
+    Seams, with production defaults: ``timebase`` (the clocks that stamp and age samples;
+    default the machine's, :class:`~citygate.clock.SystemTimebase`), ``metrics_interval``
+    (seconds between metrics messages) and ``before_fetch`` (awaited by the publisher's data
+    loop before each fetch from the buffer, see :class:`~citygate.mqtt.Publisher`).
+    """
 
     def __init__(
         self,
         config: Config,
         factories: Mapping[str, DriverFactory],
         *,
-        metrics_interval: float | None = None,
+        timebase: Timebase | None = None,
+        metrics_interval: float = METRICS_INTERVAL_S,
+        before_fetch: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
         self.config = config
+        self._timebase = SystemTimebase() if timebase is None else timebase
         self._factories = factories
         self.stop_requested = asyncio.Event()
         self._reload_requested = asyncio.Event()
@@ -110,18 +122,15 @@ class Agent:
         enabled = [d for d in config.devices if d.enabled]
         self._devices: dict[str, DeviceConfig] = {d.id: d for d in enabled}
         self.board = StatusBoard([d.id for d in enabled])
-        self.buffer = AsyncBuffer(buffer_path(config), config.buffer)
+        self.buffer = AsyncBuffer(buffer_path(config), config.buffer, timebase=self._timebase)
         self.lines = _line_set(config, enabled)
         # One BLE scanner per adapter, shared by every BLE device.
         self.ble_hub = self._ble_hub(config, enabled)
         self.exit_status = 0
-        if metrics_interval is None:
-            # Tests shorten the metrics period; the spec's period is 60 s.
-            metrics_interval = float(os.environ.get("CITYGATE_METRICS_INTERVAL", "60"))
         self._metrics_interval = metrics_interval
+        self._before_fetch = before_fetch
         self.publisher = self._new_publisher(config)
         self.writer = BufferWriter(self.buffer, self._notify_publisher)
-        self._clock = ClockState()
         self._sinks: asyncio.TaskGroup | None = None
         self._sources: asyncio.TaskGroup | None = None
         self._device_tasks: dict[str, asyncio.Task[None]] = {}
@@ -141,6 +150,7 @@ class Agent:
             self.counters,
             metrics_interval=self._metrics_interval,
             extra_metrics=self._line_metrics,
+            before_fetch=self._before_fetch,
         )
 
     # Bound to the agent, not to one publisher or line set: a reload may replace them.
@@ -150,14 +160,13 @@ class Agent:
     def _line_metrics(self) -> dict[str, Any]:
         return self.lines.metrics()
 
-    def _ble_hub(self, config: Config, enabled: Iterable[DeviceConfig]) -> Any:
+    def _ble_hub(self, config: Config, enabled: Iterable[DeviceConfig]) -> Hub | None:
         if not any(d.driver == "ble" for d in enabled):
             return None
-        make_hub = getattr(self._factories.get("ble"), "hub", None)
+        make_hub = registry.hub_factory(self._factories.get("ble"))
         if make_hub is None:
             return None
-        ble = config.ble or BleSettings()
-        return make_hub(ble.adapter, ble.mode, ble.replay, ble.replay_loop)
+        return make_hub(config.ble or BleSettings())
 
     def request_stop(self) -> None:
         if not self.stop_requested.is_set():
@@ -211,7 +220,7 @@ class Agent:
             serial_lines=self.config.serial,
             labels=device.labels,
             lines=self.lines.owners,
-            ble=self.ble_hub,
+            hub=self.ble_hub if device.driver == "ble" else None,
         )
         return lambda: factory.create(device.driver_config, context)
 
@@ -224,8 +233,9 @@ class Agent:
             self.writer.submit,
             self.board,
             self.counters,
-            self._clock.synced,
+            self._timebase.synced,
             overloaded=self._overloaded,
+            wall=self._timebase.wall,
         )
         self._device_tasks[device.id] = self._sources.create_task(
             supervisor.run(), name=f"device {device.id}"
@@ -326,104 +336,66 @@ class Agent:
             return
         for warning in new.warnings:
             log.warning("%s", warning)
-        new = self._keep_restart_only_settings(new)
-        await self._apply(new)
+        # Whether the BLE driver shares a scanner hub: the agent runs one when it does.
+        ble_hub = registry.hub_factory(self._factories.get("ble")) is not None
+        await self._apply(plan_reload(self.config, new, ble_hub=ble_hub))
         self.reloads += 1
 
-    def _keep_restart_only_settings(self, new: Config) -> Config:
-        """Log the settings a reload cannot change and keep their running values."""
-        old = self.config
-        gateway, buffer = new.gateway, new.buffer
-        for name in ("id", "data_dir"):
-            if getattr(gateway, name) != getattr(old.gateway, name):
-                log.warning(
-                    "reload: gateway.%s changed to %s; takes effect only after a restart "
-                    "(keeping %s)",
-                    name,
-                    getattr(gateway, name),
-                    getattr(old.gateway, name),
-                )
-        gateway = dataclasses.replace(gateway, id=old.gateway.id, data_dir=old.gateway.data_dir)
-        if buffer.durability != old.buffer.durability:
+    async def _apply(self, plan: ReloadPlan) -> None:
+        """Carry out ``plan``: restart what differs between the running and the new config."""
+        new = plan.config
+        wanted = dict(plan.devices)
+        for setting in plan.restart_only:
             log.warning(
-                "reload: buffer.durability changed to %s; takes effect only after a restart "
-                "(keeping %s)",
-                buffer.durability,
-                old.buffer.durability,
+                "reload: %s changed to %s; takes effect only after a restart (keeping %s)",
+                setting.name,
+                setting.wanted,
+                setting.kept,
             )
-            buffer = dataclasses.replace(buffer, durability=old.buffer.durability)
-        return dataclasses.replace(new, gateway=gateway, buffer=buffer)
-
-    async def _apply(self, new: Config) -> None:
-        """Restart what differs between the running config and ``new`` (both valid)."""
-        old = self.config
-        wanted = {d.id: d for d in new.devices if d.enabled}
-        running = self._devices
-        removed = [i for i in running if i not in wanted]
-        added = [i for i in wanted if i not in running]
-        changed = {i for i in wanted if i in running and _differs(running[i], wanted[i])}
-
-        # Serial lines: keep the owner of a line whose settings and protocol stay.
+        # Serial lines: a kept owner takes its place in the new set, with its devices.
         new_lines = _line_set(new, wanted.values())
-        replaced_lines: list[LineOwner] = []
-        for line_id, owner in self.lines.owners.items():
-            fresh = new_lines.owners.get(line_id)
-            if (
-                fresh is not None
-                and new.serial.get(line_id) == old.serial.get(line_id)
-                and fresh.protocol == owner.protocol
-            ):
-                for device_id, stats in fresh.devices.items():
-                    owner.attach(device_id, stats.interval or 0.0)
-                for device_id in set(owner.devices) - set(fresh.devices):
-                    del owner.devices[device_id]
-                new_lines.owners[line_id] = owner
-            else:
-                replaced_lines.append(owner)
-                changed |= {i for i in wanted if wanted[i].options.get("serial") == line_id}
-        # BLE: a new hub when [ble] changed or BLE devices appear or all go.
-        wants_hub = any(d.driver == "ble" for d in wanted.values()) and (
-            getattr(self._factories.get("ble"), "hub", None) is not None
-        )
-        hub_restart = (self.ble_hub is not None) != wants_hub or (wants_hub and new.ble != old.ble)
-        if hub_restart:
-            changed |= {i for i in wanted if wanted[i].driver == "ble"}
-        changed -= set(added)
-        restart_publisher = new.mqtt != old.mqtt
+        for line in plan.kept_lines:
+            owner = self.lines.owners[line.line_id]
+            for device_id, interval in line.devices:
+                owner.attach(device_id, interval)
+            for device_id in line.detached:
+                owner.detach(device_id)
+            new_lines.owners[line.line_id] = owner
+        replaced_lines = [self.lines.owners[line_id] for line_id in plan.replaced_lines]
 
-        if not (removed or added or changed or hub_restart or restart_publisher):
+        if plan.unchanged:
             log.info("reload: no device, line or broker setting changed")
-        await self._stop_devices([*removed, *sorted(changed)])
-        for device_id in removed:
+        await self._stop_devices([*plan.removed, *plan.restarted])
+        for device_id in plan.removed:
             self.board.set_state(device_id, "disabled")  # no longer polled (retained status)
-        if hub_restart:
+        if plan.hub_restart:
             await self._stop_hub()
         for owner in replaced_lines:
             owner.close()
         self.lines = new_lines
         self.config = new
         self._devices = wanted
-        self.buffer.buffer.settings = new.buffer  # limits are read at each use
-        if new.gateway.log_level != old.gateway.log_level:
-            logging.getLogger().setLevel(new.gateway.log_level.upper())
-        if hub_restart:
+        self.buffer.apply_settings(new.buffer)  # limits are read at each use
+        if plan.log_level is not None:
+            logging.getLogger().setLevel(plan.log_level.upper())
+        if plan.hub_restart:
             self.ble_hub = self._ble_hub(new, wanted.values())
             self._start_hub()
-        for device_id in added:
+        for device_id in plan.added:
             self.board.add(device_id)
-        for device_id in [*added, *sorted(changed)]:
+        for device_id in [*plan.added, *plan.restarted]:
             self._start_device(wanted[device_id])
-        if restart_publisher:
+        if plan.publisher_restart:
             await self._restart_publisher(new)
         else:
             self.publisher.update_announcement(_announced(wanted.values()), new.gateway)
         log.info(
             "reload: %d devices running; added %s, removed %s, restarted %s%s",
             len(wanted),
-            _names(added),
-            _names(removed),
-            _names(sorted(changed)),
-            "; publisher restarted" if restart_publisher else "",
+            _names(plan.added),
+            _names(plan.removed),
+            _names(plan.restarted),
+            "; publisher restarted" if plan.publisher_restart else "",
         )
 
     async def _stop_devices(self, device_ids: Iterable[str]) -> None:
@@ -526,69 +498,11 @@ def watchdog_period(environ: Mapping[str, str]) -> float:
 
 def _line_set(config: Config, devices: Iterable[DeviceConfig]) -> LineSet:
     """One owner per [[serial]] line in use, shared by its devices."""
-    return LineSet(
-        config.serial,
-        [
-            (d.id, d.driver, d.options["serial"], d.interval)
-            for d in devices
-            if isinstance(d.options.get("serial"), str)
-        ],
-    )
+    return LineSet(config.serial, line_users(devices))
 
 
 def _announced(devices: Iterable[DeviceConfig]) -> list[tuple[str, str]]:
     return [(d.id, d.driver) for d in devices]
-
-
-def _differs(old: DeviceConfig, new: DeviceConfig) -> bool:
-    """Whether a reload must restart the device (its ``source`` file does not count)."""
-    return (old.driver, old.interval, old.enabled, dict(old.labels), dict(old.options)) != (
-        new.driver,
-        new.interval,
-        new.enabled,
-        dict(new.labels),
-        dict(new.options),
-    ) or not _same_value(old.driver_config, new.driver_config)
-
-
-def _same_value(a: object, b: object) -> bool:
-    """Value equality for driver configs, which may hold objects without ``__eq__``.
-
-    Dataclasses compare field by field (fields with ``compare=False`` skipped), containers
-    item by item, objects that define ``__eq__`` with it, other objects by their state
-    (``__dict__`` / ``__slots__``): a compiled plugin object rebuilt from the same text is
-    the same, where ``==`` would say "not the same object" and restart the device.
-    """
-    if type(a) is not type(b):
-        return False
-    if dataclasses.is_dataclass(a) and not isinstance(a, type):
-        return all(
-            _same_value(getattr(a, f.name), getattr(b, f.name))
-            for f in dataclasses.fields(a)
-            if f.compare
-        )
-    if isinstance(a, list | tuple) and isinstance(b, list | tuple):
-        return len(a) == len(b) and all(_same_value(x, y) for x, y in zip(a, b, strict=True))
-    if isinstance(a, Mapping) and isinstance(b, Mapping):
-        return a.keys() == b.keys() and all(_same_value(a[k], b[k]) for k in a)
-    if type(a).__eq__ is not object.__eq__:
-        return bool(a == b)
-    state_a, state_b = _state(a), _state(b)
-    return state_a.keys() == state_b.keys() and all(
-        _same_value(value, state_b[name]) for name, value in state_a.items()
-    )
-
-
-def _state(obj: object) -> dict[str, object]:
-    """An object's attributes: its ``__dict__`` and every ``__slots__`` entry set."""
-    state: dict[str, object] = {}
-    for cls in type(obj).__mro__:
-        slots = cls.__dict__.get("__slots__", ())
-        for name in (slots,) if isinstance(slots, str) else slots:
-            if name not in ("__dict__", "__weakref__") and hasattr(obj, name):
-                state[name] = getattr(obj, name)
-    state.update(getattr(obj, "__dict__", {}))
-    return state
 
 
 def _names(ids: Iterable[str]) -> str:

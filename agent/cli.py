@@ -12,9 +12,9 @@ import logging
 import sys
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, TextIO
 
 from citygate import __version__, logs, registry
 from citygate.clock import wall_time
@@ -23,10 +23,18 @@ from citygate.drivers.api import (
     CitygateError,
     DeviceContext,
     DriverError,
+    Hub,
     Measurement,
     PollDriver,
     PushDriver,
+    ScanCommand,
+    ScanConfig,
+    SerialLine,
+    UsageError,
 )
+
+if TYPE_CHECKING:
+    from citygate.lines import LineOwner
 
 DEFAULT_CONFIG = Path("/etc/citygate/gateway.toml")
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
@@ -34,11 +42,8 @@ EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
 log = logging.getLogger("citygate")
 
 
-class UsageError(Exception):
-    """Bad arguments: exit 2."""
-
-
-def _parser() -> argparse.ArgumentParser:
+def _parser(scans: Mapping[str, ScanCommand]) -> argparse.ArgumentParser:
+    """The command line; ``scans``: the ``citygate scan`` subcommands the drivers declare."""
     parser = argparse.ArgumentParser(
         prog="citygate", description="Edge gateway agent for city devices."
     )
@@ -74,44 +79,10 @@ def _parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("scan", help="discover devices; the Modbus byte-order assistant")
     scan = p.add_subparsers(dest="kind", required=True, metavar="KIND")
-    m = scan.add_parser(
-        "modbus", help="Modbus: read registers raw and decoded under every type and order"
-    )
-    with_config(m)
-    target = m.add_mutually_exclusive_group(required=True)
-    target.add_argument("--host")
-    target.add_argument("--serial", metavar="ID", help="a [[serial]] line of the config")
-    m.add_argument("--port", type=int, default=502)
-    m.add_argument("--unit", type=int, default=1)
-    m.add_argument(
-        "--address",
-        type=lambda s: int(s, 0),
-        help="first register (0-based; 0x.. allowed): read it under every type and order;"
-        " without it, --serial probes unit ids",
-    )
-    m.add_argument("--count", type=int, default=4)
-    m.add_argument("--table", choices=["holding", "input", "coil", "discrete"], default="holding")
-    m.add_argument(
-        "--timeout",
-        type=float,
-        default=None,
-        help="reply timeout (default 1 s; 0.2 s per unit id when probing)",
-    )
-    m.add_argument(
-        "--units",
-        default="1-247",
-        metavar="RANGE",
-        help="unit ids to probe on --serial, e.g. 1-247 (default) or 1-10,20",
-    )
-    m.add_argument("--json", action="store_true")
-    _mbus_scan_parser(scan, with_config)
-    b = scan.add_parser("ble", help="BLE: list sensors heard, decoded values, config snippets")
-    with_config(b)
-    b.add_argument("--seconds", type=float, default=10.0, help="how long to listen (default 10)")
-    b.add_argument("--record", type=Path, metavar="FILE", help="also write a capture file")
-    b.add_argument("--adapter", help="Bluetooth adapter (default: [ble] adapter, else hci0)")
-    b.add_argument("--active", action="store_true", help="active scanning (default passive)")
-    b.add_argument("--json", action="store_true")
+    for name, command in scans.items():
+        s = scan.add_parser(name, help=command.help)
+        with_config(s)
+        command.add_arguments(s)
 
     p = sub.add_parser(
         "demo", help="the zero-setup tour: simulators, a broker, the agent, live readings"
@@ -122,9 +93,12 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``citygate`` script."""
-    parser = _parser()
+    args_given = sys.argv[1:] if argv is None else list(argv)
+    # Drivers are imported only for `citygate scan`: the other commands start fast.
+    scans = registry.scan_commands() if args_given[:1] == ["scan"] else {}
+    parser = _parser(scans)
     try:
-        args = parser.parse_args(argv)
+        args = parser.parse_args(args_given)
     except SystemExit as exc:  # argparse exits 2 on usage errors, 0 on --help
         return int(exc.code or 0)
     command = args.command
@@ -140,7 +114,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if command == "drivers":
             return _drivers()
         if command == "scan":
-            return _scan(args)
+            return _scan(args, scans)
         if command == "demo":
             from citygate.demo import run_demo
 
@@ -278,7 +252,7 @@ def _read(path: Path, device_id: str, as_json: bool) -> int:
     factories = registry.factories()
     factory = factories[device.driver]
 
-    async def first_sample(driver: PushDriver, hub: Any) -> Sequence[Measurement]:
+    async def first_sample(driver: PushDriver, hub: Hub | None) -> Sequence[Measurement]:
         # A push device (BLE): wait up to one interval for its first sample.
         received: asyncio.Future[Sequence[Measurement]] = asyncio.get_running_loop().create_future()
 
@@ -296,29 +270,42 @@ def _read(path: Path, device_id: str, as_json: bool) -> int:
         return measurements
 
     async def read_once() -> list[Any]:
+        from citygate.lines import LineOwner
         from citygate.normalise import Normaliser
 
         hub = None
-        if device.driver == "ble" and config.ble is not None:
-            make_hub = getattr(factory, "hub", None)
-            if make_hub is not None:
-                ble = config.ble
-                hub = make_hub(ble.adapter, ble.mode, ble.replay, ble.replay_loop)
+        make_hub = registry.hub_factory(factory)
+        if make_hub is not None and config.ble is not None:
+            hub = make_hub(config.ble)
+        # The driver runs alone: private owners of the config's lines, closed after.
+        drivers_by_line: dict[str, str] = {}
+        for d in config.devices:
+            if isinstance(d.options.get("serial"), str):
+                drivers_by_line.setdefault(d.options["serial"], d.driver)
+        lines = {
+            line_id: LineOwner(line, protocol=drivers_by_line.get(line_id))
+            for line_id, line in config.serial.items()
+        }
         context = DeviceContext(
             device_id=device.id,
             interval=device.interval,
             config_dir=device.source.parent,
             serial_lines=config.serial,
             labels=device.labels,
-            ble=hub,
+            lines=lines,
+            hub=hub,
         )
-        driver = factory.create(device.driver_config, context)
-        async with driver:
-            if isinstance(driver, PollDriver):
-                async with asyncio.timeout(max(10.0, device.interval * 2)):
-                    measurements = await driver.poll()
-            else:
-                measurements = await first_sample(driver, hub)
+        try:
+            driver = factory.create(device.driver_config, context)
+            async with driver:
+                if isinstance(driver, PollDriver):
+                    async with asyncio.timeout(max(10.0, device.interval * 2)):
+                        measurements = await driver.poll()
+                else:
+                    measurements = await first_sample(driver, hub)
+        finally:
+            for owner in lines.values():
+                owner.close()
         normalise = Normaliser(device.id)
         readings = list(normalise(measurements))
         if normalise.invalid_readings:
@@ -427,287 +414,67 @@ def _drivers() -> int:
 # ---------------------------------------------------------------------------- scan
 
 
-def _scan(args: argparse.Namespace) -> int:
-    if args.kind == "mbus":
-        return _scan_mbus(args)
-    if args.kind == "ble":
-        return _scan_ble(args)
-    if args.kind != "modbus":
-        raise UsageError(f"scan {args.kind} is not available in this version yet")
-    line = None
-    if args.serial is not None:
-        config = _load(args.config)
-        line = config.serial.get(args.serial)
+class _ScanContext:
+    """What the runtime gives a driver's scan command (a ScanContext): the config,
+    loaded when first asked, and private owners of its lines, closed by :meth:`close`."""
+
+    def __init__(self, path: Path, driver: str) -> None:
+        self.out: TextIO = sys.stdout
+        self.err: TextIO = sys.stderr
+        self._path = path
+        self._driver = driver
+        self._config: Config | None = None
+        self._owners: dict[str, LineOwner] = {}
+
+    def _loaded(self) -> Config:
+        if self._config is None:
+            self._config = _load(self._path)
+        return self._config
+
+    def has_config(self) -> bool:
+        return self._path.exists()
+
+    def config(self) -> ScanConfig:
+        config = self._loaded()
+        return ScanConfig(
+            path=config.path,
+            serial_lines=config.serial,
+            ble=config.ble,
+            device_configs=[d.driver_config for d in config.devices if d.driver == self._driver],
+        )
+
+    def serial_line(self, line_id: str) -> SerialLine:
+        config = self._loaded()
+        line = config.serial.get(line_id)
         if line is None:
             known = ", ".join(sorted(config.serial)) or "none"
-            raise UsageError(
-                f"no [[serial]] line {args.serial!r} in {config.path} (lines: {known})"
-            )
-        if args.address is None:
-            return _scan_units(args, line)
-        where = f"serial {line.id} unit {args.unit}"
-    elif args.address is None:
-        raise UsageError("--address is required with --host (or give --serial to probe unit ids)")
-    else:
-        where = f"{args.host}:{args.port} unit {args.unit}"
-    from citygate.drivers.modbus.assistant import assistant_json, format_assistant
-    from citygate.drivers.modbus.driver import read_raw, read_raw_serial
+            raise UsageError(f"no [[serial]] line {line_id!r} in {config.path} (lines: {known})")
+        if line_id not in self._owners:
+            from citygate.lines import LineOwner
 
-    timeout = 1.0 if args.timeout is None else args.timeout
-    try:
-        if line is not None:
-            read = read_raw_serial(line, args.unit, args.address, args.count, args.table, timeout)
-        else:
-            read = read_raw(
-                args.host, args.port, args.unit, args.address, args.count, args.table, timeout
-            )
-        words = asyncio.run(read)
-    except ValueError as exc:
-        raise UsageError(str(exc)) from None
-    except DriverError as exc:
-        print(f"{where}: {exc}", file=sys.stderr)
-        return EXIT_FAILURE
-    if args.table in ("coil", "discrete"):
-        bits = [bool(w) for w in words]
-        if args.json:
-            print(json.dumps({"address": args.address, "bits": bits}))
-        else:
-            for offset, bit in enumerate(bits):
-                print(f"  {args.address + offset:#06x}  {int(bit)}")
-        return EXIT_OK
-    registers = [int(w) for w in words]
-    if args.json:
-        print(json.dumps(assistant_json(registers, args.address), indent=2))
-    else:
-        print(format_assistant(registers, args.address))
-    return EXIT_OK
+            self._owners[line_id] = LineOwner(line, protocol=self._driver)
+        return self._owners[line_id]
 
+    def setup_logging(self, level: str) -> None:
+        logs.setup(level)
 
-def _scan_ble(args: argparse.Namespace) -> int:
-    from citygate.drivers.ble.config import BleDeviceConfig
-    from citygate.drivers.ble.scan import scan_ble
-
-    if not args.seconds > 0:
-        raise UsageError("--seconds must be more than 0")
-    settings, bindkeys = None, {}
-    if args.config.exists():  # the config is optional here: its [ble] table and bindkeys
-        config = _load(args.config)
-        settings = config.ble
-        for device in config.devices:
-            found = device.driver_config
-            if isinstance(found, BleDeviceConfig) and found.bindkey is not None:
-                bindkeys[found.address] = found.bindkey
-    logs.setup("warning")
-    return scan_ble(
-        seconds=args.seconds,
-        adapter=args.adapter or (settings.adapter if settings else "hci0"),
-        mode="active" if args.active or (settings and settings.mode == "active") else "passive",
-        replay=settings.replay if settings else None,
-        record=args.record,
-        bindkeys=bindkeys,
-        as_json=args.json,
-        out=sys.stdout,
-        err=sys.stderr,
-    )
-
-
-def _unit_range(text: str) -> list[int]:
-    units: list[int] = []
-    for part in text.split(","):
-        first, _, last = part.strip().partition("-")
-        try:
-            low, high = int(first), int(last or first)
-        except ValueError:
-            raise UsageError(f"--units {text!r}: expected ranges like 1-247 or 1-10,20") from None
-        if not 1 <= low <= high <= 247:
-            raise UsageError(f"--units {text!r}: unit ids are 1-247 on a serial line")
-        units.extend(range(low, high + 1))
-    return sorted(set(units))
-
-
-def _scan_units(args: argparse.Namespace, line: Any) -> int:
-    from citygate.drivers.modbus.scan import probe_units, recognise, snippet
-    from citygate.lines import LineOwner
-
-    units = _unit_range(args.units)
-    timeout = 0.2 if args.timeout is None else args.timeout
-    if timeout <= 0:
-        raise UsageError("--timeout must be more than 0")
-    if not args.json:
-        print(
-            f"probing {len(units)} unit ids on serial {line.id} ({line.port},"
-            f" {line.baudrate} baud), at most {len(units) * timeout:.0f} s ...",
-            file=sys.stderr,
-        )
-
-    async def scan() -> list[Any]:
-        owner = LineOwner(line, protocol="modbus")
-        try:
-            found = await probe_units(owner, units, timeout)
-            recognised = []
-            for unit in found:
-                profiles = await recognise(owner, unit.unit, max(timeout, line.timeout))
-                recognised.append(type(unit)(unit.unit, unit.answer, profiles))
-            return recognised
-        finally:
+    def close(self) -> None:
+        """Close the lines handed out (in the event loop that used them)."""
+        for owner in self._owners.values():
             owner.close()
 
-    try:
-        found = asyncio.run(scan())
-    except DriverError as exc:
-        print(f"serial {line.id}: {exc}", file=sys.stderr)
-        return EXIT_FAILURE
-    if args.json:
-        print(
-            json.dumps(
-                [{"unit": f.unit, "answer": f.answer, "profiles": list(f.profiles)} for f in found],
-                indent=2,
-            )
-        )
-        return EXIT_OK
-    if not found:
-        print(f"no unit answered on serial {line.id}", file=sys.stderr)
-        return EXIT_FAILURE
-    for unit in found:
-        print(snippet(line, unit))
-        print()
-    return EXIT_OK
 
+def _scan(args: argparse.Namespace, commands: Mapping[str, ScanCommand]) -> int:
+    command = commands[args.kind]
+    context = _ScanContext(args.config, args.kind)
 
-# ---------------------------------------------------------------------------- scan mbus
-
-
-def _mbus_scan_parser(scan: Any, with_config: Any) -> None:
-    k = scan.add_parser(
-        "mbus", help="M-Bus: probe primary addresses and search secondary addresses"
-    )
-    with_config(k)
-    k.add_argument("--serial", metavar="ID", required=True, help="a [[serial]] line of the config")
-    k.add_argument(
-        "--addresses",
-        default="0-250",
-        metavar="RANGE",
-        help="primary addresses to probe, e.g. 0-250 (default) or 1-10,20; 'none' skips them",
-    )
-    k.add_argument(
-        "--secondary", action="store_true", help="also search secondary addresses (wildcards)"
-    )
-    k.add_argument(
-        "--timeout",
-        type=float,
-        default=None,
-        help="reply timeout of one probe (default: from the baud rate, 0.24 s at 2400)",
-    )
-    k.add_argument(
-        "--max-time",
-        type=float,
-        default=300.0,
-        help="longest the secondary search may take, seconds (default 300)",
-    )
-    k.add_argument("--json", action="store_true")
-
-
-def _address_range(text: str) -> list[int]:
-    if text.strip().lower() == "none":
-        return []
-    addresses: list[int] = []
-    for part in text.split(","):
-        first, _, last = part.strip().partition("-")
+    async def scan() -> int:
         try:
-            low, high = int(first), int(last or first)
-        except ValueError:
-            raise UsageError(
-                f"--addresses {text!r}: expected ranges like 0-250 or 1-10,20"
-            ) from None
-        if not 0 <= low <= high <= 250:
-            raise UsageError(f"--addresses {text!r}: primary addresses are 0-250")
-        addresses.extend(range(low, high + 1))
-    return sorted(set(addresses))
-
-
-def _scan_mbus(args: argparse.Namespace) -> int:
-    from citygate.drivers.mbus.config import PrimaryAddress
-    from citygate.drivers.mbus.scan import ack_timeout, probe_primary, search_secondary, snippet
-    from citygate.lines import LineOwner
-
-    config = _load(args.config)
-    line = config.serial.get(args.serial)
-    if line is None:
-        known = ", ".join(sorted(config.serial)) or "none"
-        raise UsageError(f"no [[serial]] line {args.serial!r} in {config.path} (lines: {known})")
-    addresses = _address_range(args.addresses)
-    timeout = ack_timeout(line) if args.timeout is None else args.timeout
-    if timeout <= 0 or args.max_time <= 0:
-        raise UsageError("--timeout and --max-time must be more than 0")
-    if not addresses and not args.secondary:
-        raise UsageError("nothing to do: give --addresses or --secondary")
-    if not args.json:
-        print(
-            f"probing {len(addresses)} primary addresses on serial {line.id} ({line.port},"
-            f" {line.baudrate} baud), at most {len(addresses) * timeout:.0f} s"
-            + (
-                f", then secondary addresses for at most {args.max_time:.0f} s"
-                if args.secondary
-                else ""
-            )
-            + " ...",
-            file=sys.stderr,
-        )
-
-    async def scan() -> tuple[list[Any], Any]:
-        owner = LineOwner(line, protocol="mbus")
-        try:
-            primary = await probe_primary(owner, addresses, timeout)
-            secondary = None
-            if args.secondary:
-                secondary = await search_secondary(owner, timeout, args.max_time)
-            return primary, secondary
+            return await command.run(args, context)
         finally:
-            owner.close()
+            context.close()
 
-    try:
-        primary, secondary = asyncio.run(scan())
-    except DriverError as exc:
-        print(f"serial {line.id}: {exc}", file=sys.stderr)
-        return EXIT_FAILURE
-    # a meter found at its primary address already shows its secondary address
-    primary_ids = {f.header.id for f in primary if f.header is not None}
-    found = primary + [
-        f
-        for f in (secondary.found if secondary is not None else [])
-        if f.header is None or f.header.id not in primary_ids
-    ]
-    if args.json:
-        print(
-            json.dumps(
-                [
-                    {
-                        "address": f.address.value
-                        if isinstance(f.address, PrimaryAddress)
-                        else str(f.address),
-                        "meter": f.header.meter_info() if f.header is not None else None,
-                        "records": list(f.records),
-                        "problem": f.problem,
-                    }
-                    for f in found
-                ],
-                indent=2,
-            )
-        )
-    else:
-        for meter in found:
-            print(snippet(line, meter))
-            print()
-        if secondary is not None and not secondary.complete:
-            print(
-                f"the secondary search stopped after {args.max_time:.0f} s"
-                f" ({secondary.probes} selections): raise --max-time to finish it",
-                file=sys.stderr,
-            )
-    if not found:
-        print(f"no meter answered on serial {line.id}", file=sys.stderr)
-        return EXIT_FAILURE
-    return EXIT_OK
+    return asyncio.run(scan())
 
 
 if __name__ == "__main__":

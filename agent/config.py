@@ -29,7 +29,6 @@ from __future__ import annotations
 import copy
 import difflib
 import glob
-import json
 import math
 import os
 import re
@@ -43,6 +42,7 @@ from urllib.parse import urlsplit
 
 from citygate.drivers.api import (
     REQUIRED,
+    BleSettings,
     CitygateError,
     ConfigIssue,
     DeviceContext,
@@ -50,6 +50,8 @@ from citygate.drivers.api import (
     DriverFactory,
     Field,
     SerialLineConfig,
+    one_of,
+    show_value,
 )
 from citygate.tomlpos import KeyPath, Locator, Position, locate
 
@@ -70,10 +72,8 @@ __all__ = [
     "MqttSettings",
     "Problem",
     "load",
-    "one_of",
     "parse_duration",
     "parse_size",
-    "show_value",
 ]
 
 
@@ -144,16 +144,6 @@ class BufferSettings:
     max_age: float = 30 * 86400.0
     when_full: str = "drop_oldest"
     durability: str = "normal"
-
-
-@dataclass(frozen=True, slots=True)
-class BleSettings:
-    """``[ble]``."""
-
-    adapter: str = "hci0"
-    mode: str = "passive"
-    replay: Path | None = None
-    replay_loop: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -335,10 +325,8 @@ _INVALID: Final[Any] = object()
 # --------------------------------------------------------------------------- messages
 
 
-def _quote(text: str, limit: int = 40) -> str:
-    if len(text) > limit:
-        text = text[: limit - 1] + "…"
-    return json.dumps(text, ensure_ascii=False)
+def _quote(text: str) -> str:
+    return show_value(text)  # quoted as in TOML, a long string shortened
 
 
 def _found(value: object) -> str:
@@ -362,25 +350,6 @@ def _found(value: object) -> str:
     if isinstance(value, time):
         return "a time"
     return type(value).__name__
-
-
-def show_value(value: object) -> str:
-    """A scalar as written in TOML (a long string shortened), for error messages."""
-    if isinstance(value, str):
-        return _quote(value)
-    if isinstance(value, bool):
-        return str(value).lower()
-    if isinstance(value, float):
-        return f"{value:g}"
-    return str(value)
-
-
-def one_of(choices: Sequence[object]) -> str:
-    """``"a"``, ``"a" or "b"``, ``"a", "b" or "c"``: choices as written in TOML."""
-    shown = [show_value(c) for c in choices]
-    if len(shown) == 1:
-        return shown[0]
-    return ", ".join(shown[:-1]) + " or " + shown[-1]
 
 
 def _closest(word: str, candidates: Iterable[str]) -> str | None:

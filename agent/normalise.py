@@ -11,9 +11,8 @@ import logging
 import math
 from collections.abc import Sequence
 
-from citygate.drivers.api import Measurement
+from citygate.drivers.api import CONVERSIONS, Measurement
 from citygate.model import Reading
-from citygate.units import CONVERSIONS
 
 log = logging.getLogger(__name__)
 

@@ -2,6 +2,10 @@
 
 Built-in drivers are registered by citygate's own distribution under the same
 group, so a plugin package and a built-in are found the same way.
+
+A factory's optional hooks (``hub``, ``scan``) are read here only, through
+:func:`hub_factory` and :func:`scan_command`: a factory without them is a factory
+whose hooks are None.
 """
 
 from __future__ import annotations
@@ -11,7 +15,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from importlib.metadata import entry_points
 
-from citygate.drivers.api import DriverFactory
+from citygate.drivers.api import DriverFactory, HubFactory, ScanCommand
 
 GROUP = "citygate.drivers"
 log = logging.getLogger(__name__)
@@ -53,6 +57,37 @@ def discover() -> list[DriverEntry]:
             continue
         entries.append(DriverEntry(ep.name, source, ep.value, factory))
     return entries
+
+
+def hub_factory(factory: DriverFactory | None) -> HubFactory | None:
+    """The factory's ``hub`` hook; None when it has none (or there is no factory)."""
+    hook: HubFactory | None = getattr(factory, "hub", None)
+    return hook
+
+
+def scan_command(factory: DriverFactory) -> ScanCommand | None:
+    """The factory's ``scan`` hook; None when it has none."""
+    hook: ScanCommand | None = getattr(factory, "scan", None)
+    return hook
+
+
+def scan_commands(entries: list[DriverEntry] | None = None) -> dict[str, ScanCommand]:
+    """The ``citygate scan`` subcommands the loadable drivers declare, by driver name.
+
+    A driver whose hook fails to load is logged and left out, like a broken plugin.
+    """
+    commands: dict[str, ScanCommand] = {}
+    for entry in discover() if entries is None else entries:
+        if entry.factory is None:
+            continue
+        try:
+            command = scan_command(entry.factory)
+        except Exception as exc:  # a plugin's broken hook must not stop the other scans
+            log.error("driver %s: its scan command cannot be loaded: %s", entry.name, exc)
+            continue
+        if command is not None:
+            commands[entry.name] = command
+    return commands
 
 
 def factories(entries: list[DriverEntry] | None = None) -> Mapping[str, DriverFactory]:

@@ -1,7 +1,9 @@
 """The contract between citygate's runtime and its drivers.
 
-This module imports nothing from ``agent``: a driver shipped in its own package
-depends on ``citygate.drivers.api`` only.
+This module is the only door between the two: a driver (built-in or shipped in
+its own package) imports nothing of citygate but ``citygate.drivers.api``, and
+this module imports nothing of the runtime. Every public name is listed, with
+its stability promise, in README.md ("Writing a driver").
 
 A driver is found through the entry-point group ``citygate.drivers``; the entry
 point names a :class:`DriverFactory`. The factory declares its config keys as a
@@ -17,13 +19,29 @@ Two kinds of driver:
   calls ``emit`` for every sample the device sends.
 
 Serial lines: the runtime owns each ``[[serial]]`` line (one owner per line,
-shared by every device on it) and hands it to drivers as a :class:`SerialLine`
-in :attr:`DeviceContext.lines`. A driver takes a turn on the wire
+shared by every device on it) and hands every configured line to drivers as a
+:class:`SerialLine` in :attr:`DeviceContext.lines`, also when a tool (``citygate
+read``, a scan) runs one driver alone; a driver never opens a port itself. A
+driver takes a turn on the wire
 (``async with line.turn(device_id) as wire``) and exchanges frames in it
 (:meth:`SerialWire.exchange`): the owner writes the request, reads until the
 driver's sans-I/O :class:`ReplyFramer` says the reply is complete or the timeout
 passes, keeps the silent interval between transactions, gives turns in FIFO
 order, and accounts the wire time of every device. A line carries one protocol.
+
+Optional hooks of a factory (a factory without them works; the runtime reads a
+missing hook as None):
+
+* :attr:`DriverFactory.hub`: a :class:`HubFactory` building a :class:`Hub`, one
+  source shared by every device of the driver (the BLE scanner of the
+  ``[ble]`` adapter); the runtime runs it and hands it to the devices in
+  :attr:`DeviceContext.hub`;
+* :attr:`DriverFactory.scan`: a :class:`ScanCommand`, the driver's ``citygate scan
+  <name>`` subcommand (discovery, diagnostics), run with a :class:`ScanContext`.
+
+Units: :data:`CONVERSIONS` maps every unit a :class:`Measurement` may carry to its
+canonical unit and factor (quantities.md); :func:`canonical` and
+:func:`known_units` read it.
 
 Errors::
 
@@ -35,19 +53,35 @@ Errors::
         └── DecodeError      bad frame, CRC, length: counted, never fatal
     FatalDriverError         a shared resource cannot be healed: restart the agent
     DriverConfigError        a driver's config is invalid (a list of ConfigIssue)
+    UsageError               bad arguments of a scan command (exit status 2)
 """
 
 from __future__ import annotations
 
+import argparse
+import json
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Literal, Protocol, Self, runtime_checkable
+from typing import Any, Literal, Protocol, Self, TextIO, runtime_checkable
+
+from citygate.drivers._units import (
+    CANONICAL_UNITS,
+    CONVERSIONS,
+    STANDARD_GRAVITY,
+    UnknownUnitError,
+    canonical,
+    known_units,
+)
 
 __all__ = [
+    "CANONICAL_UNITS",
+    "CONVERSIONS",
     "REQUIRED",
+    "STANDARD_GRAVITY",
+    "BleSettings",
     "CitygateError",
     "ConfigIssue",
     "DecodeError",
@@ -61,19 +95,35 @@ __all__ = [
     "FatalDriverError",
     "Field",
     "FieldKind",
+    "Hub",
+    "HubFactory",
     "Measurement",
     "PollDriver",
     "PushDriver",
     "ReplyFramer",
     "ReportsStatus",
+    "ScanCommand",
+    "ScanConfig",
+    "ScanContext",
     "SerialExchange",
     "SerialLine",
     "SerialLineConfig",
     "SerialWire",
     "SilentDevice",
     "TransportError",
+    "UnknownUnitError",
+    "UsageError",
     "Value",
+    "__version__",
+    "canonical",
+    "known_units",
+    "one_of",
+    "show_value",
 ]
+
+__version__ = "0.1.0"
+"""citygate's version: the runtime's, the built-in drivers' and this API's (the
+runtime re-exports it as ``citygate.__version__``)."""
 
 Value = float | int | str | bool
 
@@ -118,6 +168,11 @@ class SilentDevice(TransportError):
 
 class FatalDriverError(CitygateError):
     """A shared resource (a radio adapter) cannot be healed: the agent must restart."""
+
+
+class UsageError(CitygateError):
+    """Bad command-line arguments (of a :class:`ScanCommand`): the runtime prints
+    ``citygate <command>: <message>`` and exits with status 2."""
 
 
 # --------------------------------------------------------------------------- config
@@ -186,6 +241,27 @@ class DriverConfigError(CitygateError):
         super().__init__("; ".join(issue.message for issue in self.issues))
 
 
+def show_value(value: object) -> str:
+    """A scalar as written in TOML (a long string shortened), for error messages."""
+    if isinstance(value, str):
+        if len(value) > 40:
+            value = value[:39] + "…"
+        return json.dumps(value, ensure_ascii=False)
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, float):
+        return f"{value:g}"
+    return str(value)
+
+
+def one_of(choices: Sequence[object]) -> str:
+    """``"a"``, ``"a" or "b"``, ``"a", "b" or "c"``: choices as written in TOML."""
+    shown = [show_value(c) for c in choices]
+    if len(shown) == 1:
+        return shown[0]
+    return ", ".join(shown[:-1]) + " or " + shown[-1]
+
+
 @dataclass(frozen=True, slots=True)
 class SerialLineConfig:
     """A ``[[serial]]`` table, validated."""
@@ -213,12 +289,28 @@ class SerialLineConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class BleSettings:
+    """The ``[ble]`` table, validated: what a :class:`HubFactory` is given."""
+
+    adapter: str = "hci0"
+    mode: str = "passive"  # "passive" or "active"
+    replay: Path | None = None
+    replay_loop: bool = False
+
+
+@dataclass(frozen=True, slots=True)
 class DeviceContext:
     """What the runtime gives a driver besides its own options.
 
-    ``lines`` holds the runtime's owner of each ``[[serial]]`` line; it is empty
-    when a tool (``citygate read``) runs one driver alone: a serial driver then
-    opens a line of its own for its lifetime.
+    ``serial_lines`` holds the settings of every ``[[serial]]`` line, ``lines``
+    the runtime's owner of every configured line the devices use: the agent's
+    shared owners, or private ones when a tool (``citygate read``) runs one
+    driver alone. A driver never opens a line itself; a device whose line has no
+    owner here fails with a :class:`TransportError`.
+
+    ``hub`` is the shared source the driver's factory declared
+    (:attr:`DriverFactory.hub`), run by the runtime; None when the factory has
+    none or the runtime runs no hub (a driver may then use a private one).
     """
 
     device_id: str
@@ -227,9 +319,7 @@ class DeviceContext:
     serial_lines: Mapping[str, SerialLineConfig] = field(default_factory=dict)
     labels: Mapping[str, str] = field(default_factory=dict)
     lines: Mapping[str, SerialLine] = field(default_factory=dict)
-    ble: object | None = None
-    """The BLE scanner hub of the adapter, shared by every BLE device (None: a
-    driver run alone opens its own)."""
+    hub: Hub | None = None
 
 
 # --------------------------------------------------------------------------- serial lines
@@ -361,8 +451,94 @@ class ReportsStatus(Protocol):
         ...
 
 
+class Hub(Protocol):
+    """A source shared by every device of one driver (the BLE scanner of an adapter)."""
+
+    async def run(self) -> None:
+        """Run until cancelled; the runtime runs it while the driver's devices run."""
+        ...
+
+
+class HubFactory(Protocol):
+    """The :attr:`DriverFactory.hub` hook: builds the driver's shared :class:`Hub`."""
+
+    def __call__(self, settings: BleSettings) -> Hub:
+        """The hub for the ``[ble]`` settings (defaults when the table is absent)."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class ScanConfig:
+    """The pieces of gateway.toml a scan command may read.
+
+    ``device_configs`` holds what the factory's ``configure`` returned for each
+    ``[[device]]`` of this driver (disabled ones included), in file order.
+    """
+
+    path: Path
+    serial_lines: Mapping[str, SerialLineConfig]
+    ble: BleSettings | None
+    device_configs: Sequence[Any]
+
+
+class ScanContext(Protocol):
+    """What the runtime gives a :class:`ScanCommand`; it loads the config only when asked."""
+
+    @property
+    def out(self) -> TextIO:
+        """Where results go (standard output)."""
+        ...
+
+    @property
+    def err(self) -> TextIO:
+        """Where progress and errors go (standard error)."""
+        ...
+
+    def config(self) -> ScanConfig:
+        """The config named by ``-c``, loaded on first use (an invalid one ends the
+        command with exit status 2, its errors printed)."""
+        ...
+
+    def has_config(self) -> bool:
+        """Whether the file named by ``-c`` exists (for commands where it is optional)."""
+        ...
+
+    def serial_line(self, line_id: str) -> SerialLine:
+        """A private owner of the config's ``[[serial]]`` line ``line_id`` for this
+        command, closed by the runtime when the command returns; raises
+        :class:`UsageError` naming the known lines when there is none by that id."""
+        ...
+
+    def setup_logging(self, level: str) -> None:
+        """Send log records of ``level`` and above to standard error as the agent does."""
+        ...
+
+
+class ScanCommand(Protocol):
+    """The :attr:`DriverFactory.scan` hook: the driver's ``citygate scan <name>``."""
+
+    @property
+    def help(self) -> str:
+        """One line for ``citygate scan --help``."""
+        ...
+
+    def add_arguments(self, parser: argparse.ArgumentParser) -> None:
+        """Declare the subcommand's options; the runtime has added ``-c/--config``."""
+        ...
+
+    async def run(self, args: argparse.Namespace, context: ScanContext) -> int:
+        """Run the command; return its exit status (0 done, 1 failed). Raise
+        :class:`UsageError` for bad arguments (exit status 2)."""
+        ...
+
+
 class DriverFactory(Protocol):
-    """What the entry point of a driver names."""
+    """What the entry point of a driver names.
+
+    ``hub`` and ``scan`` are optional hooks: a factory without them works (the
+    runtime reads a missing one as None); define them as None to satisfy a type
+    checker.
+    """
 
     name: str
     """The value of ``driver = "…"`` in gateway.toml."""
@@ -382,4 +558,14 @@ class DriverFactory(Protocol):
 
     def create(self, config: Any, context: DeviceContext) -> PollDriver | PushDriver:
         """Build the driver of one device from what ``configure`` returned."""
+        ...
+
+    @property
+    def hub(self) -> HubFactory | None:
+        """Optional: builds the source shared by the driver's devices (default None)."""
+        ...
+
+    @property
+    def scan(self) -> ScanCommand | None:
+        """Optional: the driver's ``citygate scan <name>`` subcommand (default None)."""
         ...

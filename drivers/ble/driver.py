@@ -1,8 +1,8 @@
 """The ``ble`` driver: one push driver per sensor, fed by a shared scanner hub.
 
 A device's driver listens to its address on the runtime's :class:`ScannerHub`
-(``DeviceContext.ble``, once the runtime hands one over) or, when run alone
-(``citygate read``) or by a runtime that has none, on a private hub of its own
+(``DeviceContext.hub``, built by the factory's ``hub`` hook) or, when run alone
+(``citygate read`` without ``[ble]``) or by a runtime that has none, on a private hub of its own
 that scans the default adapter. It decodes every advert, keeps the latest value
 of each quantity and emits them at most once per ``interval`` (the first at
 once); one-off events (a button press) are emitted once. A device with no
@@ -15,19 +15,21 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable, Mapping
-from pathlib import Path
 from types import TracebackType
-from typing import Any, Final, Literal, Self
+from typing import TYPE_CHECKING, Any, Final, Literal, Self
 
-from citygate import __version__
 from citygate.drivers.api import (
+    BleSettings,
     DeviceContext,
+    DriverFactory,
     Emit,
     Field,
     Measurement,
     PushDriver,
+    ScanCommand,
     SilentDevice,
     TransportError,
+    __version__,
 )
 from citygate.drivers.ble import config
 from citygate.drivers.ble.advert import Advert
@@ -174,25 +176,30 @@ class BleFactory:
     def configure(self, options: Mapping[str, Any], context: DeviceContext) -> Any:
         return config.configure(options, context)
 
-    def hub(
-        self,
-        adapter: str = "hci0",
-        mode: str = "passive",
-        replay: Path | None = None,
-        replay_loop: bool = False,
-    ) -> ScannerHub:
-        """The scanner hub of one adapter (``[ble]``), to be run by the runtime and
-        handed to every BLE device in ``DeviceContext.ble``."""
+    def hub(self, settings: BleSettings) -> ScannerHub:
+        """The scanner hub of the ``[ble]`` adapter (the ``hub`` hook), run by the
+        runtime and handed to every BLE device in ``DeviceContext.hub``."""
+        adapter, replay, loop = settings.adapter, settings.replay, settings.replay_loop
         if replay is not None:
-            capture = replay
-            return ScannerHub(lambda: ReplaySource(capture, replay_loop), name=adapter)
-        scanning: Literal["passive", "active"] = "active" if mode == "active" else "passive"
-        return ScannerHub(lambda: BleakSource(adapter, scanning), name=adapter)
+            return ScannerHub(lambda: ReplaySource(replay, loop), name=adapter)
+        mode: Literal["passive", "active"] = "active" if settings.mode == "active" else "passive"
+        return ScannerHub(lambda: BleakSource(adapter, mode), name=adapter)
 
     def create(self, driver_config: Any, context: DeviceContext) -> PushDriver:
-        # The runtime's shared hub, once DeviceContext carries one (field "ble").
-        hub = getattr(context, "ble", None)
+        hub = context.hub
         return BleDriver(driver_config, context, hub=hub if isinstance(hub, ScannerHub) else None)
+
+    @property
+    def scan(self) -> ScanCommand:
+        """``citygate scan ble``: the sensors heard, their values, config snippets."""
+        # Imported when asked: only `citygate scan` needs it.
+        from citygate.drivers.ble.scan import command  # noqa: PLC0415
+
+        return command
 
 
 factory = BleFactory()
+"""The entry point ``citygate.drivers: ble``."""
+
+if TYPE_CHECKING:
+    _: DriverFactory = factory

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Final
 
-from citygate.drivers.api import DecodeError, Measurement
+from citygate.drivers.api import STANDARD_GRAVITY, DecodeError, Measurement
 
 __all__ = ["RUUVI_COMPANY_ID", "RuuviError", "parse"]
 
@@ -17,7 +17,6 @@ RUUVI_COMPANY_ID: Final = 0x0499
 _FORMAT_5: Final = 0x05
 _LENGTH: Final = 24
 _SIGNED_NA: Final = -0x8000
-_STANDARD_GRAVITY: Final = 9.80665
 
 
 class RuuviError(DecodeError):
@@ -53,7 +52,7 @@ def parse(payload: bytes) -> tuple[Measurement, ...]:
     for axis, at in (("x", 7), ("y", 9), ("z", 11)):
         milli_g = _s16(payload, at)
         if milli_g != _SIGNED_NA:
-            value = round(milli_g * _STANDARD_GRAVITY / 1000, 6)
+            value = round(milli_g * STANDARD_GRAVITY / 1000, 6)
             out.append(Measurement(f"acceleration_{axis}", value, "m/s2"))
     power = _u16(payload, 13)
     voltage_raw, tx_raw = power >> 5, power & 0x1F

@@ -4,26 +4,39 @@ Every address is printed when first heard (the live list); at the end a table
 gives each sensor's format, signal, advert count and latest values, followed
 by ``[[device]]`` snippets ready to paste. ``--record FILE`` also writes every
 advert heard as a capture file (config.md ``[ble] replay``).
+
+:data:`command` is ``citygate scan ble`` (the factory's ``scan`` hook).
 """
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import contextlib
 import json
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any, Literal
+from typing import IO, Any, Final, Literal
 
-from citygate.drivers.api import Measurement
+from citygate.drivers.api import Measurement, ScanContext, UsageError
 from citygate.drivers.ble.advert import Advert
 from citygate.drivers.ble.bthome import BTHOME_UUID
+from citygate.drivers.ble.config import BleDeviceConfig
 from citygate.drivers.ble.decode import AdvertDecoder, detect
 from citygate.drivers.ble.replay import CaptureWriter, ReplaySource
 from citygate.drivers.ble.scanner import AdvertSource, BleakSource, ScannerGaveUp, ScannerHub
 
-__all__ = ["Heard", "report_json", "report_text", "scan", "scan_ble", "snippet"]
+__all__ = [
+    "BleScan",
+    "Heard",
+    "command",
+    "report_json",
+    "report_text",
+    "scan",
+    "scan_ble",
+    "snippet",
+]
 
 
 @dataclass(slots=True)
@@ -153,7 +166,7 @@ def report_json(heard: Mapping[str, Heard]) -> str:
     return json.dumps(items, indent=2)
 
 
-def scan_ble(
+async def scan_ble(
     *,
     seconds: float,
     adapter: str = "hci0",
@@ -189,7 +202,7 @@ def scan_ble(
             writer = None
             if record is not None:
                 writer = CaptureWriter(stack.enter_context(record.open("w", encoding="utf-8")))
-            heard = asyncio.run(scan(hub, seconds, bindkeys, on_new, writer))
+            heard = await scan(hub, seconds, bindkeys, on_new, writer)
     except ScannerGaveUp:
         print(f"BLE {where}: {hub.problem}", file=err)
         return 1
@@ -203,3 +216,54 @@ def scan_ble(
         if writer is not None:
             print(f"{writer.written} adverts recorded to {record}", file=err)
     return 0
+
+
+# --------------------------------------------------------------------------- the command
+
+
+class BleScan:
+    """``citygate scan ble`` (a :class:`~citygate.drivers.api.ScanCommand`)."""
+
+    help: Final = "BLE: list sensors heard, decoded values, config snippets"
+
+    def add_arguments(self, parser: argparse.ArgumentParser) -> None:
+        """The options of ``citygate scan ble``."""
+        parser.add_argument(
+            "--seconds", type=float, default=10.0, help="how long to listen (default 10)"
+        )
+        parser.add_argument("--record", type=Path, metavar="FILE", help="also write a capture file")
+        parser.add_argument(
+            "--adapter", help="Bluetooth adapter (default: [ble] adapter, else hci0)"
+        )
+        parser.add_argument(
+            "--active", action="store_true", help="active scanning (default passive)"
+        )
+        parser.add_argument("--json", action="store_true")
+
+    async def run(self, args: argparse.Namespace, context: ScanContext) -> int:
+        """Listen for ``--seconds``; the config (optional) gives ``[ble]`` and bindkeys."""
+        if not args.seconds > 0:
+            raise UsageError("--seconds must be more than 0")
+        settings, bindkeys = None, {}
+        if context.has_config():
+            loaded = context.config()
+            settings = loaded.ble
+            for found in loaded.device_configs:
+                if isinstance(found, BleDeviceConfig) and found.bindkey is not None:
+                    bindkeys[found.address] = found.bindkey
+        context.setup_logging("warning")
+        return await scan_ble(
+            seconds=args.seconds,
+            adapter=args.adapter or (settings.adapter if settings else "hci0"),
+            mode="active" if args.active or (settings and settings.mode == "active") else "passive",
+            replay=settings.replay if settings else None,
+            record=args.record,
+            bindkeys=bindkeys,
+            as_json=args.json,
+            out=context.out,
+            err=context.err,
+        )
+
+
+command: Final = BleScan()
+"""The ``scan`` hook of the ``ble`` factory."""

@@ -179,13 +179,6 @@ async def power_cycle_adapter(adapter: str) -> None:
             bus.disconnect()
 
 
-class _Subscription:
-    def __init__(self, hub: ScannerHub, key: str | None, listener: AdvertListener) -> None:
-        self.hub = hub
-        self.key = key
-        self.listener = listener
-
-
 class ScannerHub:
     """One adapter's scanner, shared by every BLE device; see the module docstring.
 

@@ -39,24 +39,25 @@ driver being rebuilt after a transport failure.
 from __future__ import annotations
 
 import collections
-import contextlib
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Final, Literal, Self
 
-from citygate import __version__ as agent_version
 from citygate.drivers.api import (
     DecodeError,
     DeviceContext,
     DriverFactory,
     Field,
+    HubFactory,
     Measurement,
     ReportsStatus,
+    ScanCommand,
     SerialLine,
     SerialWire,
     TransportError,
+    __version__,
 )
 from citygate.drivers.mbus import config as mbus_config
 from citygate.drivers.mbus.config import MbusConfig, PrimaryAddress, SecondaryAddress
@@ -73,7 +74,6 @@ from citygate.drivers.mbus.link import (
     encode_snd_nke,
     reply_timeout,
 )
-from citygate.lines import private_line
 
 __all__ = [
     "MAX_LONG_FRAME",
@@ -337,8 +337,8 @@ class MbusSession:
 class MbusDriver:
     """A wired M-Bus meter: ``async with driver: await driver.poll()``.
 
-    ``line`` is the runtime's owner of the meter's line; without one (a tool
-    reading one meter) the driver opens a line of its own while it is entered.
+    ``line`` is the runtime's owner of the meter's line (entering the driver
+    without one raises TransportError).
     """
 
     def __init__(
@@ -354,16 +354,18 @@ class MbusDriver:
         self.device_id = device_id if device_id is not None else _where_config(config)
         self.stats = stats if stats is not None else DeviceStats()
         self.retries = retries
-        self._given_line = line
-        self._own_line_scope = contextlib.AsyncExitStack()
+        self._line = line
         self._session: MbusSession | None = None
 
     async def __aenter__(self) -> Self:
-        line = self._given_line
-        if line is None:
-            own = private_line(self.config.serial, protocol="mbus")
-            line = await self._own_line_scope.enter_async_context(own)
-        self._session = MbusSession(line, self.config.address, self.stats, retries=self.retries)
+        if self._line is None:
+            raise TransportError(
+                f"serial {self.config.serial.id}: no owner of this line was handed to"
+                f" {self.device_id} (DeviceContext.lines)"
+            )
+        self._session = MbusSession(
+            self._line, self.config.address, self.stats, retries=self.retries
+        )
         return self
 
     async def __aexit__(
@@ -372,7 +374,6 @@ class MbusDriver:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        await self._own_line_scope.aclose()
         self._session = None
 
     async def read_telegram(self) -> Telegram:
@@ -422,9 +423,10 @@ class MbusFactory:
     """The ``mbus`` driver: wired M-Bus water and heat meters (EN 13757-2/-3)."""
 
     name: str = "mbus"
-    version: str = agent_version  # a built-in driver ships with citygate
+    version: str = __version__  # a built-in driver ships with citygate
     default_interval: float = mbus_config.DEFAULT_INTERVAL
     fields: Mapping[str, Field] = mbus_config.FIELDS
+    hub: HubFactory | None = None
 
     def __init__(self) -> None:
         self._stats: dict[str, DeviceStats] = {}
@@ -434,11 +436,20 @@ class MbusFactory:
         return mbus_config.configure(options, context)
 
     def create(self, config: MbusConfig, context: DeviceContext) -> MbusDriver:
-        """One driver per device, on the runtime's owner of its line (if any)."""
+        """One driver per device, on the runtime's owner of its line."""
         stats = self._stats.setdefault(context.device_id, DeviceStats())
         return MbusDriver(
             config, context.device_id, context.lines.get(config.serial.id), stats=stats
         )
+
+    @property
+    def scan(self) -> ScanCommand:
+        """``citygate scan mbus``: the primary probe and the secondary search."""
+        # Imported when asked: the scan module builds on this one (and only
+        # `citygate scan` needs it).
+        from citygate.drivers.mbus.scan import command  # noqa: PLC0415
+
+        return command
 
 
 factory: Final = MbusFactory()

@@ -12,21 +12,28 @@ most masters do it): select ``FFFFFFFF`` (any id); silence means no meter, an
 ``E5`` exactly one (read it), a collision several: fix the next id digit to
 0…9 and select again, depth first. It ends after ``max_time`` seconds at the
 latest (``complete`` then says False).
+
+:data:`command` is ``citygate scan mbus`` (the factory's ``scan`` hook).
 """
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import contextlib
+import json
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from typing import Final
 
 from citygate.drivers.api import (
     DriverError,
+    ScanContext,
     SerialLine,
     SerialLineConfig,
     SerialWire,
     TransportError,
+    UsageError,
 )
 from citygate.drivers.mbus.config import PrimaryAddress, SecondaryAddress, parse_address
 from citygate.drivers.mbus.decode import Header, Telegram
@@ -35,8 +42,10 @@ from citygate.drivers.mbus.link import encode_select, encode_snd_nke, reply_time
 
 __all__ = [
     "FoundMeter",
+    "MbusScan",
     "SecondarySearch",
     "ack_timeout",
+    "command",
     "probe_primary",
     "search_secondary",
     "secondary_address",
@@ -218,3 +227,133 @@ def snippet(line: SerialLineConfig, found: FoundMeter) -> str:
     if isinstance(address, PrimaryAddress):
         lines.append(f'# secondary address: "{secondary_address(header)}"')
     return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------- the command
+
+
+class MbusScan:
+    """``citygate scan mbus`` (a :class:`~citygate.drivers.api.ScanCommand`)."""
+
+    help: Final = "M-Bus: probe primary addresses and search secondary addresses"
+
+    def add_arguments(self, parser: argparse.ArgumentParser) -> None:
+        """The options of ``citygate scan mbus``."""
+        parser.add_argument(
+            "--serial", metavar="ID", required=True, help="a [[serial]] line of the config"
+        )
+        parser.add_argument(
+            "--addresses",
+            default="0-250",
+            metavar="RANGE",
+            help="primary addresses to probe, e.g. 0-250 (default) or 1-10,20; 'none' skips them",
+        )
+        parser.add_argument(
+            "--secondary", action="store_true", help="also search secondary addresses (wildcards)"
+        )
+        parser.add_argument(
+            "--timeout",
+            type=float,
+            default=None,
+            help="reply timeout of one probe (default: from the baud rate, 0.24 s at 2400)",
+        )
+        parser.add_argument(
+            "--max-time",
+            type=float,
+            default=300.0,
+            help="longest the secondary search may take, seconds (default 300)",
+        )
+        parser.add_argument("--json", action="store_true")
+
+    async def run(self, args: argparse.Namespace, context: ScanContext) -> int:
+        """Probe primary addresses (and search secondary ones); print what answered."""
+        out, err = context.out, context.err
+        owner = context.serial_line(args.serial)
+        line = owner.config
+        addresses = _address_range(args.addresses)
+        timeout = ack_timeout(line) if args.timeout is None else args.timeout
+        if timeout <= 0 or args.max_time <= 0:
+            raise UsageError("--timeout and --max-time must be more than 0")
+        if not addresses and not args.secondary:
+            raise UsageError("nothing to do: give --addresses or --secondary")
+        if not args.json:
+            print(
+                f"probing {len(addresses)} primary addresses on serial {line.id} ({line.port},"
+                f" {line.baudrate} baud), at most {len(addresses) * timeout:.0f} s"
+                + (
+                    f", then secondary addresses for at most {args.max_time:.0f} s"
+                    if args.secondary
+                    else ""
+                )
+                + " ...",
+                file=err,
+            )
+        try:
+            primary = await probe_primary(owner, addresses, timeout)
+            secondary = None
+            if args.secondary:
+                secondary = await search_secondary(owner, timeout, args.max_time)
+        except DriverError as exc:
+            print(f"serial {line.id}: {exc}", file=err)
+            return 1
+        # a meter found at its primary address already shows its secondary address
+        primary_ids = {f.header.id for f in primary if f.header is not None}
+        found = primary + [
+            f
+            for f in (secondary.found if secondary is not None else [])
+            if f.header is None or f.header.id not in primary_ids
+        ]
+        if args.json:
+            print(
+                json.dumps(
+                    [
+                        {
+                            "address": f.address.value
+                            if isinstance(f.address, PrimaryAddress)
+                            else str(f.address),
+                            "meter": f.header.meter_info() if f.header is not None else None,
+                            "records": list(f.records),
+                            "problem": f.problem,
+                        }
+                        for f in found
+                    ],
+                    indent=2,
+                ),
+                file=out,
+            )
+        else:
+            for meter in found:
+                print(snippet(line, meter), file=out)
+                print(file=out)
+            if secondary is not None and not secondary.complete:
+                print(
+                    f"the secondary search stopped after {args.max_time:.0f} s"
+                    f" ({secondary.probes} selections): raise --max-time to finish it",
+                    file=err,
+                )
+        if not found:
+            print(f"no meter answered on serial {line.id}", file=err)
+            return 1
+        return 0
+
+
+def _address_range(text: str) -> list[int]:
+    if text.strip().lower() == "none":
+        return []
+    addresses: list[int] = []
+    for part in text.split(","):
+        first, _, last = part.strip().partition("-")
+        try:
+            low, high = int(first), int(last or first)
+        except ValueError:
+            raise UsageError(
+                f"--addresses {text!r}: expected ranges like 0-250 or 1-10,20"
+            ) from None
+        if not 0 <= low <= high <= 250:
+            raise UsageError(f"--addresses {text!r}: primary addresses are 0-250")
+        addresses.extend(range(low, high + 1))
+    return sorted(set(addresses))
+
+
+command: Final = MbusScan()
+"""The ``scan`` hook of the ``mbus`` factory."""

@@ -28,8 +28,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Final, Literal, get_args
 
-from citygate.drivers.api import DecodeError, Measurement, Value
-from citygate.units import canonical
+from citygate.drivers.api import DecodeError, Measurement, Value, canonical
 
 __all__ = [
     "BIT_TABLES",

@@ -29,7 +29,6 @@ CRITICAL unless this module's logger is enabled for DEBUG.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Awaitable, Callable, Mapping
 from types import TracebackType
@@ -39,18 +38,19 @@ from pymodbus.client import AsyncModbusTcpClient
 from pymodbus.exceptions import ConnectionException, ModbusException, ModbusIOException
 from pymodbus.pdu import ModbusPDU
 
-from citygate import __version__ as agent_version
 from citygate.drivers.api import (
     DecodeError,
     DeviceContext,
     DeviceError,
     DriverFactory,
     Field,
+    HubFactory,
     Measurement,
+    ScanCommand,
     SerialLine,
-    SerialLineConfig,
     SerialWire,
     TransportError,
+    __version__,
 )
 from citygate.drivers.modbus.config import FIELDS, ModbusConfig, configure
 from citygate.drivers.modbus.decode import BIT_TABLES, Table
@@ -62,7 +62,6 @@ from citygate.drivers.modbus.rtu import (
     RtuReplyFramer,
     encode_read_request,
 )
-from citygate.lines import private_line
 
 __all__ = [
     "EXCEPTION_NAMES",
@@ -444,10 +443,10 @@ class RtuSession:
 class ModbusRtuDriver:
     """A Modbus RTU device on a ``[[serial]]`` line: ``async with driver: await driver.poll()``.
 
-    ``line`` is the runtime's owner of the line; without one (a tool polling one
-    device) the driver opens a line of its own while it is entered. A poll takes
-    one turn on the line for all its requests; a request without an answer gives
-    the line to the other devices before its retry.
+    ``line`` is the runtime's owner of the line (entering the driver without one
+    raises TransportError). A poll takes one turn on the line for all its
+    requests; a request without an answer gives the line to the other devices
+    before its retry.
     """
 
     def __init__(
@@ -457,17 +456,19 @@ class ModbusRtuDriver:
             raise ValueError("ModbusRtuDriver needs a config with serial")
         self.config = config
         self.device_id = device_id if device_id is not None else config.where
-        self._given_line = line
-        self._own_line_scope = contextlib.AsyncExitStack()
+        self._line = line
         self._session: RtuSession | None = None
 
     async def __aenter__(self) -> Self:
-        line = self._given_line
-        if line is None:
+        if self._line is None:
             assert self.config.serial is not None
-            own = private_line(self.config.serial, protocol="modbus")
-            line = await self._own_line_scope.enter_async_context(own)
-        self._session = RtuSession(line, self.config.unit, self.config.timeout, self.config.retries)
+            raise TransportError(
+                f"serial {self.config.serial.id}: no owner of this line was handed to"
+                f" {self.device_id} (DeviceContext.lines)"
+            )
+        self._session = RtuSession(
+            self._line, self.config.unit, self.config.timeout, self.config.retries
+        )
         return self
 
     async def __aexit__(
@@ -476,7 +477,6 @@ class ModbusRtuDriver:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        await self._own_line_scope.aclose()
         self._session = None
 
     async def poll(self) -> list[Measurement]:
@@ -539,7 +539,7 @@ def _check_raw(unit: int, address: int, count: int, table: Table, timeout: float
 
 
 async def read_raw_serial(
-    line: SerialLineConfig,
+    line: SerialLine,
     unit: int,
     address: int,
     count: int,
@@ -548,23 +548,32 @@ async def read_raw_serial(
     *,
     retries: int = 1,
 ) -> list[int] | list[bool]:
-    """Like :func:`read_raw`, on a serial line (Modbus RTU) opened for this read."""
+    """Like :func:`read_raw`, on a serial line (Modbus RTU), in one turn."""
     _check_raw(unit, address, count, table, timeout)
     if unit == 0:
         raise ValueError("unit must be 1–247 on a serial line (0 is the broadcast address)")
-    async with private_line(line, protocol="modbus") as owner:
-        session = RtuSession(owner, unit, timeout, retries)
-        async with owner.turn("scan") as wire:
-            return await session.read(wire, table, address, count)
+    session = RtuSession(line, unit, timeout, retries)
+    async with line.turn("scan") as wire:
+        return await session.read(wire, table, address, count)
 
 
 class ModbusFactory:
     """The ``modbus`` driver: energy meters over Modbus TCP or RTU."""
 
     name: str = "modbus"
-    version: str = agent_version  # a built-in driver ships with citygate
+    version: str = __version__  # a built-in driver ships with citygate
     default_interval: float = 10.0
     fields: Mapping[str, Field] = FIELDS
+    hub: HubFactory | None = None
+
+    @property
+    def scan(self) -> ScanCommand:
+        """``citygate scan modbus``: the unit probe and the byte-order assistant."""
+        # Imported when asked: the scan module builds on this one (and only
+        # `citygate scan` needs it).
+        from citygate.drivers.modbus.scan import command  # noqa: PLC0415
+
+        return command
 
     def configure(self, options: Mapping[str, object], context: DeviceContext) -> ModbusConfig:
         """Check a device's options; see :func:`citygate.drivers.modbus.config.configure`."""

@@ -27,8 +27,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final, cast
 
-from citygate.config import one_of, show_value
-from citygate.drivers.api import REQUIRED, ConfigIssue, DriverConfigError, Field
+from citygate.drivers.api import (
+    CONVERSIONS,
+    REQUIRED,
+    ConfigIssue,
+    DriverConfigError,
+    Field,
+    known_units,
+    one_of,
+    show_value,
+)
 from citygate.drivers.modbus.decode import (
     BIT_TABLES,
     BYTE_ORDERS,
@@ -40,7 +48,6 @@ from citygate.drivers.modbus.decode import (
     RegisterSpec,
     Table,
 )
-from citygate.units import CONVERSIONS, known_units
 
 __all__ = [
     "NAME_PATTERN",

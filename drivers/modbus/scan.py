@@ -7,20 +7,40 @@ included, means a device is there. :func:`recognise` then reads each built-in
 profile's registers from it and keeps the profiles whose every request is
 answered with plausible values (line-to-neutral voltages 80–300 V, frequency
 45–65 Hz, at least one of them present), most specific (most registers) first.
+
+:data:`command` is ``citygate scan modbus`` (the factory's ``scan`` hook): the
+unit probe on ``--serial``, or with ``--address`` the byte-order assistant
+(:mod:`citygate.drivers.modbus.assistant`) over TCP or RTU.
 """
 
 from __future__ import annotations
 
+import argparse
+import json
 import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import Final
 
-from citygate.drivers.api import DriverError, SerialLine, SerialLineConfig, TransportError
-from citygate.drivers.modbus.driver import ModbusExceptionError, RtuSession
+from citygate.drivers.api import (
+    DriverError,
+    ScanContext,
+    SerialLine,
+    SerialLineConfig,
+    TransportError,
+    UsageError,
+)
+from citygate.drivers.modbus.assistant import assistant_json, format_assistant
+from citygate.drivers.modbus.driver import (
+    ModbusExceptionError,
+    RtuSession,
+    read_raw,
+    read_raw_serial,
+)
 from citygate.drivers.modbus.plan import ReadPlan
 from citygate.drivers.modbus.profile import Profile, builtin_profiles, load_profile
 
-__all__ = ["FoundUnit", "probe_units", "recognise", "snippet"]
+__all__ = ["FoundUnit", "ModbusScan", "command", "probe_units", "recognise", "snippet"]
 
 _PROBE_ADDRESS = 0x0000
 _VOLTAGE = (80.0, 300.0)
@@ -141,3 +161,146 @@ def snippet(line: SerialLineConfig, found: FoundUnit) -> str:
             " name a profile file or add [[device.registers]]"
         )
     return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------- the command
+
+
+class ModbusScan:
+    """``citygate scan modbus`` (a :class:`~citygate.drivers.api.ScanCommand`)."""
+
+    help: Final = "Modbus: read registers raw and decoded under every type and order"
+
+    def add_arguments(self, parser: argparse.ArgumentParser) -> None:
+        """The options of ``citygate scan modbus``."""
+        target = parser.add_mutually_exclusive_group(required=True)
+        target.add_argument("--host")
+        target.add_argument("--serial", metavar="ID", help="a [[serial]] line of the config")
+        parser.add_argument("--port", type=int, default=502)
+        parser.add_argument("--unit", type=int, default=1)
+        parser.add_argument(
+            "--address",
+            type=lambda s: int(s, 0),
+            help="first register (0-based; 0x.. allowed): read it under every type and order;"
+            " without it, --serial probes unit ids",
+        )
+        parser.add_argument("--count", type=int, default=4)
+        parser.add_argument(
+            "--table", choices=["holding", "input", "coil", "discrete"], default="holding"
+        )
+        parser.add_argument(
+            "--timeout",
+            type=float,
+            default=None,
+            help="reply timeout (default 1 s; 0.2 s per unit id when probing)",
+        )
+        parser.add_argument(
+            "--units",
+            default="1-247",
+            metavar="RANGE",
+            help="unit ids to probe on --serial, e.g. 1-247 (default) or 1-10,20",
+        )
+        parser.add_argument("--json", action="store_true")
+
+    async def run(self, args: argparse.Namespace, context: ScanContext) -> int:
+        """Probe the unit ids of a line, or read registers for the byte-order assistant."""
+        out, err = context.out, context.err
+        line = None
+        if args.serial is not None:
+            line = context.serial_line(args.serial)
+            if args.address is None:
+                return await _scan_units(args, line, context)
+            where = f"serial {line.config.id} unit {args.unit}"
+        elif args.address is None:
+            raise UsageError(
+                "--address is required with --host (or give --serial to probe unit ids)"
+            )
+        else:
+            where = f"{args.host}:{args.port} unit {args.unit}"
+        timeout = 1.0 if args.timeout is None else args.timeout
+        try:
+            if line is not None:
+                words = await read_raw_serial(
+                    line, args.unit, args.address, args.count, args.table, timeout
+                )
+            else:
+                words = await read_raw(
+                    args.host, args.port, args.unit, args.address, args.count, args.table, timeout
+                )
+        except ValueError as exc:
+            raise UsageError(str(exc)) from None
+        except DriverError as exc:
+            print(f"{where}: {exc}", file=err)
+            return 1
+        if args.table in ("coil", "discrete"):
+            bits = [bool(w) for w in words]
+            if args.json:
+                print(json.dumps({"address": args.address, "bits": bits}), file=out)
+            else:
+                for offset, bit in enumerate(bits):
+                    print(f"  {args.address + offset:#06x}  {int(bit)}", file=out)
+            return 0
+        registers = [int(w) for w in words]
+        if args.json:
+            print(json.dumps(assistant_json(registers, args.address), indent=2), file=out)
+        else:
+            print(format_assistant(registers, args.address), file=out)
+        return 0
+
+
+def _unit_range(text: str) -> list[int]:
+    """The unit ids of ``--units`` (``1-247``, ``1-10,20``); UsageError when malformed."""
+    units: list[int] = []
+    for part in text.split(","):
+        first, _, last = part.strip().partition("-")
+        try:
+            low, high = int(first), int(last or first)
+        except ValueError:
+            raise UsageError(f"--units {text!r}: expected ranges like 1-247 or 1-10,20") from None
+        if not 1 <= low <= high <= 247:
+            raise UsageError(f"--units {text!r}: unit ids are 1-247 on a serial line")
+        units.extend(range(low, high + 1))
+    return sorted(set(units))
+
+
+async def _scan_units(args: argparse.Namespace, owner: SerialLine, context: ScanContext) -> int:
+    out, err = context.out, context.err
+    line = owner.config
+    units = _unit_range(args.units)
+    timeout = 0.2 if args.timeout is None else args.timeout
+    if timeout <= 0:
+        raise UsageError("--timeout must be more than 0")
+    if not args.json:
+        print(
+            f"probing {len(units)} unit ids on serial {line.id} ({line.port},"
+            f" {line.baudrate} baud), at most {len(units) * timeout:.0f} s ...",
+            file=err,
+        )
+    try:
+        found = []
+        for unit in await probe_units(owner, units, timeout):
+            profiles = await recognise(owner, unit.unit, max(timeout, line.timeout))
+            found.append(FoundUnit(unit.unit, unit.answer, profiles))
+    except DriverError as exc:
+        print(f"serial {line.id}: {exc}", file=err)
+        return 1
+    if args.json:
+        print(
+            json.dumps(
+                [{"unit": f.unit, "answer": f.answer, "profiles": list(f.profiles)} for f in found],
+                indent=2,
+            ),
+            file=out,
+        )
+        return 0
+    if not found:
+        print(f"no unit answered on serial {line.id}", file=err)
+        return 1
+    for unit in found:
+        print(snippet(line, unit), file=out)
+        print(file=out)
+    return 0
+
+
+command: Final = ModbusScan()
+"""The ``scan`` hook of the ``modbus`` factory."""

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from citygate.drivers.api import DeviceContext, Measurement
+from citygate.drivers.api import BleSettings, DeviceContext, Measurement
 from citygate.drivers.ble.advert import Advert, from_line
 from citygate.drivers.ble.config import BleDeviceConfig
 from citygate.drivers.ble.driver import BleDriver, factory
@@ -142,7 +142,7 @@ async def test_simulated_site_through_hub_and_drivers(tmp_path: Path) -> None:
 async def test_the_factory_hub_replays_a_capture_for_every_device(tmp_path: Path) -> None:
     """What the runtime will do with [ble] replay: one hub, handed to each device."""
     path = capture(tmp_path, [line for line in LINES if line.startswith("{")][:1])
-    hub = factory.hub("hci0", "passive", path, replay_loop=False)
+    hub = factory.hub(BleSettings(replay=path))
     heard: list[Advert] = []
     with hub.subscribe("A4:C1:38:8D:18:B2", heard.append):
         await hub.run()

@@ -20,10 +20,9 @@ from collections.abc import Callable
 from decimal import Decimal
 from typing import Any
 
-from citygate.drivers.api import DecodeError
+from citygate.drivers.api import DecodeError, canonical
 from citygate.drivers.mbus.decode import decode_frame
 from citygate.drivers.mbus.link import parse_frame
-from citygate.units import canonical
 from tests.drivers.mbus.libmbus import (
     ERROR_FRAMES,
     FRAMES,

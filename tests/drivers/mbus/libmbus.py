@@ -14,8 +14,8 @@ import xml.etree.ElementTree as ET
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from citygate.drivers.api import canonical
 from citygate.drivers.mbus.decode import Record, Telegram
-from citygate.units import canonical
 
 VECTORS = Path(__file__).parent / "vectors"
 FRAMES = VECTORS / "frames"

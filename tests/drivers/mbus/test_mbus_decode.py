@@ -14,7 +14,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from citygate.drivers.api import DecodeError, Measurement
+from citygate.drivers.api import CONVERSIONS, DecodeError, Measurement
 from citygate.drivers.mbus.decode import (
     Telegram,
     combine,
@@ -23,7 +23,6 @@ from citygate.drivers.mbus.decode import (
     to_measurements,
 )
 from citygate.drivers.mbus.link import parse_frame
-from citygate.units import CONVERSIONS
 from tests.drivers.mbus.libmbus import FRAMES
 
 # id 92752244, manufacturer HYD (H=8 Y=25 D=4: 8<<10 | 25<<5 | 4 = 0x2324), version 41,

@@ -39,6 +39,16 @@ def line_config(port: str, baudrate: int = BAUD) -> SerialLineConfig:
     return SerialLineConfig("mbus", port, baudrate, "N", 1, 8, 1.0)
 
 
+_OWNED: list[LineOwner] = []  # line owners make_driver made, closed after each test
+
+
+@pytest.fixture(autouse=True)
+async def _close_owned_lines() -> AsyncIterator[None]:
+    yield
+    while _OWNED:
+        _OWNED.pop().close()
+
+
 @pytest.fixture
 async def sim() -> AsyncIterator[Any]:
     meters = [
@@ -65,13 +75,15 @@ def make_driver(
     **options: Any,
 ) -> MbusDriver:
     factory = factory or MbusFactory()
-    config_line = line.config if line is not None else line_config(port)
+    if line is None:  # as the runtime does: every line has an owner
+        line = LineOwner(line_config(port), protocol="mbus")
+        _OWNED.append(line)
     context = DeviceContext(
         device_id,
         900.0,
         tmp_path,
-        serial_lines={"mbus": config_line},
-        lines={"mbus": line} if line is not None else {},
+        serial_lines={"mbus": line.config},
+        lines={"mbus": line},
     )
     config = factory.configure({"serial": "mbus", "address": address, **options}, context)
     return factory.create(config, context)
@@ -224,6 +236,16 @@ async def test_a_secondary_address_nobody_has_is_silence(sim: Any, tmp_path: Pat
             await driver.poll()
 
 
+async def test_without_a_line_owner_the_driver_fails_clearly(sim: Any, tmp_path: Path) -> None:
+    context = DeviceContext("water", 900.0, tmp_path, serial_lines={"mbus": line_config(sim.port)})
+    factory = MbusFactory()
+    driver = factory.create(factory.configure({"serial": "mbus", "address": 5}, context), context)
+    with pytest.raises(TransportError, match=r"serial mbus: no owner of this line .* water"):
+        async with driver:
+            pass
+    assert not sim.request_log  # the driver never opened the port itself
+
+
 # --------------------------------------------------------------------------- faults
 
 
@@ -330,12 +352,16 @@ async def test_readout_at_2400_baud_takes_its_wire_time(tmp_path: Path) -> None:
     frames = meter.readout()
     async with citygate_sim.MbusSimulator([meter], baudrate=2400) as sim:
         factory = MbusFactory()
+        line = LineOwner(line_config(sim.port, 2400), protocol="mbus")
         context = DeviceContext(
-            "water", 900.0, tmp_path, serial_lines={"mbus": line_config(sim.port, 2400)}
+            "water", 900.0, tmp_path, serial_lines={"mbus": line.config}, lines={"mbus": line}
         )
         config = factory.configure({"serial": "mbus", "address": 5}, context)
-        async with factory.create(config, context) as driver:
-            assert_readings(await driver.poll(), meter)
+        try:
+            async with factory.create(config, context) as driver:
+                assert_readings(await driver.poll(), meter)
+        finally:
+            line.close()
     # what crossed the wire: 3 requests of 5 bytes, an E5, the two telegrams
     assert sim.bytes_received == 15
     assert sim.bytes_sent == 1 + sum(len(f) for f in frames)

@@ -22,11 +22,11 @@ from citygate.drivers.api import (
     Measurement,
     SerialLineConfig,
     TransportError,
+    canonical,
 )
 from citygate.drivers.modbus.driver import ModbusExceptionError, ModbusRtuDriver, factory
 from citygate.drivers.modbus.profile import builtin_profiles
 from citygate.lines import LineOwner
-from citygate.units import canonical
 
 citygate_sim = pytest.importorskip("citygate_sim.modbus")
 
@@ -117,11 +117,23 @@ async def test_each_profile_reads_its_meter(sim: Any, tmp_path: Path, profile: s
     assert sim.requests_by_unit[unit] == len(driver.config.plan.requests)
 
 
-async def test_without_a_runtime_line_the_driver_opens_its_own(sim: Any, tmp_path: Path) -> None:
-    driver = make_driver(tmp_path, None, sim.port, unit=1, profile="eastron-sdm630")
-    async with driver:
-        measurements = await driver.poll()
-        raw = await driver.read_raw("input", 0x0000, 2)
+async def test_without_a_line_owner_the_driver_fails_clearly(sim: Any, tmp_path: Path) -> None:
+    orphan = make_driver(tmp_path, None, sim.port, unit=1, profile="eastron-sdm630")
+    with pytest.raises(TransportError, match=r"serial rs485: no owner of this line .* meter"):
+        async with orphan:
+            pass
+    assert sim.requests_by_unit.get(1, 0) == 0  # the driver never opened the port itself
+
+
+async def test_read_raw_outside_the_plan(sim: Any, tmp_path: Path) -> None:
+    line = LineOwner(line_config(sim.port))
+    driver = make_driver(tmp_path, line, sim.port, unit=1, profile="eastron-sdm630")
+    try:
+        async with driver:
+            measurements = await driver.poll()
+            raw = await driver.read_raw("input", 0x0000, 2)
+    finally:
+        line.close()
     assert len(measurements) == len(driver.config.registers)
     truth = sim.meters[1].truth()
     assert struct.unpack(">f", struct.pack(">HH", *raw))[0] == f32(truth["voltage_l1"])

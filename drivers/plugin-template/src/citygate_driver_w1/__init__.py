@@ -8,7 +8,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Self
+from typing import TYPE_CHECKING, Any, Self
 
 from citygate.drivers.api import (
     REQUIRED,
@@ -16,8 +16,11 @@ from citygate.drivers.api import (
     DecodeError,
     DeviceContext,
     DriverConfigError,
+    DriverFactory,
     Field,
+    HubFactory,
     Measurement,
+    ScanCommand,
     TransportError,
 )
 
@@ -93,6 +96,9 @@ class W1Factory:
         ),
         "devices_dir": Field("path", default="/sys/bus/w1/devices"),
     }
+    # The optional hooks: no `citygate scan w1`, no source shared by the devices.
+    hub: HubFactory | None = None
+    scan: ScanCommand | None = None
 
     def configure(self, options: Mapping[str, Any], context: DeviceContext) -> W1Config:
         sensor = options.get("sensor")
@@ -107,3 +113,6 @@ class W1Factory:
 
 
 factory = W1Factory()
+
+if TYPE_CHECKING:
+    _: DriverFactory = factory

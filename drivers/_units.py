@@ -1,4 +1,6 @@
-"""Canonical units and conversions (../shared/spec/quantities.md).
+"""Canonical units and conversions (../shared/spec/quantities.md); API-private.
+
+Public through :mod:`citygate.drivers.api`, which re-exports every name here.
 
 Every conversion is a factor: value_in_canonical = value × factor. ``K`` is its
 own canonical unit (a temperature difference), never converted to ``Cel``.

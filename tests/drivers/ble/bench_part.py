@@ -12,9 +12,9 @@ import tempfile
 from pathlib import Path
 
 from citygate.drivers.ble.advert import from_line
-from citygate.drivers.ble.bench import bench_ble, cpu_share
 from citygate_sim.ble import DEMO_BINDKEY, BleSimulator, SensorSpec
 from tests.bench.report import PartResult
+from tests.drivers.ble.bench import bench_ble, cpu_share
 
 SENSORS = 100
 

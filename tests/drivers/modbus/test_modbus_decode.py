@@ -210,8 +210,32 @@ def test_a_register_outside_its_block_is_refused() -> None:
         BlockDecoder("input", 0, 2, [RegisterSpec("x", 1, "input", "float32")])
 
 
-def test_bench_decode_runs() -> None:
-    assert bench_decode(n_values=10, rounds=5) > 0
+def test_bench_decode_times_every_value_of_every_round() -> None:
+    """The figure is CPU µs per value over ``rounds`` real decodes of ``n_values`` values."""
+    import time
+    from unittest import mock
+
+    decoded: list[list[Measurement]] = []
+    real_decode = BlockDecoder.decode
+
+    def counting(self: BlockDecoder, values: list[int]) -> list[Measurement]:
+        measurements = real_decode(self, values)
+        decoded.append(measurements)
+        return measurements
+
+    rounds, n_values = 50, 10
+    with mock.patch.object(BlockDecoder, "decode", counting):
+        cpu = time.process_time()
+        figure = bench_decode(n_values=n_values, rounds=rounds)
+        cpu = time.process_time() - cpu
+    assert len(decoded) == rounds  # it ran the rounds asked, each a full block
+    assert all(len(measurements) == n_values for measurements in decoded)
+    # kW → W: the conversion it claims to include was made (values 0..500 kW)
+    assert all(m.unit == "W" and 0 <= m.value <= 500_000 for ms in decoded for m in ms)
+    # µs per value: the whole (figure × values) fits in the CPU time the call took, and is
+    # not the seconds- or nanoseconds-sized number a wrong unit would give
+    assert figure >= 0.01
+    assert figure * rounds * n_values / 1e6 <= cpu
 
 
 # ------------------------------------------------------------------ properties

@@ -153,7 +153,7 @@ def measure(
         t1 = time.time()
         cpu1 = cpu_seconds(child.pid)
         hwm = status_kib(child.pid, "VmHWM")
-        time.sleep(0.2)
+        time.sleep(0.2)  # the window is read up to t1 + 0.2 s: metrics_at(history, t1 + 0.2)
         history = counter.metrics()
     except BaseException as exc:
         raise RuntimeError(f"{exc}; agent log:\n{_tail(log_path)}") from exc

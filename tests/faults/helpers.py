@@ -16,8 +16,7 @@ import asyncio
 import json
 import logging
 import threading
-import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,6 +31,7 @@ from citygate.buffer import BufferStats, open_readonly_stats
 from citygate.config import BufferSettings, Config, DeviceConfig, GatewaySettings, MqttSettings
 from tests.support.broker import Mosquitto
 from tests.support.synthetic import factory as synthetic
+from tests.support.wait import until, wait_until  # noqa: F401  # the fault tests' waits
 
 
 def persistent_broker(
@@ -70,8 +70,10 @@ class SessionSubscriber:
             CallbackAPIVersion.VERSION2, client_id=self.client_id, clean_session=False
         )
         self.connected = threading.Event()
+        self.subscribed = threading.Event()  # the SUBACK: messages published from now on reach us
         self.client.on_connect = self._on_connect
         self.client.on_message = self._on_message
+        self.client.on_subscribe = lambda *_: self.subscribed.set()
         self.client.reconnect_delay_set(0.1, 0.5)  # type: ignore[arg-type]  # floats work
 
     def _on_connect(self, client: mqtt.Client, *_: Any) -> None:
@@ -107,9 +109,10 @@ class SessionSubscriber:
     def start(self) -> SessionSubscriber:
         self.client.connect_async("127.0.0.1", self.port, keepalive=10)
         self.client.loop_start()
-        if not self.connected.wait(10):
+        if not self.connected.wait(30):
             raise RuntimeError("subscriber could not connect")
-        time.sleep(0.1)  # let the SUBACK arrive
+        if not self.subscribed.wait(30):
+            raise RuntimeError("the broker did not confirm the subscription (no SUBACK)")
         return self
 
     def stop(self) -> None:
@@ -137,15 +140,6 @@ def assert_no_errors(caplog: pytest.LogCaptureFixture) -> None:
     """Expected faults are warnings, one line each: nothing at ERROR, no traceback."""
     bad = [r for r in caplog.records if r.levelno >= logging.ERROR or r.exc_info]
     assert not bad, [r.getMessage() for r in bad]
-
-
-def wait_until(predicate: Callable[[], bool], timeout: float = 30.0, what: str = "") -> None:
-    """Poll ``predicate`` (a condition on the world, not a timer) until true or ``timeout``."""
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not reached within {timeout} s: {what}")
-        time.sleep(0.05)
 
 
 def buffer_stats(data_dir: Path) -> BufferStats:
@@ -243,15 +237,6 @@ async def running(agent: Agent) -> AsyncIterator[Agent]:
             agent.request_stop()
             async with asyncio.timeout(30):
                 await task
-
-
-async def until(predicate: Callable[[], bool], timeout: float = 30.0, what: str = "") -> None:
-    """:func:`wait_until` for async tests: polls a condition without blocking the loop."""
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not reached within {timeout} s: {what}")
-        await asyncio.sleep(0.02)
 
 
 def caught_up(sub: SessionSubscriber, beyond: int) -> bool:

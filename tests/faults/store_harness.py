@@ -50,7 +50,7 @@ class CountingDriver:
         return None
 
     async def poll(self) -> Sequence[Measurement]:
-        await asyncio.sleep(0)
+        await asyncio.sleep(0)  # a real driver's poll awaits I/O: yield to the loop likewise
         if self.limit and self.count >= self.limit:
             return []
         self.count += 1

@@ -61,7 +61,7 @@ def crash_loop(tmp_path: Path, broker: Mosquitto, kills: int) -> None:
             else:
                 agent.wait_for_log("running")
                 sub.wait_for(lambda n=messages_before: len(sub.snapshot("/data")) > n + 3)
-                time.sleep(rng.uniform(0.0, 0.3))
+                time.sleep(rng.uniform(0.0, 0.3))  # then kill at a random moment of the run
             agent.kill()
             assert "Traceback" not in agent.log, f"kill {kill}, {why}\n{agent.log}"
 

@@ -69,7 +69,7 @@ async def test_in_flight_messages_at_a_cut_are_resent_by_the_session(
                 await until(lambda: len(sub.distinct()) >= 50, what="data flowing")
                 # The broker takes the messages; its PUBACKs are held in the proxy.
                 proxy.freeze("down")
-                await until(lambda: agent.publisher.in_flight >= 5, 10, "messages in flight")
+                await until(lambda: agent.publisher.in_flight >= 5, 30, "messages in flight")
                 in_flight = {s.seq for s in await agent.buffer.fetch(0, 10**9)}
                 proxy.cut()
                 proxy.resume()

@@ -165,7 +165,7 @@ interval = "200ms"
 """
     )
     sub = Subscriber(broker.port).start()
-    agent = AgentProcess(config, env={"CITYGATE_METRICS_INTERVAL": "0.5"})
+    agent = AgentProcess(config, metrics_interval=0.5)
     try:
 
         def offline(device: str) -> bool:
@@ -247,8 +247,20 @@ def test_check_read_status_and_scan(tmp_path: Path, broker: Mosquitto, sim: SimP
     # status before any run, then after a short run
     assert run_cli("status", "-c", str(config)).returncode == 1
     agent = AgentProcess(config)
-    time.sleep(1.5)
-    status_running = json.loads(run_cli("status", "-c", str(config), "--json").stdout)
+    from typing import Any
+
+    from tests.support.wait import wait_until
+
+    def online() -> dict[str, Any] | None:
+        """`citygate status --json` once it shows meter-1 online (it polls every 200 ms)."""
+        shown = run_cli("status", "-c", str(config), "--json")
+        if shown.returncode != 0:
+            return None  # the agent has not written its state yet
+        report: dict[str, Any] = json.loads(shown.stdout)
+        meter = report.get("devices", {}).get("meter-1", {})
+        return report if meter.get("state") == "online" else None
+
+    status_running = wait_until(online, what="meter-1 online", explain=lambda: agent.log)
     assert agent.stop() == 0
     assert status_running["devices"]["meter-1"]["state"] == "online"
     status = json.loads(run_cli("status", "-c", str(config), "--json").stdout)

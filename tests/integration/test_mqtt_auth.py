@@ -10,14 +10,14 @@ import os
 import re
 import shutil
 import subprocess
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from tests.support.broker import Mosquitto, Subscriber
 from tests.support.processes import AgentProcess, SimProcess, modbus_config, run_cli
+from tests.support.wait import wait_until
 
 pytestmark = pytest.mark.broker
 
@@ -50,14 +50,6 @@ def secret_file(path: Path, secret: str, mode: int = 0o600) -> Path:
     path.write_text(secret + "\n")
     path.chmod(mode)
     return path
-
-
-def wait_until(predicate: Callable[[], bool], timeout: float = 15.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        time.sleep(0.02)
 
 
 @pytest.fixture(scope="module")
@@ -173,7 +165,11 @@ def test_wrong_password_is_refused_once_and_readings_kept(
     agent = AgentProcess(config)
     try:
         agent.wait_for_log(RETRYING)
-        wait_until(lambda: connections(auth_broker) >= before + 3)
+        wait_until(
+            lambda: connections(auth_broker) >= before + 3,
+            what="3 more connection attempts",
+            explain=lambda: agent.log,
+        )
         shown = run_cli("status", "-c", str(config), "--json")
         assert shown.returncode == 0, shown.stderr
         assert json.loads(shown.stdout)["backlog_samples"] >= 1

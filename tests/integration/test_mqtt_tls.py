@@ -9,8 +9,7 @@ from __future__ import annotations
 
 import json
 import re
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -18,6 +17,7 @@ import pytest
 from tests.support.broker import Mosquitto, Subscriber, TlsListener
 from tests.support.pki import Pki, make_pki
 from tests.support.processes import AgentProcess, SimProcess, modbus_config, run_cli
+from tests.support.wait import wait_until
 
 pytestmark = pytest.mark.broker
 
@@ -93,16 +93,6 @@ def tls_config(tmp_path: Path, broker: Mosquitto, sim: SimProcess, **files: Path
     assert f'url = "mqtt://127.0.0.1:{broker.tls.port}"' in text
     config.write_text(text.replace('url = "mqtt://', 'url = "mqtts://', 1))
     return config
-
-
-def wait_until(
-    predicate: Callable[[], bool], explain: Callable[[], str], timeout: float = 15.0
-) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met in time\n{explain()}")
-        time.sleep(0.02)
 
 
 def tls_attempts(broker: Mosquitto) -> int:
@@ -186,7 +176,9 @@ def test_client_certificate_required_buffers_until_given(
         try:
             assert RETRYING in first_line_with(refused, "certificate required"), refused.log
             wait_until(
-                lambda: tls_attempts(broker) >= 3, lambda: f"{refused.log}\n{broker.log_text()}"
+                lambda: tls_attempts(broker) >= 3,
+                what="3 TLS connection attempts",
+                explain=lambda: f"{refused.log}\n{broker.log_text()}",
             )
             assert backlog(config) >= 5
             assert refused.stop() == 0, refused.log
@@ -234,7 +226,11 @@ def test_wrong_ca_is_reported_once_and_retried(
     agent = AgentProcess(config)
     try:
         assert RETRYING in first_line_with(agent, "certificate verify failed"), agent.log
-        wait_until(lambda: tls_attempts(broker) >= 3, lambda: f"{agent.log}\n{broker.log_text()}")
+        wait_until(
+            lambda: tls_attempts(broker) >= 3,
+            what="3 TLS connection attempts",
+            explain=lambda: f"{agent.log}\n{broker.log_text()}",
+        )
         assert agent.stop() == 0, agent.log
     finally:
         stop_or_kill(agent)
@@ -260,7 +256,11 @@ def test_expired_client_certificate_is_reported_once(
     agent = AgentProcess(config)
     try:
         assert RETRYING in first_line_with(agent, "certificate expired"), agent.log
-        wait_until(lambda: tls_attempts(broker) >= 3, lambda: f"{agent.log}\n{broker.log_text()}")
+        wait_until(
+            lambda: tls_attempts(broker) >= 3,
+            what="3 TLS connection attempts",
+            explain=lambda: f"{agent.log}\n{broker.log_text()}",
+        )
         assert agent.stop() == 0, agent.log
     finally:
         stop_or_kill(agent)

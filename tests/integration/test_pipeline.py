@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import replace
@@ -21,6 +20,7 @@ from citygate.buffer import open_readonly_stats
 from citygate.config import BufferSettings, Config, DeviceConfig, GatewaySettings, MqttSettings
 from tests.support.broker import Mosquitto, Subscriber
 from tests.support.synthetic import factory as synthetic
+from tests.support.wait import until
 
 FACTORIES = {"synthetic": synthetic}
 
@@ -73,14 +73,6 @@ async def running(config: Config, **kwargs: Any) -> AsyncIterator[Agent]:
                 await task
 
 
-async def wait_until(predicate: Any, timeout: float = 15.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        await asyncio.sleep(0.02)
-
-
 def device_seqs(sub: Subscriber, device: str) -> list[int]:
     return [
         r["seq"] for r in sub.data_records() if r["topic"].endswith(f"/{device}/data") and "bt" in r
@@ -93,10 +85,10 @@ async def test_senml_topics_and_status(tmp_path: Path, broker: Mosquitto) -> Non
         tmp_path, broker, [{"id": "meter-a", "values": 3}, {"id": "meter-b", "values": 2}]
     )
     async with running(config, metrics_interval=0.2):
-        await wait_until(
+        await until(
             lambda: len(device_seqs(sub, "meter-a")) >= 5 and len(device_seqs(sub, "meter-b")) >= 5
         )
-        await wait_until(lambda: len(sub.snapshot("/metrics")) >= 2)
+        await until(lambda: len(sub.snapshot("/metrics")) >= 2)
     sub.wait_for(lambda: any(m.payload == b"offline" for m in sub.snapshot("gw-test/status")))
     sub.stop()
 
@@ -166,13 +158,13 @@ async def test_backlog_delivered_in_order_after_broker_comes_up(
     broker.stop()
     config = make_config(tmp_path, broker, [{"id": "meter-a"}, {"id": "meter-b"}])
     async with running(config) as agent:
-        await wait_until(lambda: agent.counters.samples_read >= 40)
+        await until(lambda: agent.counters.samples_read >= 40)
         stats = await agent.buffer.stats()
         assert stats.backlog_samples >= 40
         broker.start()
         sub = Subscriber(broker.port).start()
         read_at_start = agent.counters.samples_read
-        await wait_until(lambda: len(sub.seqs()) >= read_at_start + 10, timeout=30)
+        await until(lambda: len(sub.seqs()) >= read_at_start + 10, timeout=30)
     sub.stop()
     for device in ("meter-a", "meter-b"):
         seqs = device_seqs(sub, device)
@@ -189,12 +181,12 @@ async def test_failing_device_goes_offline_without_disturbing_others(
     sub = Subscriber(broker.port).start()
     config = make_config(tmp_path, broker, [{"id": "good"}, {"id": "broken", "fail": "device"}])
     async with running(config, metrics_interval=0.2) as agent:
-        await wait_until(
+        await until(
             lambda: any(
                 json.loads(m.payload)["state"] == "offline" for m in sub.snapshot("/broken/status")
             )
         )
-        await wait_until(lambda: len(device_seqs(sub, "good")) >= 10)
+        await until(lambda: len(device_seqs(sub, "good")) >= 10)
         assert agent.board.devices["good"].state == "online"
     sub.stop()
     offline = next(
@@ -211,10 +203,10 @@ async def test_non_finite_reading_dropped_and_counted(tmp_path: Path, broker: Mo
     sub = Subscriber(broker.port).start()
     config = make_config(tmp_path, broker, [{"id": "odd", "fail": "nan"}])
     async with running(config, metrics_interval=0.2) as agent:
-        await wait_until(
+        await until(
             lambda: agent.counters.invalid_readings >= 3 and len(device_seqs(sub, "odd")) >= 6
         )
-        await wait_until(
+        await until(
             lambda: any(
                 json.loads(m.payload)["invalid_readings"] >= 3 for m in sub.snapshot("/metrics")
             )
@@ -232,7 +224,7 @@ async def test_unsynced_clock_is_marked(
     sub = Subscriber(broker.port).start()
     config = make_config(tmp_path, broker, [{"id": "meter-a"}])
     async with running(config):
-        await wait_until(lambda: len(device_seqs(sub, "meter-a")) >= 2)
+        await until(lambda: len(device_seqs(sub, "meter-a")) >= 2)
     sub.stop()
     heads = [r for r in sub.data_records() if "bt" in r and r["n"] == "value_0"]
     assert heads and all(r["clock"] == "unsynced" for r in heads)
@@ -251,8 +243,8 @@ async def test_refused_credentials_keep_agent_buffering(
         base = make_config(tmp_path, secured, [{"id": "meter-a"}])
         config = replace(base, mqtt=replace(base.mqtt, username="nobody", password="wrong"))
         async with running(config) as agent:
-            await wait_until(lambda: agent.counters.samples_read >= 10)
-            await wait_until(
+            await until(lambda: agent.counters.samples_read >= 10)
+            await until(
                 lambda: any(
                     "broker" in r.message and "retrying" in r.message for r in caplog.records
                 )

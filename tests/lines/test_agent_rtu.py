@@ -16,6 +16,7 @@ from citygate import registry
 from citygate.app import Agent
 from citygate.config import load
 from tests.support.broker import Mosquitto, Subscriber
+from tests.support.wait import until
 
 citygate_sim = pytest.importorskip("citygate_sim.modbus")
 
@@ -87,13 +88,14 @@ async def test_meters_on_one_line_reach_the_broker(
                 documents = [json.loads(m.payload) for m in subscriber.snapshot("/metrics")]
                 return [d["line_utilisation"]["rs485"] for d in documents]
 
-            async with asyncio.timeout(20):
-                while (
-                    len(arrived()) < 2
-                    or agent.board.devices["gone"].state != "offline"
-                    or not any(published_utilisation())
-                ):
-                    await asyncio.sleep(0.05)
+            await until(
+                lambda: (
+                    len(arrived()) >= 2
+                    and agent.board.devices["gone"].state == "offline"
+                    and any(published_utilisation())
+                ),
+                what="both meters' data, 'gone' offline and a line utilisation published",
+            )
             metrics = agent.lines.metrics()
             agent.request_stop()
             async with asyncio.timeout(20):

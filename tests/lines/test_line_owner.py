@@ -26,6 +26,7 @@ from citygate.drivers.api import (
 from citygate.drivers.modbus.driver import RtuSession
 from citygate.drivers.modbus.rtu import RtuReplyFramer, encode_read_request
 from citygate.lines import LineOwner, LineSet, Port, line_protocol_conflicts
+from tests.support.wait import until
 
 citygate_sim = pytest.importorskip("citygate_sim.modbus")
 
@@ -39,13 +40,6 @@ def line_config(port: str, timeout: float = QUICK, baudrate: int = BAUD) -> Seri
 
 def read_request(unit: int) -> tuple[bytes, RtuReplyFramer]:
     return encode_read_request(unit, 0x04, 0x0000, 2), RtuReplyFramer(unit, 0x04, 2)
-
-
-async def until(condition: Any, limit: float = 5.0) -> None:
-    """Wait for an I/O outcome (not a timer): yield to the loop until it holds."""
-    async with asyncio.timeout(limit):
-        while not condition():
-            await asyncio.sleep(0.005)
 
 
 @pytest.fixture
@@ -139,8 +133,9 @@ async def test_bytes_waiting_before_a_request_are_discarded_and_counted(
         request, framer = read_request(1)
         await wire.exchange(request, framer, QUICK)
         sim.inject_noise(b"\x01\x04\x99")
-        await until(lambda: sim.bytes_sent >= 9 + 3)
-        await asyncio.sleep(0.01)  # let the reader take them off the pty
+        await until(lambda: sim.bytes_sent >= 9 + 3, what="the simulator writing the noise")
+        # The owner's reader has taken them off the pty: they wait in its receive buffer.
+        await until(lambda: len(owner._received) >= 3, what="the noise read off the pty")
         request, framer = read_request(1)
         result = await wire.exchange(request, framer, QUICK)
     assert result.complete

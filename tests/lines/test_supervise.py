@@ -26,6 +26,7 @@ from citygate.lines import LineOwner
 from citygate.model import Sample
 from citygate.status import Counters, StatusBoard
 from citygate.supervise import BACKOFF_MAX_S, DeviceSupervisor
+from tests.support.wait import until
 
 citygate_sim = pytest.importorskip("citygate_sim.modbus")
 
@@ -207,9 +208,10 @@ async def test_a_silent_device_costs_its_healthy_neighbours_no_poll(tmp_path: Pa
                     group.create_task(supervisor("healthy-2", 2).run()),
                     group.create_task(supervisor("silent", 9).run()),
                 ]
-                async with asyncio.timeout(20):
-                    while min(len(samples["healthy-1"]), len(samples["healthy-2"])) < 6:
-                        await asyncio.sleep(0.05)
+                await until(
+                    lambda: min(len(samples["healthy-1"]), len(samples["healthy-2"])) >= 6,
+                    what="6 samples from each healthy meter",
+                )
                 for task in tasks:
                     task.cancel()
         finally:

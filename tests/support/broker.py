@@ -15,6 +15,8 @@ from typing import Any
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
+from tests.support.wait import DEFAULT_TIMEOUT, wait_until
+
 
 def mosquitto_binary() -> str:
     found = shutil.which("mosquitto") or (
@@ -113,7 +115,7 @@ class Mosquitto:
         )
         return conf
 
-    def start(self, timeout: float = 10.0) -> None:
+    def start(self, timeout: float = 20.0) -> None:
         self.workdir.mkdir(parents=True, exist_ok=True)
         conf = self._write_conf()
         self.process = subprocess.Popen(
@@ -171,6 +173,7 @@ class Subscriber:
             CallbackAPIVersion.VERSION2, client_id=f"test-sub-{time.monotonic_ns()}"
         )
         self.connected = threading.Event()
+        self.subscribed = threading.Event()  # the SUBACK: messages published from now on reach us
 
         def on_connect(
             client: mqtt.Client, userdata: Any, flags: Any, rc: Any, props: Any = None
@@ -186,14 +189,16 @@ class Subscriber:
             self.client.username_pw_set(self.username, self.password)
         self.client.on_connect = on_connect
         self.client.on_message = on_message
+        self.client.on_subscribe = lambda *_: self.subscribed.set()
         self.client.reconnect_delay_set(0.1, 0.5)
 
     def start(self) -> Subscriber:
         self.client.connect_async("127.0.0.1", self.port, keepalive=10)
         self.client.loop_start()
-        if not self.connected.wait(10):
+        if not self.connected.wait(DEFAULT_TIMEOUT):
             raise RuntimeError("subscriber could not connect")
-        time.sleep(0.05)  # let the SUBACK arrive
+        if not self.subscribed.wait(DEFAULT_TIMEOUT):
+            raise RuntimeError(f"the broker did not confirm the subscription to {self.topic!r}")
         return self
 
     def stop(self) -> None:
@@ -227,10 +232,11 @@ class Subscriber:
                     seen.append(rec["seq"])
         return seen
 
-    def wait_for(self, predicate: Any, timeout: float = 15.0) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if predicate():
-                return
-            time.sleep(0.02)
-        raise AssertionError("condition not met within timeout")
+    def wait_for(self, predicate: Any, timeout: float = DEFAULT_TIMEOUT, what: str = "") -> None:
+        """Poll ``predicate`` (usually on what was received) until true; see :func:`wait_until`."""
+        wait_until(
+            predicate,
+            timeout,
+            what or "a condition on the messages received",
+            explain=lambda: f"{len(self.snapshot())} messages received on {self.topic!r}",
+        )

@@ -32,7 +32,7 @@ class SyntheticDriver:
         return None
 
     async def poll(self) -> Sequence[Measurement]:
-        await asyncio.sleep(0)
+        await asyncio.sleep(0)  # no I/O to await: yield to the loop as a real poll would
         self.counter += 1
         if self.fail == "device":
             raise DeviceError("synthetic: exception 2 (illegal data address)")

@@ -35,6 +35,7 @@ mosquitto:
 lint: venv
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+	$(PY) -m tests.tools.imports
 
 typecheck: venv
 	$(PY) -m tests.tools.typecheck

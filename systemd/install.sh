@@ -19,6 +19,16 @@ sysusersdir=/usr/lib/sysusers.d
 tmpfilesdir=/usr/lib/tmpfiles.d
 
 say() { printf 'citygate: %s\n' "$*"; }
+
+# pip builds in the source tree, where setuptools reuses whatever an earlier build left
+# in build/lib: a module deleted since would ship. Build from a copy of the sources.
+sources=""
+copy_sources() {
+    sources=$(mktemp -d)
+    trap 'rm -rf "$sources"' EXIT
+    tar -C "$repo" --exclude=__pycache__ --exclude=plugin-template \
+        -cf - pyproject.toml README.md agent drivers config | tar -C "$sources" -xf -
+}
 live() { [ -z "$destdir" ] && [ -d /run/systemd/system ]; }
 
 install_citygate() {
@@ -37,7 +47,8 @@ install_citygate() {
         say "offline install from $wheels"
         "${pip[@]}" install --no-index --find-links "$wheels" citygate
     else
-        "${pip[@]}" install "$repo"
+        copy_sources
+        "${pip[@]}" install "$sources"
     fi
     cp "$repo/README.md" "$destdir$prefix/README.md"
 
@@ -84,7 +95,8 @@ uninstall_citygate() {
 prepare_wheels() {
     local dir=${1:?wheels needs a directory}
     mkdir -p "$dir"
-    "$python" -m pip wheel --quiet --wheel-dir "$dir" "$repo"
+    copy_sources
+    "$python" -m pip wheel --quiet --wheel-dir "$dir" "$sources"
     say "wheels for an offline install are in $dir; copy it with the repository to the gateway"
 }
 

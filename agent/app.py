@@ -49,12 +49,13 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from citygate import __version__, registry, systemd
+from citygate import __version__, logs, registry, systemd
 from citygate.buffer import AsyncBuffer
 from citygate.clock import SystemTimebase, Timebase
 from citygate.config import Config, ConfigError, DeviceConfig, load
 from citygate.drivers.api import (
     BleSettings,
+    CitygateError,
     DeviceContext,
     DriverFactory,
     FatalDriverError,
@@ -524,6 +525,55 @@ async def _cancel_and_wait(tasks: list[asyncio.Task[None]], limit_s: float, what
 
 def _version() -> str:
     return __version__
+
+
+def serve(
+    config: Config,
+    factories: Mapping[str, DriverFactory],
+    *,
+    timebase: Timebase | None = None,
+    metrics_interval: float = METRICS_INTERVAL_S,
+    before_fetch: Callable[[], Awaitable[None]] | None = None,
+) -> int:
+    """``citygate run`` once the config is loaded: logging, the agent until a signal
+    stops it, a fatal error said in one line. Returns the exit status. The keywords are
+    the :class:`Agent`'s seams (tests run the real agent with them)."""
+    logs.setup(config.gateway.log_level)
+    for warning in config.warnings:
+        log.warning("%s", warning)
+
+    async def main() -> int:
+        agent = Agent(
+            config,
+            factories,
+            timebase=timebase,
+            metrics_interval=metrics_interval,
+            before_fetch=before_fetch,
+        )
+        await run_until_signalled(agent)
+        return agent.exit_status
+
+    try:
+        return asyncio.run(main())
+    except BaseExceptionGroup as group:
+        fatal, rest = group.split(CitygateError)
+        if rest is not None:
+            raise
+        for exc in _leaves(fatal):
+            log.error("fatal: %s", exc)
+        return 1
+    except CitygateError as exc:
+        log.error("fatal: %s", exc)
+        return 1
+
+
+def _leaves(group: BaseExceptionGroup[BaseException] | None) -> list[BaseException]:
+    if group is None:
+        return []
+    out: list[BaseException] = []
+    for exc in group.exceptions:
+        out.extend(_leaves(exc) if isinstance(exc, BaseExceptionGroup) else [exc])
+    return out
 
 
 async def run_until_signalled(agent: Agent) -> None:

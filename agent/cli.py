@@ -143,38 +143,9 @@ def _load(path: Path) -> Config:
 
 def _run(path: Path) -> int:
     config = _load(path)
-    logs.setup(config.gateway.log_level)
-    for warning in config.warnings:
-        log.warning("%s", warning)
-    from citygate.app import Agent, run_until_signalled
+    from citygate.app import serve
 
-    async def main() -> int:
-        agent = Agent(config, registry.factories())
-        await run_until_signalled(agent)
-        return agent.exit_status
-
-    try:
-        status = asyncio.run(main())
-    except BaseExceptionGroup as group:
-        fatal, rest = group.split(CitygateError)
-        if rest is not None:
-            raise
-        for exc in _leaves(fatal):
-            log.error("fatal: %s", exc)
-        return EXIT_FAILURE
-    except CitygateError as exc:
-        log.error("fatal: %s", exc)
-        return EXIT_FAILURE
-    return status
-
-
-def _leaves(group: BaseExceptionGroup[BaseException] | None) -> list[BaseException]:
-    if group is None:
-        return []
-    out: list[BaseException] = []
-    for exc in group.exceptions:
-        out.extend(_leaves(exc) if isinstance(exc, BaseExceptionGroup) else [exc])
-    return out
+    return serve(config, registry.factories())
 
 
 # ---------------------------------------------------------------------------- check

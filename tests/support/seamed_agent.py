@@ -3,9 +3,9 @@
     python -m tests.support.seamed_agent --config gateway.toml [--wedge-file PATH]
         [--clock-offset-file PATH] [--metrics-interval SECONDS]
 
-It goes the way `citygate run` goes (agent/cli.py): load the config, set up logging, build an
-:class:`~citygate.app.Agent` and run it under :func:`~citygate.app.run_until_signalled` (signals,
-sd_notify, exit status), only with these given to the Agent:
+It goes the way `citygate run` goes (agent/cli.py): load the config, then
+:func:`citygate.app.serve` (logging, signals, sd_notify, exit status), only with these seams
+given to the Agent:
 
 * ``--wedge-file``: the publisher's data loop hangs for good once that file exists (as a lost
   wake-up would), through the Agent's ``before_fetch``;
@@ -23,11 +23,10 @@ import sys
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 
-from citygate import logs, registry
-from citygate.app import Agent, run_until_signalled
+from citygate import registry
+from citygate.app import serve
 from citygate.clock import SystemTimebase
 from citygate.config import load
-from citygate.drivers.api import CitygateError
 from citygate.mqtt.announce import METRICS_INTERVAL_S
 
 log = logging.getLogger("citygate")
@@ -72,35 +71,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the agent until SIGTERM/SIGINT; the exit status of `citygate run`."""
     args = _parser().parse_args(argv)
     config = load(args.config, registry.factories())
-    logs.setup(config.gateway.log_level)
-    for warning in config.warnings:
-        log.warning("%s", warning)
-
-    offset_file = args.clock_offset_file
-
-    async def run() -> int:
-        agent = Agent(
-            config,
-            registry.factories(),
-            timebase=None if args.clock_offset_file is None else OffsetTimebase(offset_file),
-            metrics_interval=args.metrics_interval,
-            before_fetch=None if args.wedge_file is None else wedge_when(args.wedge_file),
-        )
-        await run_until_signalled(agent)
-        return agent.exit_status
-
-    try:
-        return asyncio.run(run())
-    except BaseExceptionGroup as group:  # as `citygate run`: a fatal error, said in one line
-        fatal, rest = group.split(CitygateError)
-        if rest is not None or fatal is None:
-            raise
-        for exc in fatal.exceptions:
-            log.error("fatal: %s", exc)
-        return 1
-    except CitygateError as exc:
-        log.error("fatal: %s", exc)
-        return 1
+    return serve(
+        config,
+        registry.factories(),
+        timebase=None if args.clock_offset_file is None else OffsetTimebase(args.clock_offset_file),
+        metrics_interval=args.metrics_interval,
+        before_fetch=None if args.wedge_file is None else wedge_when(args.wedge_file),
+    )
 
 
 if __name__ == "__main__":

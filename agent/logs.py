@@ -40,5 +40,5 @@ def setup(level: str = "info") -> None:
     root.setLevel(level.upper())
     if root.level > logging.DEBUG:
         # Libraries log every retry and reconnect; the agent says what matters once.
-        for noisy in ("pymodbus", "aiomqtt", "mqtt", "bleak", "asyncio"):
+        for noisy in ("aiomqtt", "mqtt", "bleak", "asyncio"):
             logging.getLogger(noisy).setLevel(logging.CRITICAL)

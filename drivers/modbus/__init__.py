@@ -1,12 +1,12 @@
 """The ``modbus`` driver: energy meters over Modbus TCP or RTU (a shared serial line).
 
-Sans-I/O parts, importable without pymodbus:
+Sans-I/O parts (the driver depends on no Modbus library):
 
 * :mod:`.decode` — register specs and the compiled per-request decoder;
 * :mod:`.plan` — coalescing registers into read requests (and splitting them at gaps);
 * :mod:`.profile` — register tables and meter profile files;
 * :mod:`.config` — the driver's config keys and checks;
-* :mod:`.frame` — Modbus TCP reply checks;
+* :mod:`.frame` — Modbus TCP framing: requests, the MBAP stream decoder, reply checks;
 * :mod:`.rtu` — Modbus RTU framing: CRC, requests, the reply framer;
 * :mod:`.assistant` — the byte-order assistant of ``citygate scan modbus``.
 

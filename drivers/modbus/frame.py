@@ -1,9 +1,11 @@
-"""Sans-I/O checks of Modbus TCP frames (MBAP header + PDU).
+"""Modbus TCP framing, sans-I/O (Modbus Messaging on TCP/IP V1.0b, 3.1.3).
 
-The driver parses the read request it sends (:func:`parse_read_request`) and
-checks every received byte buffer against it (:func:`check_reply`) before the
-client library sees it, so a malformed reply becomes a
-:class:`~citygate.drivers.api.DecodeError` instead of a stalled request.
+An ADU is the MBAP header (transaction id, protocol id 0, length of what
+follows, unit id) and a PDU. This module turns read requests (FC 01–04) into
+bytes (:func:`encode_read_request`), a received byte stream into frames
+(:class:`MbapDecoder`) and a frame into the reply to a request
+(:func:`parse_read_reply`). Nothing here does I/O; every problem is a
+:class:`~citygate.drivers.api.DecodeError`.
 """
 
 from __future__ import annotations
@@ -12,19 +14,33 @@ import struct
 from dataclasses import dataclass
 from typing import Final
 
-__all__ = ["MBAP", "ReadRequestFrame", "check_reply", "parse_read_request"]
+from citygate.drivers.api import DecodeError
+from citygate.drivers.modbus.rtu import ExceptionReply, RegisterReply
+
+__all__ = [
+    "MAX_LENGTH",
+    "MBAP",
+    "MbapDecoder",
+    "MbapFrame",
+    "MbapFramingError",
+    "ReadRequestFrame",
+    "encode_read_request",
+    "parse_read_reply",
+]
 
 MBAP: Final = struct.Struct(">HHHB")
 """Transaction id, protocol id (0), length of what follows, unit id."""
-_READ_PDU: Final = struct.Struct(">BHH")
+_READ_ADU: Final = struct.Struct(">HHHBBHH")
+_READ_FUNCTIONS: Final = frozenset({0x01, 0x02, 0x03, 0x04})
 _REGISTER_FUNCTIONS: Final = frozenset({0x03, 0x04})
-_BIT_FUNCTIONS: Final = frozenset({0x01, 0x02})
-_MAX_LENGTH: Final = 254  # unit id + the largest PDU (253 bytes)
+MAX_LENGTH: Final = 254
+"""The largest MBAP length: unit id + the largest PDU (253 bytes)."""
+_MIN_LENGTH: Final = 2  # unit id + a function code
 
 
 @dataclass(frozen=True, slots=True)
 class ReadRequestFrame:
-    """A read request as it went on the wire."""
+    """A read request (FC 01–04) as it goes on the wire."""
 
     transaction_id: int
     unit: int
@@ -40,57 +56,119 @@ class ReadRequestFrame:
         return (self.count + 7) // 8
 
 
-def parse_read_request(frame: bytes) -> ReadRequestFrame | None:
-    """The read request (FC 01–04) in ``frame``, or None for anything else."""
-    if len(frame) != MBAP.size + _READ_PDU.size:
-        return None
-    transaction_id, protocol, length, unit = MBAP.unpack_from(frame)
-    function, address, count = _READ_PDU.unpack_from(frame, MBAP.size)
-    if protocol != 0 or length != 1 + _READ_PDU.size:
-        return None
-    if function not in _REGISTER_FUNCTIONS | _BIT_FUNCTIONS:
-        return None
-    return ReadRequestFrame(transaction_id, unit, function, address, count)
+def encode_read_request(request: ReadRequestFrame) -> bytes:
+    """The ADU of ``request``. Raises ValueError out of range."""
+    if request.function not in _READ_FUNCTIONS:
+        raise ValueError(f"function {request.function} is not a read (1–4)")
+    if not 0 <= request.transaction_id <= 0xFFFF or not 0 <= request.unit <= 0xFF:
+        raise ValueError("transaction id or unit out of range")
+    if not 0 <= request.address <= 0xFFFF or not 1 <= request.count <= 2000:
+        raise ValueError(f"address {request.address} / count {request.count} out of range")
+    return _READ_ADU.pack(
+        request.transaction_id,
+        0,
+        6,
+        request.unit,
+        request.function,
+        request.address,
+        request.count,
+    )
 
 
-def check_reply(buffer: bytes, request: ReadRequestFrame) -> str | None:
-    """What is wrong with the reply to ``request`` in ``buffer``, or None.
+@dataclass(frozen=True, slots=True)
+class MbapFrame:
+    """One received ADU: its header fields and its PDU."""
 
-    None also when the buffer is still incomplete. Whole frames of other
-    transactions (late replies to abandoned requests) are skipped.
+    transaction_id: int
+    unit: int
+    pdu: bytes
+
+
+class MbapFramingError(DecodeError):
+    """The byte stream is not Modbus TCP: nothing after this point can be framed."""
+
+
+class MbapDecoder:
+    """Splits a received byte stream into :class:`MbapFrame` s, however it is chunked.
+
+    ``feed(data)`` returns the frames completed by ``data``. A header that cannot
+    be Modbus TCP (protocol id not 0, length outside 2–254) breaks the stream for
+    good (it cannot be resynchronised): :attr:`error` is set, and ``feed`` raises
+    it — at once, or on the next call when this one completed frames before the
+    break, so no frame is lost and the outcome never depends on the chunking.
     """
-    position = 0
-    while True:
-        available = len(buffer) - position
-        if available >= 4 and buffer[position + 2 : position + 4] != b"\x00\x00":
-            protocol = int.from_bytes(buffer[position + 2 : position + 4], "big")
-            return f"not a Modbus TCP frame (protocol id {protocol}, expected 0)"
-        if available < MBAP.size:
-            return None
-        transaction_id, _, length, unit = MBAP.unpack_from(buffer, position)
-        if not 2 <= length <= _MAX_LENGTH:
-            return f"frame length {length} out of range 2–{_MAX_LENGTH}"
-        if available < 6 + length:
-            return None
-        if transaction_id != request.transaction_id:
-            position += 6 + length
-            continue
-        if request.unit not in (unit, 0):  # unit 0 means "any unit" on TCP
-            return f"reply from unit {unit}, expected unit {request.unit}"
-        function = buffer[position + MBAP.size]
-        pdu_length = length - 1
-        if function == request.function | 0x80:
-            if pdu_length != 2:
-                return f"exception reply of {pdu_length} bytes, expected 2"
-            return None
-        if function != request.function:
-            return f"reply with function code {function}, expected {request.function}"
-        if pdu_length < 2:
-            return "reply without a byte count"
-        expected = request.reply_data_bytes
-        byte_count = buffer[position + MBAP.size + 1]
-        if byte_count != expected:
-            return f"reply carries {byte_count} data bytes, expected {expected}"
-        if pdu_length != 2 + byte_count:
-            return f"reply frame holds {pdu_length - 2} data bytes but says {byte_count}"
-        return None
+
+    __slots__ = ("_buffer", "_error")
+
+    def __init__(self) -> None:
+        self._buffer = b""
+        self._error: MbapFramingError | None = None
+
+    @property
+    def error(self) -> MbapFramingError | None:
+        """Why the stream broke, or None."""
+        return self._error
+
+    @property
+    def pending(self) -> int:
+        """Bytes received that are not yet a whole frame."""
+        return len(self._buffer)
+
+    def feed(self, data: bytes) -> list[MbapFrame]:
+        """The frames ``data`` completes; raise MbapFramingError on a broken stream."""
+        if self._error is not None:
+            raise self._error
+        buffer = self._buffer + data if self._buffer else bytes(data)
+        frames: list[MbapFrame] = []
+        position = 0
+        end = len(buffer)
+        while end - position >= 4:
+            if buffer[position + 2] or buffer[position + 3]:
+                protocol = int.from_bytes(buffer[position + 2 : position + 4], "big")
+                return self._fail(
+                    f"not a Modbus TCP frame (protocol id {protocol}, expected 0)", frames
+                )
+            if end - position < MBAP.size:
+                break
+            transaction_id, _, length, unit = MBAP.unpack_from(buffer, position)
+            if not _MIN_LENGTH <= length <= MAX_LENGTH:
+                return self._fail(
+                    f"frame length {length} out of range {_MIN_LENGTH}–{MAX_LENGTH}", frames
+                )
+            stop = position + 6 + length
+            if stop > end:
+                break
+            frames.append(MbapFrame(transaction_id, unit, buffer[position + MBAP.size : stop]))
+            position = stop
+        self._buffer = buffer[position:]
+        return frames
+
+    def _fail(self, message: str, frames: list[MbapFrame]) -> list[MbapFrame]:
+        self._buffer = b""
+        self._error = MbapFramingError(message)
+        if frames:
+            return frames
+        raise self._error
+
+
+def parse_read_reply(frame: MbapFrame, request: ReadRequestFrame) -> RegisterReply | ExceptionReply:
+    """The reply ``frame`` (of ``request``'s transaction) carries; raise DecodeError."""
+    if request.unit not in (frame.unit, 0):  # unit 0 means "any unit" on TCP
+        raise DecodeError(f"reply from unit {frame.unit}, expected unit {request.unit}")
+    pdu = frame.pdu
+    function = pdu[0]
+    if function == request.function | 0x80:
+        if len(pdu) != 2:
+            raise DecodeError(f"exception reply of {len(pdu)} bytes, expected 2")
+        return ExceptionReply(pdu[1])
+    if function != request.function:
+        raise DecodeError(f"reply with function code {function}, expected {request.function}")
+    if len(pdu) < 2:
+        raise DecodeError("reply without a byte count")
+    expected = request.reply_data_bytes
+    byte_count = pdu[1]
+    if byte_count != expected:
+        raise DecodeError(f"reply carries {byte_count} data bytes, expected {expected}")
+    if len(pdu) != 2 + byte_count:
+        raise DecodeError(f"reply frame holds {len(pdu) - 2} data bytes but says {byte_count}")
+    return RegisterReply(pdu[2:])

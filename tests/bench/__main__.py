@@ -20,6 +20,7 @@ PARTS: dict[str, str] = {
     "buffer": "tests.bench.buffer",
     "backlog": "tests.bench.backlog",
     "rtu": "tests.bench.rtu",  # issue 4: Modbus RTU wire time and isolation
+    "modbus_tcp": "tests.bench.modbus_tcp",  # issue 11: TCP client CPU per request
     "mbus": "tests.bench.mbus",  # issue 5: decoder throughput, readout wire time
     "ble": "tests.drivers.ble.bench_part",  # BLE advert decoding rate and CPU
 }

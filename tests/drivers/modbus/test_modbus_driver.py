@@ -442,27 +442,11 @@ async def test_errors_are_not_logged(
         await poll_once(
             tmp_path, port=sim.port, unit=SDM120, profile="eastron-sdm120", timeout=QUICK, retries=0
         )
-    assert logging.getLogger("pymodbus").level == logging.CRITICAL
     assert [
         r
         for r in caplog.records
         if r.levelno >= logging.WARNING and not r.name.startswith("citygate_sim")
     ] == []
-
-
-async def test_pymodbus_speaks_when_we_debug(sim: Any, tmp_path: Path) -> None:
-    ours = logging.getLogger("citygate.drivers.modbus.driver")
-    previous = ours.level
-    ours.setLevel(logging.DEBUG)
-    try:
-        await poll_once(
-            tmp_path, port=sim.port, unit=TYPED, registers=[{"name": "x", "address": 107}]
-        )
-        assert logging.getLogger("pymodbus").level == logging.NOTSET
-    finally:
-        ours.setLevel(previous)
-    await poll_once(tmp_path, port=sim.port, unit=TYPED, registers=[{"name": "x", "address": 107}])
-    assert logging.getLogger("pymodbus").level == logging.CRITICAL
 
 
 # ------------------------------------------------------------------ malformed replies
@@ -542,3 +526,159 @@ async def test_malformed_reply_is_a_decode_error(
             # the next request, on the same connection, is read normally
             assert await driver.poll() == [Measurement("x", 0x00010203)]
     assert [r for r in caplog.records if r.levelno >= logging.WARNING] == []
+
+
+# ------------------------------------------------------------------ stray replies
+
+ONE_REGISTER = [{"name": "x", "address": 0x10, "table": "input", "type": "uint32"}]
+
+
+def with_tid(tid: int, reply: Reply) -> Reply:
+    return lambda r: tid.to_bytes(2, "big") + reply(r)[2:]
+
+
+@pytest.mark.parametrize("tid", [0, 0x7777])
+async def test_replies_of_other_transactions_are_discarded_and_counted(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, tid: int
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    stray_then_good: Reply = lambda r: with_tid(tid, good)(r) + good(r)  # noqa: E731
+    server = await serve_replies([stray_then_good, stray_then_good, good, stray_then_good])
+    async with server:
+        port = server.sockets[0].getsockname()[1]
+        driver = make_driver(tmp_path, port=port, unit=3, registers=ONE_REGISTER)
+        async with driver:
+            for _ in range(4):
+                assert await driver.poll() == [Measurement("x", 0x00010203)]
+    assert driver.stray_replies == {"transaction_id": 3}
+    # one line per episode: polls 1–2, then a clean poll, then poll 4
+    lines = [r for r in caplog.records if r.name == "citygate.drivers.modbus.driver"]
+    assert [r.getMessage() for r in lines] == 2 * [
+        f"meter: discarding replies that answer no request in flight (first: transaction id"
+        f" {tid}); counted, not logged again until a clean poll"
+    ]
+    assert all(r.levelno == logging.INFO and r.exc_info is None for r in lines)
+
+
+async def test_broken_framing_closes_the_connection_and_the_next_poll_reopens(
+    tmp_path: Path,
+) -> None:
+    garbage: Reply = lambda r: b"\x00\x01\x45\x00" + bytes(20) + good(r)  # noqa: E731
+    server = await serve_replies([garbage, good])
+    async with server:
+        port = server.sockets[0].getsockname()[1]
+        driver = make_driver(tmp_path, port=port, unit=3, registers=ONE_REGISTER)
+        async with driver:
+            with pytest.raises(DecodeError, match="protocol id 17664"):
+                await driver.poll()
+            assert not driver._session.connected
+            assert await driver.poll() == [Measurement("x", 0x00010203)]
+    assert driver.stray_replies == {"framing": 1}
+
+
+class HostileDevice:
+    """A TCP device answering each request with one of many wrong things (seeded)."""
+
+    TIMEOUT = 0.1  # the driver's; "late" replies come after it
+
+    def __init__(self, seed: int) -> None:
+        import random
+
+        self.random = random.Random(seed)
+        self.counts: dict[str, int] = {}
+        self.server: asyncio.Server | None = None
+
+    def answer(self, request: bytes) -> list[tuple[float, bytes]]:
+        """(pause before, bytes) to send for ``request``."""
+        right = good(request)
+        tid = int.from_bytes(request[:2], "big")
+        pdu = right[7:]
+        kind = self.random.choices(
+            [
+                "good", "tid0", "stale", "after", "unit", "protocol", "short", "long",
+                "garbage", "late", "silent", "dribble", "function", "count",
+            ],
+            weights=[30, 10, 8, 6, 4, 3, 3, 3, 3, 2, 1, 6, 2, 2],
+        )[0]  # fmt: skip
+        self.counts[kind] = self.counts.get(kind, 0) + 1
+        if kind == "tid0":
+            return [(0, with_tid(0, good)(request) + right)]
+        if kind == "stale":
+            return [(0, with_tid((tid - 1) & 0xFFFF, good)(request)), (0.005, right)]
+        if kind == "after":
+            return [(0, right), (0.002, with_tid(0, good)(request))]
+        if kind == "unit":
+            return [(0, frame(request, pdu, unit=request[6] ^ 0x55))]
+        if kind == "protocol":
+            return [(0, frame(request, pdu, protocol=0xFFFF))]
+        if kind == "short":  # the MBAP length stops inside the PDU
+            return [(0, right[:4] + (3).to_bytes(2, "big") + right[6:])]
+        if kind == "long":
+            return [(0, right[:4] + (0x0123).to_bytes(2, "big") + right[6:])]
+        if kind == "garbage":
+            return [(0, self.random.randbytes(self.random.randint(1, 40)))]
+        if kind == "late":
+            return [(self.TIMEOUT * 1.5, right)]
+        if kind == "silent":
+            return []
+        if kind == "dribble":
+            return [(0.001, right[i : i + 3]) for i in range(0, len(right), 3)]
+        if kind == "function":
+            return [(0, frame(request, bytes([0x03]) + pdu[1:]))]
+        if kind == "count":
+            return [(0, frame(request, bytes([pdu[0], pdu[1] + 2]) + pdu[2:] + b"\x00\x00"))]
+        return [(0, right)]
+
+    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while True:
+                request = await reader.readexactly(12)
+                for pause, data in self.answer(request):
+                    if pause:
+                        await asyncio.sleep(pause)
+                    writer.write(data)
+                    await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+
+async def test_hostile_device_300_polls(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG)
+    device = HostileDevice(seed=11)
+    server = await asyncio.start_server(device.handle, HOST, 0)
+    outcomes: dict[str, int] = {}
+    async with server:
+        port = server.sockets[0].getsockname()[1]
+        driver = make_driver(
+            tmp_path,
+            port=port,
+            unit=3,
+            timeout=HostileDevice.TIMEOUT,
+            retries=1,
+            registers=ONE_REGISTER,
+        )
+        async with asyncio.timeout(60), driver:
+            for _ in range(300):  # a poll reopens a connection closed since the last one
+                try:
+                    readings = await driver.poll()
+                except (TransportError, DecodeError) as exc:
+                    name = type(exc).__name__
+                else:
+                    assert readings == [Measurement("x", 0x00010203)]
+                    name = "ok"
+                outcomes[name] = outcomes.get(name, 0) + 1
+    assert outcomes["ok"] >= 150, (outcomes, device.counts)
+    assert outcomes.get("DecodeError", 0) > 0
+    assert driver.stray_replies["transaction_id"] >= device.counts["tid0"]
+    assert driver.stray_replies["framing"] > 0
+    assert driver.stray_replies["malformed"] > 0
+    noisy = [
+        r
+        for r in caplog.records
+        if r.levelno >= logging.WARNING or r.exc_info is not None or "failed" in r.getMessage()
+    ]
+    assert noisy == []
+    stray_lines = [r for r in caplog.records if r.name == "citygate.drivers.modbus.driver"]
+    assert 0 < len(stray_lines) <= driver.stray_replies["transaction_id"]

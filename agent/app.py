@@ -7,6 +7,8 @@
     ├── publisher          SQLite → MQTT, rows deleted on PUBACK
     ├── state-saver        device statuses → SQLite (for `citygate status`)
     ├── housekeeping       max_age expiry, health → systemd WATCHDOG=1, STATUS=
+    ├── pace               is the publisher falling behind the polling?
+    ├── loop-lag           event-loop lag (metrics ``loop_lag_max_ms``); skipped-poll episodes
     └── sources (TaskGroup, inside the body)
         ├── device <id>    one supervisor per device
         ├── ble-scanner    the BLE hub, when BLE devices are configured
@@ -64,6 +66,7 @@ from citygate.drivers.api import (
     PushDriver,
 )
 from citygate.lines import LineSet
+from citygate.looplag import GC_FREEZE_AFTER_S, LoopLagMonitor, SkipEpisodes
 from citygate.mqtt import Publisher
 from citygate.mqtt.announce import METRICS_INTERVAL_S
 from citygate.pipeline import BufferWriter
@@ -140,6 +143,9 @@ class Agent:
         self._publisher_task: asyncio.Task[None] | None = None
         self._unhealthy: str | None = None  # why the last health check failed
         self._falling_behind = False  # see _watch_pace
+        # Skipped polls told once per episode; the loop-lag monitor ticks it and names stalls.
+        self.skips = SkipEpisodes()
+        self.loop_lag = LoopLagMonitor(on_lag=self.skips.lag, freeze_gc_after=GC_FREEZE_AFTER_S)
 
     def _new_publisher(self, config: Config) -> Publisher:
         return Publisher(
@@ -150,7 +156,7 @@ class Agent:
             self.board,
             self.counters,
             metrics_interval=self._metrics_interval,
-            extra_metrics=self._line_metrics,
+            extra_metrics=self._extra_metrics,
             before_fetch=self._before_fetch,
         )
 
@@ -158,8 +164,9 @@ class Agent:
     def _notify_publisher(self, readings: int) -> None:
         self.publisher.notify(readings)
 
-    def _line_metrics(self) -> dict[str, Any]:
-        return self.lines.metrics()
+    def _extra_metrics(self) -> dict[str, Any]:
+        # Called once per metrics message: the lag's period is the metrics period.
+        return {"loop_lag_max_ms": self.loop_lag.take_max_ms(), **self.lines.metrics()}
 
     def _ble_hub(self, config: Config, enabled: Iterable[DeviceConfig]) -> Hub | None:
         if not any(d.driver == "ble" for d in enabled):
@@ -237,6 +244,7 @@ class Agent:
             self._timebase.synced,
             overloaded=self._overloaded,
             wall=self._timebase.wall,
+            on_skipped=self.skips.skipped,
         )
         self._device_tasks[device.id] = self._sources.create_task(
             supervisor.run(), name=f"device {device.id}"
@@ -262,6 +270,7 @@ class Agent:
                 saver_task = sinks.create_task(self._save_states(), name="state-saver")
                 housekeeping_task = sinks.create_task(self._housekeeping(), name="housekeeping")
                 pace_task = sinks.create_task(self._watch_pace(), name="pace")
+                lag_task = sinks.create_task(self.loop_lag.run(), name="loop-lag")
                 log.info(
                     "citygate %s running: gateway %s, %d devices, broker %s",
                     _version(),
@@ -294,6 +303,7 @@ class Agent:
                 saver_task.cancel()
                 housekeeping_task.cancel()
                 pace_task.cancel()
+                lag_task.cancel()
             self.lines.close()
             await self._save_all_states()
             stats = await self.buffer.stats()

@@ -12,6 +12,7 @@ import logging
 import math
 import random
 from collections.abc import Awaitable, Callable, Sequence
+from typing import Protocol
 
 from citygate.clock import wall_time
 from citygate.drivers.api import (
@@ -31,6 +32,15 @@ from citygate.status import Counters, StatusBoard
 log = logging.getLogger(__name__)
 
 SubmitSample = Callable[[Sample], Awaitable[None]]
+
+
+class OnSkipped(Protocol):
+    """Told of skipped polls (:meth:`citygate.looplag.SkipEpisodes.skipped`)."""
+
+    def __call__(
+        self, device_id: str, polls: int, late: float, *, overloaded: bool = False
+    ) -> None: ...
+
 
 OPEN_TIMEOUT_S = 10.0
 BACKOFF_START_S = 1.0
@@ -76,7 +86,8 @@ class DeviceSupervisor:
     (no answer, a garbled answer) the device is tried less often: capped
     exponential backoff up to :data:`BACKOFF_MAX_S`, each try a single poll,
     until it answers. ``clock`` and ``sleep`` are injectable for tests; ``wall`` stamps
-    samples (the agent's :class:`~citygate.clock.Timebase`).
+    samples (the agent's :class:`~citygate.clock.Timebase`); ``on_skipped`` hears of every
+    skip (the agent logs them once per episode, :class:`~citygate.looplag.SkipEpisodes`).
     """
 
     def __init__(
@@ -93,6 +104,7 @@ class DeviceSupervisor:
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         overloaded: Callable[[], bool] = lambda: False,
         wall: Callable[[], float] = wall_time,
+        on_skipped: OnSkipped | None = None,
     ) -> None:
         self.device_id = device_id
         self.interval = interval
@@ -105,6 +117,7 @@ class DeviceSupervisor:
         self._sleep = sleep
         self._overloaded = overloaded
         self._wall = wall
+        self._on_skipped = on_skipped
         self._normalise = Normaliser(device_id)
         self._failures = 0  # consecutive
         self._backoff = Backoff(start=max(BACKOFF_START_S, min(interval, 30.0)))
@@ -209,6 +222,8 @@ class DeviceSupervisor:
                 # than let polls starve the publisher of the event loop.
                 self._counters.polls_skipped += 1
                 self._deadline += self.interval
+                if self._on_skipped is not None:
+                    self._on_skipped(self.device_id, 1, 0.0, overloaded=True)
                 continue
             sample_time = self._wall()
             try:
@@ -234,6 +249,8 @@ class DeviceSupervisor:
                 # Late: skip the missed deadlines rather than poll in a burst.
                 missed = int((now - self._deadline) // self.interval) + 1
                 self._counters.polls_skipped += missed
+                if self._on_skipped is not None:
+                    self._on_skipped(self.device_id, missed, now - self._deadline)
                 self._deadline += missed * self.interval
 
     async def _push_loop(self, driver: PushDriver) -> None:
@@ -258,7 +275,7 @@ class DeviceSupervisor:
 def raise_if_cancelled() -> None:
     """Honour a cancellation a library swallowed.
 
-    Python 3.11's ``asyncio.wait_for`` (used inside pymodbus) drops a cancel that
+    Python 3.11's ``asyncio.wait_for`` (used inside aiomqtt and other libraries) drops a cancel that
     arrives together with the response (gh-86296, fixed in 3.12); the task then
     stays "cancelling" while its loop goes on, and shutdown would wait forever.
     """

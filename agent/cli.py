@@ -162,7 +162,9 @@ def _summary(config: Config) -> dict[str, Any]:
             s.id: f"{s.port} {s.baudrate} {s.bytesize}{s.parity}{s.stopbits}"
             for s in config.serial.values()
         },
-        "broker": f"{'mqtts' if m.tls else 'mqtt'}://{m.host}:{m.port}",
+        "broker": ", ".join(m.urls)
+        if m.urls
+        else f"{'mqtts' if m.tls else 'mqtt'}://{m.host}:{m.port}",
         "data_dir": str(config.gateway.data_dir),
         "files": [str(f) for f in config.files],
     }
@@ -345,11 +347,13 @@ def _status(path: Path, as_json: bool) -> int:
             "last_sample": status.get("last_sample"),
         }
     oldest_age = None if stats.oldest_unsent_age_s is None else round(stats.oldest_unsent_age_s, 3)
+    publisher = json.loads(statuses.get("#publisher") or "{}")  # agent/mqtt/data.py
     report = {
         "backlog_samples": stats.backlog_samples,
         "backlog_bytes": stats.backlog_bytes,
         "oldest_unsent_age_s": oldest_age,
         "dropped_samples": stats.dropped_samples,
+        "refused_samples": int(publisher.get("refused_samples", 0)),
         "devices": devices,
     }
     if as_json:
@@ -358,6 +362,8 @@ def _status(path: Path, as_json: bool) -> int:
     print(f"backlog   {stats.backlog_samples} samples, {stats.backlog_bytes} bytes")
     print(f"oldest    {'-' if oldest_age is None else f'{oldest_age:.1f} s ago'}")
     print(f"dropped   {stats.dropped_samples} samples")
+    if report["refused_samples"]:
+        print(f"refused   {report['refused_samples']} samples (by the broker; still buffered)")
     for device_id, d in devices.items():
         last = "-" if d["last_sample"] is None else f"{now - d['last_sample']:.0f} s ago"
         error = f"  ({d['error']})" if d["error"] else ""

@@ -134,6 +134,18 @@ class MqttSettings:
     max_batch: int = 500
     linger: float = 0.2
     max_inflight: int = 20
+    urls: tuple[str, ...] = ()  # every node of a cluster, ``url`` first; () means (url,)
+
+    @property
+    def endpoints(self) -> tuple[tuple[str, str, int], ...]:
+        """(url, host, port) of each broker to try, in turn."""
+        if not self.urls:
+            return ((self.url, self.host, self.port),)
+        found = []
+        for url in self.urls:
+            host, port, _ = _parse_mqtt_url(url)
+            found.append((url, host, port))
+        return tuple(found)
 
 
 @dataclass(frozen=True, slots=True)
@@ -258,7 +270,11 @@ GATEWAY_FIELDS: Final[Mapping[str, Field]] = {
 }
 
 MQTT_FIELDS: Final[Mapping[str, Field]] = {
-    "url": Field("str", "mqtt://127.0.0.1:1883", help="mqtt://HOST[:PORT] or mqtts://HOST[:PORT]"),
+    "url": Field(
+        "str",
+        "mqtt://127.0.0.1:1883",
+        help="mqtt://HOST[:PORT] or mqtts://HOST[:PORT], or a list of them (a cluster)",
+    ),
     "client_id": Field("str", None, help='default "citygate-<gateway.id>"'),
     "username": Field("str", None),
     "password": Field("secret", None),
@@ -668,14 +684,37 @@ class _Loader:
         return GatewaySettings(**values)
 
     def mqtt(self, main: _Source, gateway_id: str) -> MqttSettings | None:
-        values, ok = self.section(main, "mqtt", MQTT_FIELDS)
+        table = main.data.get("mqtt")
+        fields = MQTT_FIELDS
+        if isinstance(table, dict) and isinstance(table.get("url"), list):
+            # A list of urls: the nodes of a cluster, tried in turn.
+            fields = {**MQTT_FIELDS, "url": replace(MQTT_FIELDS["url"], kind="str_list")}
+        values, ok = self.section(main, "mqtt", fields)
         place = _Place(main, ("mqtt",), "[mqtt]")
         host, port, tls = "", 0, False
-        if "url" in values:
+        urls: tuple[str, ...] = ()
+        if isinstance(values.get("url"), list):
+            urls = tuple(values["url"])
+            if not urls:
+                self.at_value(place, ("url",), '"url": expected at least one url, found []')
+                return None
+            values["url"] = urls[0]
+        for index, url in enumerate(urls or (values.get("url"),)):
+            if url is None:
+                continue
+            path: KeyPath = ("url", index) if urls else ("url",)
             try:
-                host, port, tls = _parse_mqtt_url(values["url"])
+                parsed = _parse_mqtt_url(url)
             except ValueError as exc:
-                self.at_value(place, ("url",), f'"url": {exc}')
+                self.at_value(place, path, f'"url": {exc}')
+                ok = False
+                continue
+            if index == 0:
+                host, port, tls = parsed
+            elif parsed[2] != tls:
+                self.at_value(
+                    place, path, '"url": every url of the list must be mqtt:// or every mqtts://'
+                )
                 ok = False
         for key in ("ca_file", "cert_file", "key_file"):
             file = values.get(key)
@@ -695,7 +734,9 @@ class _Loader:
             return None
         if values["client_id"] is None:
             values["client_id"] = f"citygate-{gateway_id}"
-        return MqttSettings(host=host, port=port, tls=tls, **values)
+        return MqttSettings(
+            host=host, port=port, tls=tls, urls=urls if len(urls) > 1 else (), **values
+        )
 
     def ble(self, main: _Source) -> BleSettings | None:
         if "ble" not in main.data:

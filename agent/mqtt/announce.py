@@ -14,17 +14,19 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-import aiomqtt
-
 from citygate import __version__
 from citygate.buffer import AsyncBuffer
 from citygate.config import GatewaySettings
+from citygate.mqtt.client import Client, Will, reason_text
 from citygate.status import Counters, StatusBoard, rss_bytes
 from citygate.supervise import raise_if_cancelled
+
+log = logging.getLogger(__name__)
 
 METRICS_INTERVAL_S = 60.0
 OFFLINE_TIMEOUT_S = 2.0  # how long the clean stop waits for `offline` to be acknowledged
@@ -44,6 +46,8 @@ class Announcer:
         *,
         metrics_interval: float = METRICS_INTERVAL_S,
         extra_metrics: Callable[[], Mapping[str, Any]] | None = None,
+        own_metrics: Callable[[], Mapping[str, Any]] | None = None,
+        ack_timeout: float | None = None,
     ) -> None:
         self._base = topic_base
         self._gateway = gateway
@@ -54,15 +58,19 @@ class Announcer:
         self._counters = counters
         self._metrics_interval = metrics_interval
         self._extra_metrics = extra_metrics  # e.g. the serial lines' figures
+        self._own_metrics = own_metrics  # the MQTT side's: refused and unsolicited messages
+        self.ack_timeout = ack_timeout
+        """How long a status or info PUBACK may take (None: no limit)."""
+        self._refused_topics: set[str] = set()  # refusals logged (once per episode)
         self._started_at = time.time()
         self.status_topic = f"{topic_base}/status"
         self.info_topic = f"{topic_base}/info"
         self.metrics_topic = f"{topic_base}/metrics"
         self._info_stale = asyncio.Event()  # the devices list or labels changed: publish info
 
-    def will(self) -> aiomqtt.Will:
+    def will(self) -> Will:
         """The connection's will: ``offline``, as a clean stop says it."""
-        return aiomqtt.Will(self.status_topic, b"offline", qos=1, retain=True)
+        return Will(self.status_topic, b"offline", qos=1, retain=True)
 
     def update(self, devices: Sequence[tuple[str, str]], gateway: GatewaySettings) -> None:
         """A reload changed the devices or the gateway labels: publish info and every
@@ -76,19 +84,33 @@ class Announcer:
         """The publisher has ended: stop watching the status board."""
         self._board.unwatch(self._status_watch)  # a reload may start another publisher
 
-    async def online(self, client: aiomqtt.Client) -> None:
-        """Publish ``online``, then info (both acknowledged)."""
-        await client.publish(self.status_topic, b"online", qos=1, retain=True)
-        self._info_stale.clear()
-        await client.publish(self.info_topic, self._info_payload(), qos=1, retain=True)
-
-    async def offline(self, client: aiomqtt.Client) -> None:
-        """Publish ``offline`` (raises MqttError when not acknowledged in time)."""
-        await client.publish(
-            self.status_topic, b"offline", qos=1, retain=True, timeout=OFFLINE_TIMEOUT_S
+    async def _publish(
+        self, client: Client, topic: str, payload: bytes, within: float | None = None
+    ) -> None:
+        """Publish retained (QoS 1); a refusal is logged once per topic and episode (the
+        session goes on: data refusals are the data loop's, agent/mqtt/data.py)."""
+        reason = await client.publish(
+            topic, payload, qos=1, retain=True, within=within or self.ack_timeout
         )
+        if reason is not None and reason.is_failure:
+            if topic not in self._refused_topics:
+                self._refused_topics.add(topic)
+                log.warning("broker refuses %s: %s", topic, reason_text(reason))
+        elif topic in self._refused_topics:
+            self._refused_topics.discard(topic)
+            log.info("broker accepts %s again", topic)
 
-    def start(self, client: aiomqtt.Client, tg: asyncio.TaskGroup) -> None:
+    async def online(self, client: Client) -> None:
+        """Publish ``online``, then info (both answered within ``ack_timeout``)."""
+        await self._publish(client, self.status_topic, b"online")
+        self._info_stale.clear()
+        await self._publish(client, self.info_topic, self._info_payload())
+
+    async def offline(self, client: Client) -> None:
+        """Publish ``offline`` (raises MqttError when not acknowledged in time)."""
+        await self._publish(client, self.status_topic, b"offline", within=OFFLINE_TIMEOUT_S)
+
+    def start(self, client: Client, tg: asyncio.TaskGroup) -> None:
         """The session is up: every device status, then changes, metrics and info updates."""
         self._status_watch.reset()
         tg.create_task(self._send_statuses(client), name="mqtt-status")
@@ -104,20 +126,20 @@ class Announcer:
         }
         return json.dumps(info, separators=(",", ":")).encode()
 
-    async def _send_info(self, client: aiomqtt.Client) -> None:
+    async def _send_info(self, client: Client) -> None:
         while True:
             await self._info_stale.wait()
             self._info_stale.clear()
-            await client.publish(self.info_topic, self._info_payload(), qos=1, retain=True)
+            await self._publish(client, self.info_topic, self._info_payload())
             raise_if_cancelled()
 
-    async def _send_statuses(self, client: aiomqtt.Client) -> None:
+    async def _send_statuses(self, client: Client) -> None:
         while True:
             await self._status_watch.changed.wait()
             for device_id, status in self._status_watch.take():
                 topic = f"{self._base}/{device_id}/status"
-                await client.publish(topic, status.to_json().encode(), qos=1, retain=True)
-                raise_if_cancelled()  # aiomqtt's wait_for may swallow a cancel (Python 3.11)
+                await self._publish(client, topic, status.to_json().encode())
+                raise_if_cancelled()
 
     async def metrics(self) -> dict[str, Any]:
         """The metrics document of mqtt.md."""
@@ -142,10 +164,11 @@ class Announcer:
             "invalid_readings": c.invalid_readings,
             "polls_skipped": c.polls_skipped,
             "overflow_samples": c.overflow_samples,
+            **(self._own_metrics() if self._own_metrics is not None else {}),
             **(self._extra_metrics() if self._extra_metrics is not None else {}),
         }
 
-    async def _send_metrics(self, client: aiomqtt.Client) -> None:
+    async def _send_metrics(self, client: Client) -> None:
         while True:
             payload = json.dumps(await self.metrics(), separators=(",", ":")).encode()
             await client.publish(self.metrics_topic, payload, qos=0)

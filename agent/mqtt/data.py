@@ -9,10 +9,20 @@ Reconnects. The loop outlives every connection of the session (agent/mqtt/sessio
 message in flight when the connection drops stays in the client's session: after the next
 CONNACK the client sends it again with the same packet identifier and DUP set, before anything
 new, and the publish that waits for its PUBACK (it outlives the connection) acks its rows when
-that PUBACK comes. The buffer's cursor therefore never goes back while the publisher runs; rows
-are sent a second time only when the client refused a publish outright (the connection had just
-dropped) or at the next start. Delivery stays at least once, ordered per device (paho sends and
-re-sends in publish order).
+that PUBACK comes. The buffer's cursor therefore goes back only for refused rows (below) or a
+QoS 0 publish the client could not send; rows are otherwise sent a second time only at the next
+start. Delivery stays at least once, ordered per device (paho sends and re-sends in publish
+order).
+
+Refusals (MQTT 5). A PUBACK with a reason code of 0x80 or above (not authorized, topic name
+invalid, quota exceeded, ...) leaves the message's rows in the buffer; the samples are counted
+(``refused_samples``, each sample once), the device's refusal is logged once per episode with
+the reason, and the device is set aside: its newer rows are skipped (they stay buffered, in
+order) while the other devices' samples flow. After a delay (jittered, from
+:data:`REFUSAL_RETRY_START_S` doubling to :data:`REFUSAL_RETRY_MAX_S`; no busy loop) the cursor
+goes back to the device's oldest refused row and its rows are sent again; the first accepted
+PUBACK ends the episode. Rows still in flight are never fetched twice. With MQTT 3.1.1 a broker
+cannot refuse a publish: it drops it and the PUBACK says nothing (README).
 
 Stalls. A broker that answers pings but stops acknowledging data is found by
 :meth:`DataLoop.watch_acks`: no PUBACK for ``ack_timeout`` while messages wait for one ends the
@@ -28,21 +38,42 @@ own standard: nothing to send, or taking data and getting PUBACKs within ``ack_t
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
-import math
+import random
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 
-import aiomqtt
+from paho.mqtt.reasoncodes import ReasonCode
 
 from citygate.buffer import AsyncBuffer, StoredSample
 from citygate.config import MqttSettings
+from citygate.mqtt.client import Client, MqttError, reason_text
 from citygate.mqtt.session import HEALTH_SLACK_S, Stalled
 from citygate.senml import encode_pack
 from citygate.status import Counters
 
 log = logging.getLogger(__name__)
+
+REFUSAL_RETRY_START_S = 5.0
+REFUSAL_RETRY_MAX_S = 60.0
+PUBLISHER_STATUS_KEY = "#publisher"
+"""The buffer's status entry for the publisher's figures (``citygate status``); no device id
+can take it (ids start with a letter or digit)."""
+SAVE_EVERY_S = 1.0  # the refused count reaches the buffer file at most this often
+
+
+@dataclass(slots=True)
+class _Refusal:
+    """A device whose data the broker refuses: one episode."""
+
+    reason: str
+    first_seq: int  # its oldest refused row
+    retry_at: float  # monotonic
+    attempt: int = 0
+    counted_to: int = 0  # the newest seq counted in refused_samples
+    retrying: bool = False  # its rows are being sent again
 
 
 @dataclass(slots=True)
@@ -105,8 +136,15 @@ class DataLoop:
         self._all_acked = asyncio.Event()
         self._all_acked.set()
         self._waiting_since: float | None = None  # since when a PUBACK is awaited in vain
-        self._refused = asyncio.Event()  # the client refused a data publish: not connected
-        self._resend_after: int | None = None  # the cursor goes back here: a refused publish
+        self._not_sent = asyncio.Event()  # the client could not send a data publish
+        self._resend_after: int | None = None  # the cursor goes back here (not sent, refused)
+        self._sending: set[int] = set()  # seqs handed to the client, not yet answered
+        self._refusals: dict[str, _Refusal] = {}  # devices whose data the broker refuses
+        self._retry_timer: asyncio.TimerHandle | None = None
+        self.refused_samples = 0
+        """Samples the broker refused (PUBACK reason code ≥ 0x80), each counted once."""
+        self._saved_refused = 0  # what the buffer file says (for `citygate status`)
+        self._saved_at = 0.0
         self.last_progress = time.monotonic()
         """Last PUBACK, message handed over, empty fetch or session start (see health())."""
 
@@ -135,7 +173,7 @@ class DataLoop:
         self.last_progress = time.monotonic()
         if self._in_flight:
             self._waiting_since = time.monotonic()  # the client re-sends them now
-        self._refused.clear()
+        self._not_sent.clear()
         self._online.set()
 
     def pause(self) -> None:
@@ -150,6 +188,7 @@ class DataLoop:
         except TimeoutError:
             log.warning("stopping: samples the broker did not take in time stay buffered")
         self.pause()
+        await self.save_figures()
 
     def health(self, now: float) -> str | None:
         """Connected: None while nothing waits to be sent or acknowledged, or the oldest wait
@@ -182,9 +221,9 @@ class DataLoop:
                 )
 
     async def watch_refusals(self) -> None:
-        """End the session when the client says it is not connected (its loss went unseen)."""
-        await self._refused.wait()
-        raise aiomqtt.MqttError("the client is not connected")
+        """End the session when the client could not send (its loss went unseen)."""
+        await self._not_sent.wait()
+        raise MqttError("the client is not connected")
 
     async def _wait_for_data(self) -> None:
         while True:
@@ -207,7 +246,7 @@ class DataLoop:
                 pass
             return
 
-    async def run(self, client: aiomqtt.Client) -> None:
+    async def run(self, client: Client) -> None:
         """Hand buffered rows to ``client``, oldest first, while a session is up.
 
         Publishes it started wait for their PUBACK across reconnects (see the module
@@ -216,51 +255,142 @@ class DataLoop:
         slots = asyncio.Semaphore(m.max_inflight)
         fetch_readings = m.max_batch * m.max_inflight
         self._data_waiting.set()
-        async with asyncio.TaskGroup() as tg:
-            while True:
-                await self._wait_for_data()
-                await self._online.wait()
-                if self._before_fetch is not None:
-                    await self._before_fetch()
-                self._data_waiting.clear()
-                self._first_unsent_at = None
-                self._unsent_readings = 0
-                resend_after = self._take_resend_point()
-                if resend_after is not None:
-                    self._cursor = min(self._cursor, resend_after)
-                rows = await self._buffer.fetch(self._cursor, fetch_readings)
-                if not rows:
-                    self.last_progress = time.monotonic()
-                    if not self._stopping:
-                        continue
-                    await self._all_acked.wait()
-                    if self._resend_after is None:  # all handed over and acknowledged
-                        self._flushed.set()
-                        return
-                    self._data_waiting.set()
-                    continue
-                self._cursor = rows[-1].seq
-                for message in group_messages(rows, m.max_batch):
-                    await slots.acquire()
+        try:
+            async with asyncio.TaskGroup() as tg:
+                while True:
+                    await self._wait_for_data()
                     await self._online.wait()
-                    self._in_flight += 1
-                    self.last_progress = time.monotonic()
-                    self._all_acked.clear()
-                    if self._waiting_since is None:
-                        self._waiting_since = time.monotonic()
-                    tg.create_task(self._publish(client, message, slots))
-                # More may be waiting behind what one fetch takes.
-                self._data_waiting.set()
-                if self._first_unsent_at is None:
-                    self._first_unsent_at = time.monotonic() - m.linger
+                    if self._before_fetch is not None:
+                        await self._before_fetch()
+                    self._data_waiting.clear()
+                    self._first_unsent_at = None
+                    self._unsent_readings = 0
+                    self._retry_due_refusals()
+                    resend_after = self._take_resend_point()
+                    if resend_after is not None:
+                        self._cursor = min(self._cursor, resend_after)
+                    fetched = await self._buffer.fetch(self._cursor, fetch_readings)
+                    if fetched:
+                        self._cursor = fetched[-1].seq
+                    rows = [r for r in fetched if self._sendable(r)]
+                    if not rows:
+                        self.last_progress = time.monotonic()
+                        if fetched:  # only rows to skip: fetch on from the cursor, further on
+                            self._data_waiting.set()
+                            continue
+                        if not self._stopping:
+                            continue
+                        await self._all_acked.wait()
+                        if self._resend_after is None:  # all handed over and answered
+                            self._flushed.set()
+                            return
+                        self._data_waiting.set()
+                        continue
+                    for message in group_messages(rows, m.max_batch):
+                        await slots.acquire()
+                        await self._online.wait()
+                        self._in_flight += 1
+                        self._sending.update(s.seq for s in message.samples)
+                        self.last_progress = time.monotonic()
+                        self._all_acked.clear()
+                        if self._waiting_since is None:
+                            self._waiting_since = time.monotonic()
+                        tg.create_task(self._publish(client, message, slots))
+                    # More may be waiting behind what one fetch takes.
+                    self._data_waiting.set()
+                    if self._first_unsent_at is None:
+                        self._first_unsent_at = time.monotonic() - m.linger
+        finally:
+            if self._retry_timer is not None:
+                self._retry_timer.cancel()
+
+    def _sendable(self, row: StoredSample) -> bool:
+        """Not in flight already, and not of a device whose data the broker refuses."""
+        if row.seq in self._sending:
+            return False
+        refusal = self._refusals.get(row.device_id)
+        return refusal is None or refusal.retrying
+
+    def _retry_due_refusals(self) -> None:
+        now = time.monotonic()
+        for refusal in self._refusals.values():
+            if not refusal.retrying and refusal.retry_at <= now:
+                refusal.retrying = True
+                self._rewind(refusal.first_seq - 1)
+
+    def _rewind(self, after_seq: int) -> None:
+        point = self._resend_after
+        self._resend_after = after_seq if point is None else min(point, after_seq)
+        self._data_waiting.set()
 
     def _take_resend_point(self) -> int | None:
         point, self._resend_after = self._resend_after, None
         return point
 
-    async def _publish(
-        self, client: aiomqtt.Client, message: _Message, slots: asyncio.Semaphore
-    ) -> None:
+    async def save_figures(self) -> None:
+        """Put ``refused_samples`` in the buffer file, for ``citygate status`` (if changed)."""
+        if self.refused_samples == self._saved_refused:
+            return
+        self._saved_refused, self._saved_at = self.refused_samples, time.monotonic()
+        figures = {"refused_samples": self.refused_samples}
+        await self._buffer.save_device_status(PUBLISHER_STATUS_KEY, json.dumps(figures))
+
+    def _refused(self, message: _Message, reason: ReasonCode) -> None:
+        """The broker refused ``message``: its rows stay buffered; set the device aside."""
+        device = message.device_id
+        first, last = message.samples[0].seq, message.samples[-1].seq
+        text = reason_text(reason)
+        refusal = self._refusals.get(device)
+        if refusal is None:
+            refusal = _Refusal(text, first, 0.0)
+            self._refusals[device] = refusal
+            log.warning(
+                "broker refuses data of %s (%s/%s/data): %s; its samples stay buffered and are "
+                "sent again later",
+                device,
+                self._base,
+                device,
+                text,
+            )
+        elif refusal.retrying:
+            refusal.retrying = False
+            refusal.attempt += 1
+            refusal.first_seq = first
+        refusal.first_seq = min(refusal.first_seq, first)
+        if text != refusal.reason:
+            refusal.reason = text
+            log.warning("broker refuses data of %s: now %s", device, text)
+        counted = [s for s in message.samples if s.seq > refusal.counted_to]
+        self.refused_samples += len(counted)
+        refusal.counted_to = max(refusal.counted_to, last)
+        delay = min(REFUSAL_RETRY_MAX_S, REFUSAL_RETRY_START_S * 2**refusal.attempt)
+        delay = random.uniform(delay / 2, delay)
+        refusal.retry_at = time.monotonic() + delay
+        self._schedule_retry()
+
+    def _accepted(self, device: str) -> None:
+        refusal = self._refusals.pop(device, None)
+        if refusal is not None:
+            log.info("broker accepts data of %s again", device)
+            self._rewind(refusal.first_seq - 1)  # what it refused goes out now (never twice:
+            # rows in flight are skipped, acknowledged rows are gone)
+            self._schedule_retry()
+
+    def _schedule_retry(self) -> None:
+        waiting = [r.retry_at for r in self._refusals.values() if not r.retrying]
+        if self._retry_timer is not None:
+            self._retry_timer.cancel()
+            self._retry_timer = None
+        if waiting:
+            delay = max(0.0, min(waiting) - time.monotonic())
+            self._retry_timer = asyncio.get_running_loop().call_later(delay, self._retry_wakeup)
+
+    def _retry_wakeup(self) -> None:
+        self._retry_timer = None
+        self._data_waiting.set()
+        self._batch_ready.set()
+
+    async def _publish(self, client: Client, message: _Message, slots: asyncio.Semaphore) -> None:
         seqs = [s.seq for s in message.samples]
         try:
             topic = f"{self._base}/{message.device_id}/data"
@@ -268,22 +398,27 @@ class DataLoop:
             try:
                 # No timeout here: the wait spans reconnects; watch_acks bounds it while
                 # connected, and stopping cancels it.
-                await client.publish(topic, payload, qos=self._mqtt.qos, timeout=math.inf)
-            except aiomqtt.MqttError:
-                # Refused at once: the connection had just dropped. Send these rows again,
-                # after the next connect.
-                first = seqs[0] - 1
-                self._resend_after = min(first, self._resend_after or first)
+                reason = await client.publish(topic, payload, qos=self._mqtt.qos)
+            except MqttError:
+                # QoS 0 and not connected: send these rows again, after the next connect.
+                self._rewind(seqs[0] - 1)
                 self._online.clear()
-                self._refused.set()
-                self._data_waiting.set()
+                self._not_sent.set()
                 return
+            if reason is not None and reason.is_failure:
+                self._refused(message, reason)
+                self.last_progress = time.monotonic()
+                if time.monotonic() - self._saved_at >= SAVE_EVERY_S:
+                    await self.save_figures()
+                return
+            self._accepted(message.device_id)
             await self._buffer.ack(seqs)
             self._counters.samples_published += len(message.samples)
             self._counters.readings_published += message.readings
             self._counters.messages_published += 1
             self.last_progress = time.monotonic()
         finally:
+            self._sending.difference_update(seqs)
             slots.release()
             self._in_flight -= 1
             if self._in_flight == 0:

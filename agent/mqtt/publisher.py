@@ -14,11 +14,10 @@ import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
-import aiomqtt
-
 from citygate.buffer import AsyncBuffer
 from citygate.config import GatewaySettings, MqttSettings
 from citygate.mqtt.announce import METRICS_INTERVAL_S, Announcer
+from citygate.mqtt.client import Client
 from citygate.mqtt.data import DataLoop
 from citygate.mqtt.session import ACK_TIMEOUT_MIN_S, Session
 from citygate.status import Counters, StatusBoard
@@ -31,10 +30,10 @@ class _OverEachConnection:
         self._announcer = announcer
         self._data = data
 
-    async def open(self, client: aiomqtt.Client) -> None:
+    async def open(self, client: Client) -> None:
         await self._announcer.online(client)
 
-    def start(self, client: aiomqtt.Client, tg: asyncio.TaskGroup) -> None:
+    def start(self, client: Client, tg: asyncio.TaskGroup) -> None:
         self._data.resume()
         tg.create_task(self._data.watch_acks(), name="mqtt-ack-watch")
         tg.create_task(self._data.watch_refusals(), name="mqtt-refusal-watch")
@@ -43,7 +42,7 @@ class _OverEachConnection:
     async def flush(self, within: float) -> None:
         await self._data.flush(within)
 
-    async def close(self, client: aiomqtt.Client) -> None:
+    async def close(self, client: Client) -> None:
         await self._announcer.offline(client)
 
     def lost(self) -> None:
@@ -82,6 +81,8 @@ class Publisher:
             counters,
             metrics_interval=metrics_interval,
             extra_metrics=extra_metrics,
+            own_metrics=self._own_metrics,
+            ack_timeout=ack_timeout,
         )
         self._data = DataLoop(
             mqtt, gateway.id, base, buffer, counters, ack_timeout, before_fetch=before_fetch
@@ -104,6 +105,7 @@ class Publisher:
     def ack_timeout(self, value: float) -> None:
         self._session.ack_timeout = value
         self._data.ack_timeout = value
+        self._announcer.ack_timeout = value
 
     @property
     def connected(self) -> bool:
@@ -119,6 +121,18 @@ class Publisher:
     def last_progress(self) -> float:
         """Monotonic time of the last PUBACK, message handed over, empty fetch or session start."""
         return self._data.last_progress
+
+    @property
+    def refused_samples(self) -> int:
+        """Samples the broker refused (MQTT 5 PUBACK reason code ≥ 0x80), each counted once."""
+        return self._data.refused_samples
+
+    def _own_metrics(self) -> dict[str, Any]:
+        client = self._session.client
+        return {
+            "refused_samples": self._data.refused_samples,
+            "unsolicited_messages": 0 if client is None else client.unsolicited,
+        }
 
     def notify(self, readings: int) -> None:
         """New samples were buffered (called by the buffer writer)."""

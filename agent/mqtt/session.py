@@ -1,19 +1,36 @@
 """The connection to the broker: one client, one MQTT session, for the publisher's whole life.
 
-Session. The client connects with clean start off (protocol 5, with a session expiry of
-:data:`SESSION_EXPIRY_S`) or ``clean_session`` off (3.1.1), every time. (paho's "clean start on
-the first connection only" cannot be used: aiomqtt's connect resets what paho counts as the first
-connection. A new process resuming its predecessor's session costs nothing: a publisher's session
-on the broker holds no subscriptions, and what the predecessor had in flight is still in the
-buffer and is sent again.) The will is the gateway's ``offline`` status; TLS and credentials come
-from ``[mqtt]``.
+Client. :class:`citygate.mqtt.client.Client`, a small adapter over paho-mqtt's public API
+(see its docstring for why not aiomqtt): no private attribute of paho or aiomqtt is touched
+(ruff SLF001 is on for agent/mqtt).
 
-Faults. A connection that dies silently is found by the keepalive (aiomqtt/paho send PINGREQ and
-close after a further keepalive without an answer). A broker that answers pings but stops
+Session: kept, not clean. The client connects with clean start off (protocol 5, session expiry
+:data:`SESSION_EXPIRY_S`) or ``clean_session`` off (3.1.1), every time, so that the QoS 1
+messages in flight at a cut are re-sent by the session (same packet id, DUP) and not a second
+time from the buffer: after a cut under load the broker forwards each sample at most twice
+(measured: 6.4 duplicate copies per cut, see agent/mqtt/client.py), where a clean session with
+the buffer as the session (rewinding the cursor to the oldest unacknowledged row) re-sends
+everything fetched but unacknowledged (up to ``max_inflight × max_batch`` readings). The
+price: a subscription planted in the session by another client using our
+client id (e.g. to ``#``) survives and the broker sends us that traffic. It cannot make the
+agent hold or process anything: every incoming message is counted (``unsolicited_messages``)
+and dropped as paho parses it, nothing is queued; MQTT 5 CONNECT announces a Maximum Packet
+Size of 256 KiB and a Receive Maximum of 10, so a broker may send neither large packets nor
+many unacknowledged ones. (MQTT 3.1.1 has no maximum packet size: use protocol 5.)
+
+Faults. A connection that dies silently is found by the keepalive (paho sends PINGREQ and closes
+after a further keepalive without an answer). A broker that answers pings but stops
 acknowledging data is found by the data loop (agent/mqtt/data.py), which raises
 :class:`Stalled`. A CONNACK or a status PUBACK that does not come within ``ack_timeout``
-(``max(keepalive, 10 s)``) fails the attempt. Every failure leads to a reconnect with capped,
-jittered backoff; each distinct error is logged once.
+(``max(keepalive, 10 s)``) fails the attempt. Each distinct error is logged once, with the
+name and value of any CONNACK/DISCONNECT reason code.
+
+Reconnecting: with full jitter, capped at :data:`RECONNECT_MAX_S` while the broker is
+unreachable or the connection is lost (after an outage the first sample goes out within 5 s of
+the broker's return), and growing to :data:`SLOW_RECONNECT_MAX_S` when the broker asks for it
+(CONNACK 0x89 server busy, 0x97 quota exceeded, 0x9F connection rate exceeded) or refuses the
+credentials (0x86, 0x87, 0x8C). With several urls (a cluster), each new attempt after a failure
+or a lost connection goes to the next url.
 
 Stopping (:meth:`Session.stop`): the handler flushes data until the deadline, then ``offline`` is
 published (for at most ``OFFLINE_TIMEOUT_S``, agent/mqtt/announce.py) and the client
@@ -23,38 +40,34 @@ CONNACK.
 
 Health (:meth:`Session.health`): disconnected, the session is healthy while its reconnect loop
 keeps trying (a broker outage is not a fault of the agent).
-
-aiomqtt 2.5 can reuse a client only with care, which :func:`_prepare_reconnect`,
-:func:`_drop_connection` and :class:`_Client` take (they touch aiomqtt internals: the 2.5 release
-line is pinned).
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-import socket
+import random
 import ssl
 import time
-from typing import Any, Protocol
-
-import aiomqtt
-import paho.mqtt.client as paho
-from aiomqtt.types import PahoSocket
-from paho.mqtt.packettypes import PacketTypes
-from paho.mqtt.properties import Properties
+from typing import Protocol
 
 from citygate.config import MqttSettings
+from citygate.mqtt.client import Client, ConnectRefused, MqttError, Will
 from citygate.status import Counters
 from citygate.supervise import Backoff, describe
 
 log = logging.getLogger(__name__)
 
 SESSION_EXPIRY_S = 7 * 86400
-RECONNECT_MAX_S = 60.0
+RECONNECT_START_S = 0.25
+RECONNECT_MAX_S = 4.0  # broker unreachable: full jitter up to this (≤ 5 s, spec: mqtt.md)
+SLOW_RECONNECT_START_S = 2.0
+SLOW_RECONNECT_MAX_S = 60.0  # the broker asked for it, or refused the credentials
+BUSY_CODES = frozenset({0x89, 0x97, 0x9F})  # server busy, quota exceeded, connection rate
+CREDENTIAL_CODES = frozenset({0x86, 0x87, 0x8C})  # bad user name or password, not authorized,
+# bad authentication method
 ACK_TIMEOUT_MIN_S = 10.0  # a PUBACK or CONNACK later than max(keepalive, this) means a stall
-DROP_TIMEOUT_S = 2.0  # how long dropping a connection waits for the client to notice
+DROP_TIMEOUT_S = 2.0  # how long a DISCONNECT may take to leave
 HEALTH_SLACK_S = 2.0  # margin on the publisher's own deadlines before it counts as wedged
 
 
@@ -69,11 +82,11 @@ class _SessionEnd(Exception):
 class SessionHandler(Protocol):
     """What runs over each connection (the publisher's data loop and announcements)."""
 
-    async def open(self, client: aiomqtt.Client) -> None:
+    async def open(self, client: Client) -> None:
         """Connected: publish what must be acknowledged before the session counts as up."""
         ...
 
-    def start(self, client: aiomqtt.Client, tg: asyncio.TaskGroup) -> None:
+    def start(self, client: Client, tg: asyncio.TaskGroup) -> None:
         """The session is up: start its tasks in ``tg`` (one raising ends the session)."""
         ...
 
@@ -81,7 +94,7 @@ class SessionHandler(Protocol):
         """Stopping: let data flow for at most ``within`` seconds, then hand over no more."""
         ...
 
-    async def close(self, client: aiomqtt.Client) -> None:
+    async def close(self, client: Client) -> None:
         """Stopping, flushed: the last words on the connection (raises MqttError if unheard)."""
         ...
 
@@ -90,94 +103,13 @@ class SessionHandler(Protocol):
         ...
 
 
-class _Client(aiomqtt.Client):
-    """aiomqtt's client, with a write registration that lands only where it is still wanted.
+class FullJitter(Backoff):
+    """Capped exponential backoff with full jitter: uniform in [0, min(cap, start·2ⁿ)]."""
 
-    aiomqtt 2.5 asks the event loop to watch the socket for writing with
-    ``call_soon_threadsafe`` (paho may ask from its connect thread) but stops watching at once.
-    A request still queued when paho has already written everything, or closed the socket,
-    would make the loop spin on an idle socket or log "Exception in callback ... Bad file
-    descriptor" for a closed one, which happens when a connection drops mid-publish."""
-
-    def _on_socket_register_write(
-        self, client: paho.Client, userdata: Any, sock: PahoSocket
-    ) -> None:
-        def write() -> None:
-            try:
-                client.loop_write()
-            except Exception as exc:  # a broken connection, as in aiomqtt's own callback
-                if not self._disconnected.done():
-                    self._disconnected.set_exception(exc)
-
-        def watch() -> None:
-            current = client.socket()
-            if current is not None and current is sock and client.want_write():
-                self._loop.add_writer(current.fileno(), write)
-
-        self._loop.call_soon_threadsafe(watch)
-
-
-class _ConnectWatch(logging.Handler):
-    """Fails a connection attempt at once when the broker closes it before CONNACK.
-
-    aiomqtt 2.5 ignores a connection lost before CONNACK: the attempt waits out
-    ``ack_timeout`` and says only "timed out". That is how a broker refuses a TLS
-    client certificate (missing, expired, from another CA): after a TLS 1.3
-    handshake, with an alert that paho only logs ("failed to receive on socket:
-    [SSL: ...]"). This handler is the client's paho logger (it keeps the last
-    error: the reason) and wraps paho's on_disconnect (it fails aiomqtt's pending
-    connect with that reason). When the broker closes before the alert can be read
-    (an EOF or a reset), the last TLS refusal is repeated, so that one refusal
-    reads the same at every attempt and is logged once. paho's ERROR lines are not
-    passed on (the publisher logs each distinct error once); lower levels go to
-    the "mqtt" logger.
-    """
-
-    def __init__(self, client_logger: logging.Logger) -> None:
-        super().__init__()
-        self._loop = asyncio.get_running_loop()
-        self._forward = logging.getLogger("mqtt")
-        self._client: aiomqtt.Client | None = None
-        self._reason: str | None = None  # the last error paho logged
-        self._refusal: str | None = None  # the last TLS alert that ended an attempt
-        client_logger.setLevel(min(logging.ERROR, self._forward.getEffectiveLevel()))
-        client_logger.addHandler(self)
-
-    def attach(self, client: aiomqtt.Client) -> None:
-        """Watch ``client`` (created with this handler's logger)."""
-        self._client = client
-        paho_client = client._client
-        aiomqtt_on_disconnect = paho_client.on_disconnect
-
-        def on_disconnect(*args: Any) -> None:
-            self._loop.call_soon_threadsafe(self._lost)
-            if aiomqtt_on_disconnect is not None:
-                aiomqtt_on_disconnect(*args)
-
-        paho_client.on_disconnect = on_disconnect
-
-    def connected(self) -> None:
-        """The attempt succeeded: a later refusal is a new one."""
-        self._refusal = None
-
-    def emit(self, record: logging.LogRecord) -> None:
-        if record.levelno >= logging.ERROR:
-            self._reason = record.getMessage()  # logged just before paho reports the loss
-        elif self._forward.isEnabledFor(record.levelno):
-            self._forward.handle(record)
-
-    def _lost(self) -> None:
-        reason, self._reason = self._reason, None
-        connected = None if self._client is None else self._client._connected
-        if connected is None or connected.done():
-            return  # a session's loss: aiomqtt reports it
-        if reason is not None and "[SSL:" in reason:
-            self._refusal = reason
-        elif self._refusal is not None:
-            reason = self._refusal
-        connected.set_exception(
-            aiomqtt.MqttError(f"closed before CONNACK: {reason or 'no reason given'}")
-        )
+    def next_delay(self) -> float:
+        delay = min(self.cap, self.start * 2**self.attempt)
+        self.attempt += 1
+        return random.uniform(0.0, delay)
 
 
 class Session:
@@ -186,7 +118,7 @@ class Session:
     def __init__(
         self,
         mqtt: MqttSettings,
-        will: aiomqtt.Will,
+        will: Will,
         counters: Counters,
         handler: SessionHandler,
         ack_timeout: float,
@@ -201,7 +133,11 @@ class Session:
         self._stopping = asyncio.Event()
         self._stop_deadline = 0.0
         self._last_attempt = time.monotonic()  # the reconnect loop's last tick
-        self._connect_watch: _ConnectWatch | None = None
+        self._endpoints = mqtt.endpoints
+        self._next_endpoint = 0
+        self._tls_refusal: str | None = None  # the last TLS alert that ended an attempt
+        self.client: Client | None = None
+        self._closing = False  # the session sent DISCONNECT: its end is no loss
 
     @property
     def stopping(self) -> bool:
@@ -217,80 +153,57 @@ class Session:
         """Disconnected: None while the reconnect loop ticked within the longest backoff plus
         the longest attempt (each of its waits is bounded by ``ack_timeout``), else why not."""
         idle = now - self._last_attempt
-        # The longest backoff, plus the longest attempt: TCP connect (≤ keepalive) and
-        # CONNACK, the online and info PUBACKs, then dropping and leaving the client.
-        limit = RECONNECT_MAX_S + 5 * self.ack_timeout + DROP_TIMEOUT_S + HEALTH_SLACK_S
+        # The longest backoff, plus the longest attempt: TCP connect and TLS (≤ ack_timeout),
+        # CONNACK, the online and info PUBACKs, then dropping the connection.
+        limit = SLOW_RECONNECT_MAX_S + 5 * self.ack_timeout + DROP_TIMEOUT_S + HEALTH_SLACK_S
         if idle > limit:
             return f"publisher: disconnected and no connection attempt for {idle:.0f} s"
         return None
 
-    def new_client(self) -> aiomqtt.Client:
+    def new_client(self) -> Client:
         """The session's client (call once, inside the event loop): :meth:`run` connects it."""
         m = self._mqtt
-        v5 = m.protocol == "5"
-        properties = None
-        if v5:
-            properties = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
-            properties.SessionExpiryInterval = SESSION_EXPIRY_S
-        client_logger = logging.Logger("mqtt")  # this client's own, not registered
-        self._connect_watch = _ConnectWatch(client_logger)
-        tls = None
-        if m.tls:
-            tls = aiomqtt.TLSParameters(
-                ca_certs=str(m.ca_file) if m.ca_file else None,
-                certfile=str(m.cert_file) if m.cert_file else None,
-                keyfile=str(m.key_file) if m.key_file else None,
-            )
-        client = _Client(
-            m.host,
-            m.port,
-            identifier=m.client_id,
+        self.client = Client(
+            client_id=m.client_id,
+            protocol=m.protocol,
+            keepalive=m.keepalive,
+            will=self._will,
+            session_expiry=SESSION_EXPIRY_S,
+            max_inflight=m.max_inflight,
             username=m.username,
             password=m.password,
-            protocol=aiomqtt.ProtocolVersion.V5 if v5 else aiomqtt.ProtocolVersion.V311,
-            will=self._will,
-            clean_session=None if v5 else False,
-            clean_start=False if v5 else paho.MQTT_CLEAN_START_FIRST_ONLY,  # 3.1.1: must be default
-            keepalive=max(1, round(m.keepalive)),
-            timeout=self.ack_timeout,
-            max_inflight_messages=m.max_inflight,
-            properties=properties,
-            tls_params=tls,
-            logger=client_logger,
+            tls=m.tls,
+            ca_file=str(m.ca_file) if m.ca_file else None,
+            cert_file=str(m.cert_file) if m.cert_file else None,
+            key_file=str(m.key_file) if m.key_file else None,
+            connect_timeout=self.ack_timeout,
         )
-        self._connect_watch.attach(client)
-        # aiomqtt warns above 10 pending publishes; up to max_inflight of them is normal here.
-        client.pending_calls_threshold = m.max_inflight + 10
-        return client
+        return self.client
 
-    async def run(self, client: aiomqtt.Client) -> None:
+    async def run(self, client: Client) -> None:
         """Connect, run sessions and reconnect until :meth:`stop`."""
-        assert self._connect_watch is not None, "client not made by new_client()"
-        backoff = Backoff(start=1.0, cap=RECONNECT_MAX_S)
+        fast = FullJitter(start=RECONNECT_START_S, cap=RECONNECT_MAX_S)
+        slow = Backoff(start=SLOW_RECONNECT_START_S, cap=SLOW_RECONNECT_MAX_S)
         last_error: str | None = None
         failures = 0
         while not self._stopping.is_set():
             self._last_attempt = time.monotonic()
+            self._closing = False
+            url, host, port = self._endpoints[self._next_endpoint]
+            slow_down = False
             try:
-                async with contextlib.AsyncExitStack() as connection:
-                    if not await self._connect(client):
-                        return
-                    connection.push_async_exit(client)
-                    if not client._client.is_connected():
-                        # Lost between CONNACK and the end of `__aenter__`: aiomqtt 2.5
-                        # misses a loss in that moment (its "disconnected" is reset after).
-                        raise aiomqtt.MqttError("connection lost right after CONNACK")
-                    self._connect_watch.connected()
-                    if failures:
-                        log.info(
-                            "broker %s: connected again after %d attempts", self._mqtt.url, failures
-                        )
-                        self._counters.broker_reconnects += 1
-                    else:
-                        log.info("broker %s: connected", self._mqtt.url)
-                    failures, last_error = 0, None
-                    backoff.reset()
-                    await self._session(client)
+                if not await self._connect(client, host, port):
+                    return
+                self._tls_refusal = None
+                if failures:
+                    log.info("broker %s: connected again after %d attempts", url, failures)
+                    self._counters.broker_reconnects += 1
+                else:
+                    log.info("broker %s: connected", url)
+                failures, last_error = 0, None
+                fast.reset()
+                slow.reset()
+                await self._session(client)
             except _SessionEnd:
                 return
             except (*_CONNECTION_ERRORS, BaseExceptionGroup) as exc:
@@ -300,32 +213,35 @@ class Session:
                 unexpected = [e for e in leaves if not isinstance(e, _CONNECTION_ERRORS)]
                 if unexpected:
                     raise
-                # A CONNACK that never came leaves the socket open.
-                _drop_connection(client)
-                error = "; ".join(dict.fromkeys(_describe(e) for e in leaves))
+                client.drop()
+                error = "; ".join(dict.fromkeys(self._describe(e) for e in leaves))
+                slow_down = any(
+                    isinstance(e, ConnectRefused) and e.code in BUSY_CODES | CREDENTIAL_CODES
+                    for e in leaves
+                )
                 failures += 1
+                # A cluster: the next attempt goes to the next node.
+                self._next_endpoint = (self._next_endpoint + 1) % len(self._endpoints)
                 if error != last_error:
-                    log.warning("broker %s: %s (retrying with backoff)", self._mqtt.url, error)
+                    log.warning("broker %s: %s (retrying with backoff)", url, error)
                     last_error = error
             finally:
                 self.connected = False
                 self._handler.lost()
             if self._stopping.is_set():
                 return
-            delay = backoff.next_delay()
+            delay = slow.next_delay() if slow_down else fast.next_delay()
             try:
                 async with asyncio.timeout(delay):
                     await self._stopping.wait()
             except TimeoutError:
                 pass
 
-    async def _connect(self, client: aiomqtt.Client) -> bool:
-        """Enter ``client`` (connect, wait for CONNACK); False if :meth:`stop` came first.
+    async def _connect(self, client: Client, host: str, port: int) -> bool:
+        """Connect and wait for CONNACK; False if :meth:`stop` came first.
 
         The wait for a CONNACK lasts up to ``ack_timeout``; stopping must not wait for it."""
-        _prepare_reconnect(client)
-        started = time.monotonic()
-        entering = asyncio.ensure_future(client.__aenter__())
+        entering = asyncio.ensure_future(client.connect(host, port, self.ack_timeout))
         stopping = asyncio.ensure_future(self._stopping.wait())
         try:
             await asyncio.wait([entering, stopping], return_when=asyncio.FIRST_COMPLETED)
@@ -335,7 +251,7 @@ class Session:
                 # Abandoned for good: the publisher is stopping (or being cancelled).
                 entering.cancel()
                 await asyncio.wait([entering])
-                _drop_connection(client)
+                client.drop()
                 if not entering.cancelled():
                     entering.exception()  # it failed meanwhile: nobody is waiting for why
         if entering.cancelled():
@@ -343,91 +259,70 @@ class Session:
         failure = entering.exception()
         if failure is None:
             return True
-        if type(failure) is aiomqtt.MqttError and time.monotonic() - started >= self.ack_timeout:
-            # aiomqtt's "Operation timed out": connected, but no CONNACK came.
+        if isinstance(failure, TimeoutError):
             raise Stalled(f"no CONNACK within {self.ack_timeout:g} s") from failure
         raise failure
 
-    async def _session(self, client: aiomqtt.Client) -> None:
+    async def _session(self, client: Client) -> None:
         """One connection's life: ends by raising (connection lost, stall, or _SessionEnd)."""
         try:
             async with asyncio.TaskGroup() as tg:
                 tg.create_task(self._watch_connection(client), name="mqtt-watch")
+                tg.create_task(client.keep_alive(), name="mqtt-keepalive")
                 tg.create_task(self._begin(client, tg), name="mqtt-announce")
                 await self._stopping.wait()
                 await self._end_session(client)
         except BaseException as exc:
             self._handler.lost()
             if not any(isinstance(e, _SessionEnd) for e in _leaves(exc)):
-                # Leave the connection closed so that leaving `client` does not try a
-                # DISCONNECT on a connection that may be stalled.
-                await _close_and_wait(client)
+                client.drop()  # no DISCONNECT on a connection that may be stalled
             raise
 
-    async def _begin(self, client: aiomqtt.Client, tg: asyncio.TaskGroup) -> None:
+    async def _begin(self, client: Client, tg: asyncio.TaskGroup) -> None:
         await self._handler.open(client)
         self.connected = True
         self._handler.start(client, tg)
 
-    async def _end_session(self, client: aiomqtt.Client) -> None:
+    async def _end_session(self, client: Client) -> None:
         """Stopping: flush until the deadline, say goodbye, end the session."""
         await self._handler.flush(max(0.0, self._stop_deadline - time.monotonic()))
         try:
             await self._handler.close(client)
-        except aiomqtt.MqttError as exc:
-            log.warning("stopping: could not publish offline status: %s", _describe(exc))
-            await _close_and_wait(client)  # the broker is not answering: no DISCONNECT either
+        except MqttError as exc:
+            log.warning("stopping: could not publish offline status: %s", self._describe(exc))
+            client.drop()  # the broker is not answering: no DISCONNECT either
+        else:
+            self._closing = True
+            await client.disconnect(DROP_TIMEOUT_S)
         raise _SessionEnd
 
-    async def _watch_connection(self, client: aiomqtt.Client) -> None:
-        # The messages iterator raises MqttError when the connection is lost.
-        async for _ in client.messages:
-            pass
+    async def _watch_connection(self, client: Client) -> None:
+        try:
+            await client.lost  # raises MqttError: why the connection ended
+        except MqttError:
+            if not self._closing:
+                raise
+            await asyncio.Event().wait()  # our own DISCONNECT: _end_session ends the session
+
+    def _describe(self, exc: BaseException) -> str:
+        """One line for a failure; a TLS refusal reads the same at every attempt."""
+        text = str(exc) if isinstance(exc, Stalled | MqttError) else describe(exc)
+        if isinstance(exc, ConnectRefused):
+            if exc.code in CREDENTIAL_CODES:
+                text += ": the credentials were refused"
+            elif exc.code in BUSY_CODES:
+                text += ": the broker asks to wait"
+        if "closed before CONNACK" in text:
+            # A broker refusing a client certificate sends a TLS alert after the handshake;
+            # when it closes before the alert can be read, the last refusal is repeated.
+            if "[SSL:" in text:
+                self._tls_refusal = text
+            elif self._tls_refusal is not None:
+                text = self._tls_refusal
+        return text
 
 
-_CONNECTION_ERRORS = (aiomqtt.MqttError, OSError, ssl.SSLError, _SessionEnd, Stalled)
-
-
-def _describe(exc: BaseException) -> str:
-    """Like :func:`describe`, with the cause aiomqtt hides behind a generic message."""
-    if isinstance(exc, Stalled):
-        return str(exc)
-    cause = exc.__cause__
-    if isinstance(exc, aiomqtt.MqttError) and cause is not None:
-        return f"connection lost ({describe(cause)})"
-    return describe(exc)
-
-
-def _prepare_reconnect(client: aiomqtt.Client) -> None:
-    """Make ``async with client`` wait for the next CONNACK again.
-
-    aiomqtt 2.5 resets its "connected" future only after a clean exit; after a lost connection
-    it stays done, and the next ``__aenter__`` would return before the broker answered."""
-    connected = client._connected
-    if connected.done():
-        client._connected = asyncio.get_running_loop().create_future()
-
-
-def _drop_connection(client: aiomqtt.Client) -> None:
-    """Close the connection at once, without a DISCONNECT (a stalled broker would not take it).
-
-    Shutting the socket down makes paho read EOF on the event loop: it closes the socket and
-    reports the loss, which ends ``client.messages``. The MQTT session survives (and so does
-    the will: the broker publishes ``offline`` as for any lost connection)."""
-    sock = client._client.socket()
-    if isinstance(sock, socket.socket):
-        with contextlib.suppress(OSError):
-            sock.shutdown(socket.SHUT_RDWR)
-
-
-async def _close_and_wait(client: aiomqtt.Client) -> None:
-    """Drop the connection and wait (bounded) until the client has noticed, so that leaving
-    ``async with client`` neither sends a DISCONNECT nor waits for one."""
-    _drop_connection(client)
-    with contextlib.suppress(aiomqtt.MqttError, TimeoutError):
-        async with asyncio.timeout(DROP_TIMEOUT_S):
-            async for _ in client.messages:
-                pass
+_CONNECTION_ERRORS = (MqttError, OSError, ssl.SSLError, _SessionEnd, Stalled)
 
 
 def _leaves(exc: BaseException) -> list[BaseException]:

@@ -23,6 +23,7 @@ PARTS: dict[str, str] = {
     "modbus_tcp": "tests.bench.modbus_tcp",  # issue 11: TCP client CPU per request
     "mbus": "tests.bench.mbus",  # issue 5: decoder throughput, readout wire time
     "ble": "tests.drivers.ble.bench_part",  # BLE advert decoding rate and CPU
+    "broker": "tests.bench.broker",  # issue 11: back after an outage, RSS under a flood
 }
 
 

@@ -330,6 +330,40 @@ def test_bad_mqtt_urls(tmp_path: Path, url: str, message: str) -> None:
     assert message in problem.message
 
 
+def test_mqtt_url_may_list_the_nodes_of_a_cluster(tmp_path: Path) -> None:
+    urls = '["mqtts://a.example:8883", "mqtts://b.example"]'
+    path = write(tmp_path, {"gateway.toml": GATEWAY + f"[mqtt]\nurl = {urls}\n"})
+    mqtt = load(path, FACTORIES, environ={}).mqtt
+    assert (mqtt.host, mqtt.port, mqtt.tls, mqtt.url) == (
+        "a.example",
+        8883,
+        True,
+        "mqtts://a.example:8883",
+    )
+    assert mqtt.endpoints == (
+        ("mqtts://a.example:8883", "a.example", 8883),
+        ("mqtts://b.example", "b.example", 8883),
+    )
+
+
+@pytest.mark.parametrize(
+    ("urls", "col", "message"),
+    [
+        ('["mqtt://a", "mqtts://b"]', 20, "every url of the list must be mqtt:// or every"),
+        ('["mqtt://a", "tcp://b"]', 20, 'found "tcp://b"'),
+        ('["mqtt://a", 3]', 20, '"url[1]": expected a string'),
+        ("[]", 7, "expected at least one url"),
+    ],
+)
+def test_bad_mqtt_url_lists(tmp_path: Path, urls: str, col: int, message: str) -> None:
+    path = write(tmp_path, {"gateway.toml": GATEWAY + f"[mqtt]\nurl = {urls}\n"})
+    with pytest.raises(ConfigError) as exc:
+        load(path, FACTORIES, environ={})
+    (problem,) = exc.value.problems
+    assert (problem.line, problem.col) == (4, col)
+    assert message in problem.message
+
+
 def test_a_missing_main_file_is_one_clean_error(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as exc:
         load(tmp_path / "nope.toml", FACTORIES)

@@ -1,0 +1,122 @@
+"""Issue 11 figures: what the broker can do to the agent, against a real Mosquitto.
+
+* first delivery after an outage: the broker is stopped for 3-10 s (random), started again,
+  and the time until the next new sample reaches a subscriber is taken; p50 and p95 over the
+  outages (target: 5 s, mqtt.md "Delivery guarantees");
+* RSS under a flood: another client plants a subscription to ``#`` in the agent's session,
+  then a flooder publishes 1 KiB messages as fast as it can; the agent's RSS growth while it
+  drops them (target: ± 5 MB).
+
+The agent runs in this process with synthetic devices (tests/faults/helpers.py), so RSS is this
+process's: the agent, its buffer writer and the test's subscriber thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from citygate.status import rss_bytes
+from tests.bench.counter import percentile
+from tests.bench.procs import scratch
+from tests.bench.report import PartResult
+from tests.faults.helpers import (
+    SessionSubscriber,
+    make_agent,
+    persistent_broker,
+    running,
+    synthetic_config,
+    until,
+)
+from tests.integration.test_broker_boundary import FLOODER, plant_subscription
+
+FIRST_DELIVERY_S_TARGET = 5.0
+FLOOD_RSS_MIB_TARGET = 5.0
+
+
+def run(quick: bool) -> PartResult:
+    result = PartResult("broker")
+    with scratch("broker") as workdir:
+        delays = asyncio.run(outages(workdir / "outage", 3 if quick else 10))
+        messages = 30_000 if quick else 200_000
+        grown, received, seconds = asyncio.run(flood(workdir / "flood", messages))
+    result.details["first_delivery_s"] = [round(d, 3) for d in delays]
+    result.add(
+        "first sample after an outage, p50",
+        statistics.median(delays),
+        "s",
+        at_most=FIRST_DELIVERY_S_TARGET,
+    )
+    result.add(
+        "first sample after an outage, p95",
+        percentile(delays, 0.95),
+        "s",
+        at_most=FIRST_DELIVERY_S_TARGET,
+    )
+    result.add(
+        "RSS growth under a flood",
+        grown / 2**20,
+        "MiB",
+        at_most=FLOOD_RSS_MIB_TARGET,
+        note=f"{received} unsolicited 1 KiB messages in {seconds:.1f} s, dropped",
+    )
+    return result
+
+
+async def outages(workdir: Path, count: int) -> list[float]:
+    broker = persistent_broker(workdir / "mosquitto")
+    broker.start()
+    sub = SessionSubscriber(broker.port, client_id="bench-outage").start()
+    config = synthetic_config(workdir, broker.port)
+    agent = make_agent(config)
+    delays: list[float] = []
+    try:
+        async with running(agent):
+            await until(lambda: len(sub.distinct()) >= 20, 30, "data flowing")
+            for _ in range(count):
+                broker.stop()
+                await asyncio.sleep(random.uniform(3, 10))  # the outage itself
+                seen = max(sub.distinct())
+                broker.start()
+                back = time.monotonic()
+                await until(lambda seen=seen: max(sub.distinct()) > seen, 60, "delivery")
+                delays.append(time.monotonic() - back)
+                await asyncio.sleep(1)
+    finally:
+        sub.stop()
+        broker.stop()
+    return delays
+
+
+async def flood(workdir: Path, messages: int) -> tuple[int, int, float]:
+    broker = persistent_broker(workdir / "mosquitto")
+    broker.start()
+    plant_subscription(broker.port)
+    config = synthetic_config(workdir, broker.port)
+    agent = make_agent(config)
+    try:
+        async with running(agent):
+            await until(lambda: agent.publisher.connected, 30, "connected")
+            await asyncio.sleep(2)  # warm: buffer, metrics, first packs
+            before = rss_bytes()
+            peak = before
+            started = time.monotonic()
+            flooder = subprocess.Popen(
+                [sys.executable, "-c", FLOODER, str(broker.port), str(messages), "1024"]
+            )
+            try:
+                while flooder.poll() is None:
+                    peak = max(peak, rss_bytes())
+                    await asyncio.sleep(0.05)
+            finally:
+                flooder.kill()
+            seconds = time.monotonic() - started
+            metrics = await agent.publisher.metrics()
+    finally:
+        broker.stop()
+    return peak - before, int(metrics["unsolicited_messages"]), seconds

@@ -512,9 +512,9 @@ class _Wire:
     ) -> SerialExchange:
         """See :meth:`citygate.drivers.api.SerialWire.exchange`."""
         if self.silent or not self.holding:
-            await self._owner._requeue(self)
+            await self._owner._requeue(self)  # noqa: SLF001 - the owner's own turn
         before = self._stats.busy_s
-        result = await self._owner._exchange(self._stats, request, framer, timeout)
+        result = await self._owner._exchange(self._stats, request, framer, timeout)  # noqa: SLF001 - the owner's own turn
         self.busy_s += self._stats.busy_s - before
         self.silent = not result.complete and not result.received
         return result
@@ -522,9 +522,9 @@ class _Wire:
     async def send(self, request: bytes) -> None:
         """See :meth:`citygate.drivers.api.SerialWire.send`."""
         if self.silent or not self.holding:
-            await self._owner._requeue(self)
+            await self._owner._requeue(self)  # noqa: SLF001 - the owner's own turn
         before = self._stats.busy_s
-        await self._owner._send(self._stats, request)
+        await self._owner._send(self._stats, request)  # noqa: SLF001 - the owner's own turn
         self.busy_s += self._stats.busy_s - before
 
     def note(self, problem: str) -> None:

@@ -133,7 +133,7 @@ class StatusWatch:
     def take(self) -> list[tuple[str, DeviceStatus]]:
         """The devices whose status changed since the last call."""
         self.changed.clear()
-        self._seen, changed = self._board._changed_since(self._seen)
+        self._seen, changed = self._board._changed_since(self._seen)  # noqa: SLF001 - its view
         return changed
 
     def reset(self) -> None:

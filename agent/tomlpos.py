@@ -60,27 +60,28 @@ class Locator:
     """Positions of the keys, values and tables of one document."""
 
     _line_starts: list[int]
-    _keys: dict[KeyPath, int] = field(default_factory=dict)
-    _values: dict[KeyPath, int] = field(default_factory=dict)
-    _tables: dict[KeyPath, int] = field(default_factory=dict)
+    # Character offsets by path, filled in by the scanner as it reads the document.
+    keys_at: dict[KeyPath, int] = field(default_factory=dict)
+    values_at: dict[KeyPath, int] = field(default_factory=dict)
+    tables_at: dict[KeyPath, int] = field(default_factory=dict)
     duplicates: list[DuplicateKey] = field(default_factory=list)
     """Keys set twice, in document order (only found in invalid text)."""
 
     def key(self, path: Sequence[str | int]) -> Position:
         """Where the key of ``path`` is written (or its nearest parent's)."""
-        return self._nearest(self._keys, tuple(path))
+        return self._nearest(self.keys_at, tuple(path))
 
     def value(self, path: Sequence[str | int]) -> Position:
         """Where the value of ``path`` starts (or its nearest parent's)."""
-        return self._nearest(self._values, tuple(path))
+        return self._nearest(self.values_at, tuple(path))
 
     def table(self, path: Sequence[str | int]) -> Position:
         """Where the table ``path`` is declared (or its nearest parent table)."""
-        return self._nearest(self._tables, tuple(path))
+        return self._nearest(self.tables_at, tuple(path))
 
     def __contains__(self, path: object) -> bool:
         """Whether ``path`` itself (not a parent) was found."""
-        return path in self._values
+        return path in self.values_at
 
     def position(self, offset: int) -> Position:
         """The (line, column) of a character offset into the text."""
@@ -149,14 +150,14 @@ class _Scanner:
 
     def implicit(self, path: KeyPath, offset: int) -> None:
         """A table made by mentioning it: the first mention wins."""
-        self.found._keys.setdefault(path, offset)
-        self.found._values.setdefault(path, offset)
-        self.found._tables.setdefault(path, offset)
+        self.found.keys_at.setdefault(path, offset)
+        self.found.values_at.setdefault(path, offset)
+        self.found.tables_at.setdefault(path, offset)
 
     def explicit_table(self, path: KeyPath, key_offset: int, offset: int) -> None:
-        self.found._keys[path] = key_offset
-        self.found._values[path] = offset
-        self.found._tables[path] = offset
+        self.found.keys_at[path] = key_offset
+        self.found.values_at[path] = offset
+        self.found.tables_at[path] = offset
 
     # ------------------------------------------------------------------ grammar
 
@@ -189,8 +190,8 @@ class _Scanner:
         if is_array:
             index = self.array_table_sizes.get(path, 0)
             self.array_table_sizes[path] = index + 1
-            self.found._keys.setdefault(path, offset)
-            self.found._values.setdefault(path, start)
+            self.found.keys_at.setdefault(path, offset)
+            self.found.values_at.setdefault(path, start)
             path = (*path, index)
         self.explicit_table(path, offset, start)
         return path
@@ -233,17 +234,17 @@ class _Scanner:
             self.implicit(path, offset)
         name, offset = parts[-1]
         path = (*path, name)
-        first = self.found._keys.get(path)
-        if first is not None and path in self.found._values:
+        first = self.found.keys_at.get(path)
+        if first is not None and path in self.found.values_at:
             self.found.duplicates.append(
                 DuplicateKey(path, self.found.position(first), self.found.position(offset))
             )
-        self.found._keys[path] = offset
+        self.found.keys_at[path] = offset
         self.value(path)
 
     def value(self, path: KeyPath) -> None:
         start = self.pos
-        self.found._values[path] = start
+        self.found.values_at[path] = start
         char = self.peek()
         if char == '"':
             self.basic_string()
@@ -270,7 +271,7 @@ class _Scanner:
                 self.pos += 1
                 return
             element = (*path, index)
-            self.found._keys[element] = self.pos
+            self.found.keys_at[element] = self.pos
             self.value(element)
             index += 1
             self.skip_blank()
@@ -280,7 +281,7 @@ class _Scanner:
                 raise _NotToml
 
     def inline_table(self, path: KeyPath) -> None:
-        self.found._tables[path] = self.pos
+        self.found.tables_at[path] = self.pos
         self.pos += 1
         while True:
             self.skip_blank()

@@ -13,6 +13,7 @@ the subscriber saw, over ``1 .. next_seq - 1`` of the agent's buffer, is a sampl
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import threading
@@ -145,6 +146,17 @@ def assert_no_errors(caplog: pytest.LogCaptureFixture) -> None:
 def buffer_stats(data_dir: Path) -> BufferStats:
     stats, _ = open_readonly_stats(data_dir / "buffer.sqlite3")
     return stats
+
+
+async def everything_arrived(sub: SessionSubscriber, data_dir: Path, timeout: float = 15) -> None:
+    """After the agent stopped: wait until the subscriber holds every seq the buffer gave out.
+
+    The agent's last PUBACKs can come before the broker has forwarded those messages to the
+    subscriber; stopping the subscriber at once would miss them. A timeout is left to
+    :func:`assert_nothing_missing` to report."""
+    expected = set(range(1, buffer_stats(data_dir).next_seq))
+    with contextlib.suppress(AssertionError):
+        await until(lambda: sub.distinct() >= expected, timeout, "the last samples forwarded")
 
 
 def assert_nothing_missing(records: list[DataRecord], stats: BufferStats) -> None:

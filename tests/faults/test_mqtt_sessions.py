@@ -18,6 +18,7 @@ from tests.faults.helpers import (
     assert_nothing_missing,
     buffer_stats,
     caught_up,
+    everything_arrived,
     make_agent,
     persistent_broker,
     running,
@@ -75,6 +76,7 @@ async def test_in_flight_messages_at_a_cut_are_resent_by_the_session(
                 proxy.resume()
                 await until(lambda: agent.counters.broker_reconnects >= 1, 30, "reconnected")
                 await until(lambda: caught_up(sub, max(in_flight) + 20), 30, "delivered")
+            await everything_arrived(sub, config.gateway.data_dir)
         finally:
             sub.stop()
     assert in_flight <= sub.distinct()

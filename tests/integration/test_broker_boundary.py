@@ -41,6 +41,7 @@ from tests.faults.helpers import (
     assert_nothing_missing,
     buffer_stats,
     caught_up,
+    everything_arrived,
     make_agent,
     persistent_broker,
     running,
@@ -113,6 +114,7 @@ async def test_a_refused_device_keeps_its_data_and_holds_back_no_other(
             )
             newest = max(sub.distinct())
             await until(lambda: caught_up(sub, newest + 20), 30, "all caught up")
+        await everything_arrived(sub, config.gateway.data_dir)
     finally:
         sub.stop()
         broker.stop()
@@ -186,6 +188,7 @@ async def test_a_planted_subscription_and_a_flood_are_dropped(
             newest = max(sub.distinct())
             await until(lambda: caught_up(sub, newest + 20), 30, "data flowing after the flood")
             metrics = await agent.publisher.metrics()
+        await everything_arrived(sub, config.gateway.data_dir)
     finally:
         sub.stop()
     assert_nothing_missing(sub.snapshot(), buffer_stats(config.gateway.data_dir))
@@ -255,7 +258,7 @@ async def test_back_within_seconds_after_an_outage(
         async with running(agent):
             await until(lambda: len(sub.distinct()) >= 20, 30, "data flowing")
             broker.stop()
-            time.sleep(8)  # the outage: long enough for an uncapped backoff to grow
+            await asyncio.sleep(8)  # the outage: long enough for an uncapped backoff to grow
             seen = len(sub.distinct())
             broker.start()
             back = time.monotonic()
@@ -263,6 +266,7 @@ async def test_back_within_seconds_after_an_outage(
             took = time.monotonic() - back
             newest = max(sub.distinct())
             await until(lambda: caught_up(sub, newest + 20), 30, "backlog delivered")
+        await everything_arrived(sub, config.gateway.data_dir)
     finally:
         sub.stop()
     assert_nothing_missing(sub.snapshot(), buffer_stats(config.gateway.data_dir))

@@ -42,7 +42,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--quick",
         action="store_true",
-        help="short windows, fewer runs (~2.5 min; all parts in full: ~20 min, the broker outages most)",
+        help="short windows, fewer runs (~2.5 min; all parts in full: ~20 min, mostly outages)",
     )
     parser.add_argument(
         "--json",

@@ -174,7 +174,6 @@ class Client:
         self.unsolicited = 0
         """Messages the broker sent that nobody asked for (counted, dropped at once)."""
         self.unsolicited_bytes = 0
-        self.server_closed: ReasonCode | None = None  # the last DISCONNECT from the broker
 
     # ----------------------------------------------------------------- connection
 
@@ -185,7 +184,6 @@ class Client:
         ``TimeoutError`` when no CONNACK came in time (the connection is then dropped)."""
         self._unwatch()
         self._log.take()
-        self.server_closed = None
         self.lost = self._loop.create_future()
         connack = self._connack = self._loop.create_future()
         try:
@@ -315,7 +313,6 @@ class Client:
         self._unwatch()
         detail = self._log.take()
         if from_server:
-            self.server_closed = reason
             error = MqttError(f"the broker closed the connection: {reason_text(reason)}")
         elif reason.getName() == "Unspecified error":  # paho's code for a lost socket
             error = MqttError(f"connection lost ({detail or 'closed by the peer'})")

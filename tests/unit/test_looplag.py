@@ -5,17 +5,14 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
-from collections.abc import Sequence
-from types import TracebackType
-from typing import Self
 
 import pytest
 
-from citygate.drivers.api import Measurement
 from citygate.looplag import GATHER_S, QUIET_S, LoopLagMonitor, SkipEpisodes
 from citygate.model import Sample
 from citygate.status import Counters, StatusBoard
 from citygate.supervise import DeviceSupervisor
+from tests.support.supervision import FakeClock, ScriptedDriver
 
 
 class Clock:
@@ -197,49 +194,14 @@ async def test_the_monitor_on_the_real_loop_measures_a_blocking_call() -> None:
 # ------------------------------------------------------------------------ the supervisor
 
 
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-    async def sleep(self, seconds: float) -> None:
-        self.now += seconds
-        await asyncio.sleep(0)
-
-
-class SlowOnce:
-    """Its second poll takes 25 clock seconds (interval 10): two deadlines are missed."""
-
-    def __init__(self, clock: FakeClock) -> None:
-        self.clock = clock
-        self.polls = 0
-        self.done = asyncio.Event()
-
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        return None
-
-    async def poll(self) -> Sequence[Measurement]:
-        self.polls += 1
-        self.clock.now += 25.0 if self.polls == 2 else 0.1
-        if self.polls >= 4:
-            self.done.set()
-        await asyncio.sleep(0)
-        return [Measurement("power", 1.0, "W")]
+def slow_second_poll(n: int) -> tuple[float, None]:
+    """The second poll takes 25 clock seconds (interval 10): two deadlines are missed."""
+    return (25.0 if n == 2 else 0.1), None
 
 
 async def test_the_supervisor_reports_its_skips_with_how_late() -> None:
     clock = FakeClock()
-    driver = SlowOnce(clock)
+    driver = ScriptedDriver(clock, slow_second_poll, stop_after=4)
     reported: list[tuple[str, int, float, bool]] = []
 
     def on_skipped(device_id: str, polls: int, late: float, *, overloaded: bool = False) -> None:
@@ -280,12 +242,7 @@ async def test_the_supervisor_reports_overload_skips() -> None:
     def on_skipped(device_id: str, polls: int, late: float, *, overloaded: bool = False) -> None:
         reported.append((polls, overloaded))
 
-    class Driver(SlowOnce):
-        async def poll(self) -> Sequence[Measurement]:
-            self.done.set()
-            return await super().poll()
-
-    driver = Driver(clock)
+    driver = ScriptedDriver(clock, slow_second_poll, stop_after=1)
 
     def is_overloaded() -> bool:
         nonlocal overloaded

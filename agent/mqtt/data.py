@@ -2,8 +2,14 @@
 
 Data leaves the buffer only after the broker acknowledged it: the loop reads samples from the
 buffer after a cursor, publishes them as per-device SenML packs (QoS 1, at most ``max_inflight``
-awaiting PUBACK) and deletes their rows when the PUBACK arrives. New samples wait up to
-``linger`` for a batch of ``max_batch`` readings to fill.
+awaiting PUBACK) and deletes their rows when the PUBACK arrives.
+
+Batching adapts to the load (as TCP's Nagle algorithm does): while no data message awaits its
+PUBACK, a new sample goes out at once; while one does, new samples gather until a batch of
+``max_batch`` readings is full, every message in flight is acknowledged, or ``linger`` has
+passed, whichever comes first. At light load a reading therefore reaches the broker one round
+trip after it is buffered; under load, or over a slow link, batches fill by themselves and the
+per-message cost is shared by up to ``max_batch`` readings.
 
 Reconnects. The loop outlives every connection of the session (agent/mqtt/session.py). A data
 message in flight when the connection drops stays in the client's session: after the next
@@ -231,13 +237,15 @@ class DataLoop:
             if self._stopping or self._unsent_readings >= self._mqtt.max_batch:
                 return
             first = self._first_unsent_at
-            if first is None:
-                return
+            if first is None or self._in_flight == 0:
+                return  # nothing in flight: waiting for a fuller batch would only add latency
             wait = first + self._mqtt.linger - time.monotonic()
             if wait <= 0:
                 return
             self._batch_ready.clear()
-            if self._unsent_readings >= self._mqtt.max_batch or self._stopping:
+            if self._in_flight == 0 or self._unsent_readings >= self._mqtt.max_batch:
+                return
+            if self._stopping:
                 return
             try:
                 async with asyncio.timeout(wait):
@@ -424,5 +432,6 @@ class DataLoop:
             if self._in_flight == 0:
                 self._waiting_since = None
                 self._all_acked.set()
+                self._batch_ready.set()  # the window is empty: what waits goes out now
             elif self._waiting_since is not None:
                 self._waiting_since = time.monotonic()

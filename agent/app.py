@@ -51,7 +51,7 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from citygate import __version__, logs, registry, systemd
+from citygate import __version__, datadir, logs, registry, systemd
 from citygate.buffer import AsyncBuffer
 from citygate.clock import SystemTimebase, Timebase
 from citygate.config import Config, ConfigError, DeviceConfig, load
@@ -553,6 +553,7 @@ def serve(
         log.warning("%s", warning)
 
     async def main() -> int:
+        datadir.prepare(config.gateway.data_dir)  # umask 0077; refuses an unsafe data_dir
         agent = Agent(
             config,
             factories,

@@ -8,14 +8,22 @@ failed ``PRAGMA quick_check``, "database disk image is malformed") is renamed to
 ``<name>.corrupt-<UTC timestamp>`` (with its ``-wal``/``-shm``, renamed alike so SQLite still
 finds them together), with one WARNING line; a new buffer starts (its ``seq`` continues above
 the reservation, agent/buffer/seq.py). An older schema is upgraded in place.
+
+Files in data_dir (see agent/datadir.py for the directory itself): the lock is opened with
+``O_NOFOLLOW``, the buffer file created by us with ``O_EXCL | O_NOFOLLOW``, both mode 0600
+whatever the umask; SQLite creates ``-wal``/``-shm`` itself (following symlinks, which no
+Python API can stop) with the buffer file's mode, so a symlink at any of those paths is
+refused before SQLite opens anything.
 """
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import logging
 import os
 import sqlite3
+import stat
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -34,12 +42,17 @@ from citygate.buffer.schema import (
     scalar_int,
 )
 from citygate.clock import Timebase
+from citygate.safefile import FILE_MODE, create_exclusive
 
 __all__ = ["OwnerLock", "checked_counters", "open_database"]
 
 log = logging.getLogger("citygate.buffer")  # one logger for the whole buffer
 _SQLITE_MAGIC = b"SQLite format 3\x00"
 _CORRUPTION_CODES = frozenset({sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB})
+# O_NONBLOCK: whatever is planted at the lock's path, opening it must not hang.
+_LOCK_FLAGS = os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+#: The files SQLite keeps beside the buffer (it creates them itself, following symlinks).
+_SQLITE_SUFFIXES = ("", "-wal", "-shm", "-journal")
 
 
 class OwnerLock:
@@ -52,12 +65,18 @@ class OwnerLock:
 
     def acquire(self) -> None:
         """Take the lock; a second agent on the same data_dir fails fast with BufferError."""
-        try:
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:  # O_NOFOLLOW: a symlink planted there must not make us open (or create) its target
+            fd = os.open(self.path, _LOCK_FLAGS, FILE_MODE)
         except OSError as e:
-            raise BufferError(f"cannot open {self.path}: {e}") from e
+            reason = "it is a symbolic link; remove it" if e.errno == errno.ELOOP else e.strerror
+            raise BufferError(f"cannot open {self.path}: {reason or e}") from e
         try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                raise BufferError(f"cannot open {self.path}: not a regular file; remove it")
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BufferError:
+            os.close(fd)
+            raise
         except OSError as e:
             os.close(fd)
             raise BufferError(f"buffer {self.buffer_path} is in use by another process") from e
@@ -120,7 +139,14 @@ def checked_counters(db: sqlite3.Connection, recorded: Counters, path: Path) -> 
 
 def _connect(path: Path, durability: str, first_seq: int) -> tuple[sqlite3.Connection, Counters]:
     """Raises _Unusable for a corrupt or foreign file."""
-    existed = path.exists() and path.stat().st_size > 0
+    _refuse_planted(path)
+    try:  # ours, 0600, whatever the umask: SQLite gives its -wal and -shm this file's mode
+        os.close(create_exclusive(path))
+    except FileExistsError:
+        pass
+    except OSError as e:
+        raise BufferError(f"cannot create buffer {path}: {e.strerror or e}") from e
+    existed = path.stat().st_size > 0
     if existed:
         with path.open("rb") as f:
             if f.read(len(_SQLITE_MAGIC)) != _SQLITE_MAGIC:
@@ -146,6 +172,25 @@ def _connect(path: Path, durability: str, first_seq: int) -> tuple[sqlite3.Conne
     except BaseException:
         db.close()
         raise
+
+
+def _refuse_planted(path: Path) -> None:
+    """Refuse a symlink (or anything but a regular file) at the buffer's path or its SQLite
+    companions: SQLite opens and creates them following symlinks, and would write through one.
+
+    This is a second line: the real defence is agent/datadir.py, which lets only the agent's
+    user (and root) write in data_dir, so nobody else can plant anything here."""
+    for suffix in _SQLITE_SUFFIXES:
+        name = Path(f"{path}{suffix}")
+        try:
+            info = name.lstat()
+        except FileNotFoundError:
+            continue
+        except OSError as e:
+            raise BufferError(f"cannot open buffer {path}: {name}: {e.strerror or e}") from e
+        if not stat.S_ISREG(info.st_mode):
+            kind = "a symbolic link" if stat.S_ISLNK(info.st_mode) else "not a regular file"
+            raise BufferError(f"{name} is {kind}, which citygate never makes; remove it")
 
 
 def _prepare(db: sqlite3.Connection, path: Path, durability: str, first_seq: int) -> None:

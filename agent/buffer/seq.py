@@ -16,13 +16,15 @@ cache outlives the process.)
 from __future__ import annotations
 
 import logging
-import os
 from pathlib import Path
+
+from citygate.safefile import read_regular, write_atomic
 
 __all__ = ["SEQ_RESERVE_BLOCK", "SeqReservation"]
 
 log = logging.getLogger("citygate.buffer")  # one logger for the whole buffer
 SEQ_RESERVE_BLOCK = 10_000
+_MAX_FILE_BYTES = 64  # a seq and a newline; anything larger is not ours
 
 
 class SeqReservation:
@@ -45,8 +47,9 @@ class SeqReservation:
         return self._reserved
 
     def _read(self) -> int:
-        try:
-            text = self.path.read_text(encoding="ascii").strip()
+        try:  # a symlink or a device planted there is refused: never followed, never read on
+            raw = read_regular(self.path, max_bytes=_MAX_FILE_BYTES, follow_symlinks=False)
+            text = raw.decode("ascii").strip()
         except FileNotFoundError:
             return 0
         except (OSError, UnicodeDecodeError) as e:
@@ -95,15 +98,7 @@ class SeqReservation:
         return self._reserved
 
     def _write(self, reserved: int) -> None:
-        temporary = self.path.with_name(self.path.name + ".tmp")
-        with temporary.open("w", encoding="ascii") as f:
-            f.write(f"{reserved}\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(temporary, self.path)
-        directory = os.open(self.path.parent, os.O_RDONLY)
-        try:
-            os.fsync(directory)
-        finally:
-            os.close(directory)
+        # <name>.seq-hwm.tmp is created afresh (O_EXCL | O_NOFOLLOW): a symlink planted there
+        # is removed, never written through; the rename replaces a symlink at the side file.
+        write_atomic(self.path, f"{reserved}\n".encode("ascii"), durable=True)
         self._reserved = reserved

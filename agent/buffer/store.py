@@ -74,6 +74,8 @@ from citygate.buffer.timeline import (
 )
 from citygate.clock import SYSTEM, Timebase
 from citygate.config import BufferSettings
+from citygate.datadir import DIR_MODE, DataDirError
+from citygate.datadir import check as check_data_dir
 
 __all__ = [
     "ROW_OVERHEAD",
@@ -223,8 +225,11 @@ class Buffer:
         """Open or create the file; move a corrupt or foreign one aside. Raises BufferError."""
         if self._db is not None:
             raise BufferError(f"buffer {self.path} is already open")
-        try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:  # nobody else may write where SQLite follows symlinks (agent/datadir.py)
+            self.path.parent.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
+            check_data_dir(self.path.parent)
+        except DataDirError as e:
+            raise BufferError(str(e)) from e
         except OSError as e:
             raise BufferError(f"cannot create {self.path.parent}: {e}") from e
         self._owner.acquire()

@@ -577,6 +577,112 @@ def test_a_lost_or_garbled_side_file_is_rewritten_from_the_buffer(db_path: Path)
         assert int(hwm.read_text()) > next_seq
 
 
+# ---------------------------------------------------------------------- hostile data_dir
+
+
+VICTIM_TEXT = b"root:x:0:0:a file the agent must never write\n"
+
+
+@pytest.fixture
+def victim(tmp_path: Path) -> Path:
+    """A file outside data_dir that a planted symlink points at."""
+    path = tmp_path / "victim"
+    path.write_bytes(VICTIM_TEXT)
+    return path
+
+
+@pytest.fixture
+def umask_022() -> Iterator[None]:
+    """The umask of a shell where someone runs the agent by hand."""
+    old = os.umask(0o022)
+    try:
+        yield
+    finally:
+        os.umask(old)
+
+
+@pytest.mark.usefixtures("umask_022")
+def test_files_and_directory_are_private_whatever_the_umask(db_path: Path) -> None:
+    with opened(db_path, BufferSettings()) as b:
+        b.append([new()])
+        modes = {p.name: p.stat().st_mode & 0o777 for p in db_path.parent.iterdir()}
+    assert db_path.parent.stat().st_mode & 0o777 == 0o700
+    assert set(modes) >= {"buffer.sqlite3", "buffer.sqlite3.lock", "buffer.sqlite3.seq-hwm"}
+    assert "buffer.sqlite3-wal" in modes  # SQLite's own: the mode of the buffer file
+    assert modes == dict.fromkeys(modes, 0o600)
+
+
+def test_a_symlink_planted_at_the_side_files_temporary_is_not_written_through(
+    db_path: Path, victim: Path
+) -> None:
+    db_path.parent.mkdir(mode=0o700)
+    temporary = db_path.with_name(db_path.name + ".seq-hwm.tmp")
+    temporary.symlink_to(victim)
+    with opened(db_path, BufferSettings()) as b:  # opening writes the side file
+        stored(b.append([new()]))
+    assert victim.read_bytes() == VICTIM_TEXT
+    assert not temporary.is_symlink()
+    hwm = db_path.with_name(db_path.name + ".seq-hwm")
+    assert not hwm.is_symlink()
+    assert int(hwm.read_text()) >= 2
+
+
+def test_a_symlink_planted_as_the_side_file_is_neither_read_nor_written_through(
+    db_path: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    db_path.parent.mkdir(mode=0o700)
+    victim = tmp_path / "victim"
+    victim.write_text("5000000\n")  # read through the link, it would make seq jump to 5000000
+    hwm = db_path.with_name(db_path.name + ".seq-hwm")
+    hwm.symlink_to(victim)
+    with (
+        caplog.at_level(logging.WARNING, "citygate.buffer"),
+        opened(db_path, BufferSettings()) as b,
+    ):
+        assert stored(b.append([new()])) == [1]
+    assert "is a symbolic link" in caplog.text
+    assert victim.read_text() == "5000000\n"
+    assert not hwm.is_symlink()
+
+
+@pytest.mark.parametrize("target_exists", [True, False], ids=["victim", "dangling"])
+def test_a_symlink_planted_at_the_lock_is_refused(
+    db_path: Path, victim: Path, target_exists: bool
+) -> None:
+    db_path.parent.mkdir(mode=0o700)
+    if not target_exists:
+        victim.unlink()
+    db_path.with_name(db_path.name + ".lock").symlink_to(victim)
+    with pytest.raises(BufferError, match=r"buffer\.sqlite3\.lock: it is a symbolic link"):
+        Buffer(db_path, BufferSettings()).open()
+    if target_exists:
+        assert victim.read_bytes() == VICTIM_TEXT
+    else:
+        assert not victim.exists()  # O_CREAT through a dangling link would have made it
+    assert not db_path.exists()
+
+
+@pytest.mark.parametrize("suffix", ["", "-wal", "-shm", "-journal"])
+def test_a_symlink_planted_where_sqlite_writes_is_refused(
+    db_path: Path, victim: Path, suffix: str
+) -> None:
+    db_path.parent.mkdir(mode=0o700)
+    planted = Path(f"{db_path}{suffix}")
+    planted.symlink_to(victim)
+    with pytest.raises(BufferError, match="is a symbolic link, which citygate never makes"):
+        Buffer(db_path, BufferSettings()).open()
+    assert victim.read_bytes() == VICTIM_TEXT
+    assert planted.is_symlink()  # left for the administrator to look at
+
+
+def test_a_data_dir_others_can_write_is_refused(db_path: Path) -> None:
+    db_path.parent.mkdir()
+    db_path.parent.chmod(0o777)
+    with pytest.raises(BufferError, match=r"writable by others \(mode 0777\); chmod 700 it"):
+        Buffer(db_path, BufferSettings()).open()
+    assert list(db_path.parent.iterdir()) == []
+
+
 # ---------------------------------------------------------------------- disk full
 
 
@@ -588,7 +694,8 @@ def small_fs(tmp_path: Path) -> Iterator[Path]:
     mount_point = tmp_path / "small"
     mount_point.mkdir()
     done = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mount_point)],
+        # mode=0700: a tmpfs root is 1777 by default, a data_dir the buffer refuses
+        ["mount", "-t", "tmpfs", "-o", "size=2m,mode=0700", "tmpfs", str(mount_point)],
         capture_output=True,
         text=True,
         check=False,

@@ -232,27 +232,21 @@ class DataLoop:
         raise MqttError("the client is not connected")
 
     async def _wait_for_data(self) -> None:
-        while True:
-            await self._data_waiting.wait()
-            if self._stopping or self._unsent_readings >= self._mqtt.max_batch:
-                return
-            first = self._first_unsent_at
-            if first is None or self._in_flight == 0:
-                return  # nothing in flight: waiting for a fuller batch would only add latency
-            wait = first + self._mqtt.linger - time.monotonic()
-            if wait <= 0:
-                return
-            self._batch_ready.clear()
-            if self._in_flight == 0 or self._unsent_readings >= self._mqtt.max_batch:
-                return
-            if self._stopping:
-                return
-            try:
-                async with asyncio.timeout(wait):
-                    await self._batch_ready.wait()
-            except TimeoutError:
-                pass
+        await self._data_waiting.wait()
+        if self._stopping or self._unsent_readings >= self._mqtt.max_batch:
             return
+        first = self._first_unsent_at
+        if first is None or self._in_flight == 0:
+            return  # nothing in flight: waiting for a fuller batch would only add latency
+        wait = first + self._mqtt.linger - time.monotonic()
+        if wait <= 0:
+            return
+        self._batch_ready.clear()  # set by a full batch, an empty window, a retry or stop()
+        try:
+            async with asyncio.timeout(wait):
+                await self._batch_ready.wait()
+        except TimeoutError:
+            pass
 
     async def run(self, client: Client) -> None:
         """Hand buffered rows to ``client``, oldest first, while a session is up.

@@ -55,6 +55,7 @@ from citygate import __version__, datadir, logs, registry, systemd
 from citygate.buffer import AsyncBuffer
 from citygate.clock import SystemTimebase, Timebase
 from citygate.config import Config, ConfigError, DeviceConfig, load
+from citygate.devstate import FileDeviceState
 from citygate.drivers.api import (
     BleSettings,
     CitygateError,
@@ -229,6 +230,7 @@ class Agent:
             labels=device.labels,
             lines=self.lines.owners,
             hub=self.ble_hub if device.driver == "ble" else None,
+            state=FileDeviceState(self.config.gateway.data_dir, device.id),
         )
         return lambda: factory.create(device.driver_config, context)
 

@@ -268,8 +268,13 @@ class DeviceSupervisor:
                 while True:
                     measurements, sample_time = await queue.get()
                     await self._accept(measurements, sample_time)
+                    if isinstance(driver, ReportsStatus):
+                        self._board.set_extra(self.device_id, **driver.status_facts())
         except BaseExceptionGroup as group:
             raise _first_error(group) from None
+        finally:  # also when the device went silent: its facts may say why
+            if isinstance(driver, ReportsStatus):
+                self._board.set_extra(self.device_id, **driver.status_facts())
 
 
 def raise_if_cancelled() -> None:

@@ -84,9 +84,11 @@ __all__ = [
     "BleSettings",
     "CitygateError",
     "ConfigIssue",
+    "CountsDiscarded",
     "DecodeError",
     "DeviceContext",
     "DeviceError",
+    "DeviceState",
     "Driver",
     "DriverConfigError",
     "DriverError",
@@ -311,6 +313,10 @@ class DeviceContext:
     ``hub`` is the shared source the driver's factory declared
     (:attr:`DriverFactory.hub`), run by the runtime; None when the factory has
     none or the runtime runs no hub (a driver may then use a private one).
+
+    ``state`` keeps a few bytes of the device's memory across driver restarts,
+    agent restarts and reloads (see :class:`DeviceState`); None when the runtime
+    keeps none (``citygate read``, a scan): the driver then starts afresh each time.
     """
 
     device_id: str
@@ -320,6 +326,35 @@ class DeviceContext:
     labels: Mapping[str, str] = field(default_factory=dict)
     lines: Mapping[str, SerialLine] = field(default_factory=dict)
     hub: Hub | None = None
+    state: DeviceState | None = None
+
+
+@runtime_checkable
+class DeviceState(Protocol):
+    """A device's small memory that outlives its driver (:attr:`DeviceContext.state`).
+
+    What a driver must not forget when it is restarted, the agent restarts or a
+    reload rebuilds it: the last encryption counter accepted from a sensor (replay
+    protection). The bytes are the driver's own format; keep them small (the agent
+    caps them at 64 KiB) and say which device they belong to (an address, a key
+    fingerprint), since the config of a device id may change between runs.
+
+    Both calls are synchronous and short and never raise for the store's own
+    trouble: an unreadable store reads as None (logged once; bytes the driver
+    cannot parse are its to treat as none), a failed write is logged by the runtime
+    and the previous bytes stay. Each :meth:`save` is a durable write (the agent
+    keeps one file per device in its ``data_dir``): call it seldom, never per advert
+    or poll (SD cards wear), e.g. at most every 10 s while something changed and
+    once when the driver stops; what changed since the last save is lost in a crash.
+    """
+
+    def load(self) -> bytes | None:
+        """The bytes last saved for this device, or None (none yet, or unreadable)."""
+        ...
+
+    def save(self, data: bytes) -> None:
+        """Replace the device's bytes with ``data`` (atomically: the old or the new, never half)."""
+        ...
 
 
 # --------------------------------------------------------------------------- serial lines
@@ -336,6 +371,17 @@ class ReplyFramer(Protocol):
     def feed(self, data: bytes) -> bool:
         """Take received bytes; True once the reply is complete (or can never
         become valid: the driver then reads the framer's verdict)."""
+        ...
+
+
+@runtime_checkable
+class CountsDiscarded(Protocol):
+    """Optional for a :class:`ReplyFramer`: it counts the bytes it dropped as framing
+    nothing (garbage, noise); the line owner adds them to the device's figures."""
+
+    @property
+    def discarded_bytes(self) -> int:
+        """Bytes dropped so far."""
         ...
 
 
@@ -447,7 +493,8 @@ class ReportsStatus(Protocol):
     """A driver with facts for its device's status message (an M-Bus meter's id)."""
 
     def status_facts(self) -> Mapping[str, Any]:
-        """Keys merged into ``P/G/D/status`` (``{"meter": {...}}``); asked after every poll."""
+        """Keys merged into ``P/G/D/status`` (``{"meter": {...}}``); asked after every
+        poll (a push driver: after every sample and when it stops)."""
         ...
 
 

@@ -8,6 +8,9 @@ A capture file (config.md ``[ble] replay``) is JSON Lines, one advert a line::
 
 ``name`` and the two maps are optional; service data is keyed by the 128-bit
 UUID string as bleak reports it, manufacturer data by the company id in decimal.
+``rssi`` is a signed byte (-128…127). A line longer than :data:`MAX_LINE_CHARS` is
+refused unread; whatever a line holds, :func:`from_line` raises nothing but
+:class:`CaptureError`.
 """
 
 from __future__ import annotations
@@ -19,9 +22,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final
 
-__all__ = ["Advert", "CaptureError", "from_line", "to_line"]
+__all__ = ["MAX_LINE_CHARS", "Advert", "CaptureError", "from_line", "to_line"]
+
+MAX_LINE_CHARS: Final = 64 * 1024
+"""Longest capture line read (a real advert's line is a few hundred characters)."""
 
 _ADDRESS: Final = re.compile(r"[0-9A-F]{2}(?::[0-9A-F]{2}){5}")
+_COMPANY_ID: Final = re.compile(r"[0-9]{1,5}")
 
 
 class CaptureError(ValueError):
@@ -63,20 +70,26 @@ def _hex_map(record: Mapping[str, Any], key: str) -> dict[str, bytes]:
     out: dict[str, bytes] = {}
     for name, value in raw.items():
         if not isinstance(value, str):
-            raise CaptureError(f'"{key}.{name}": expected a hex string')
+            raise CaptureError(f'"{key}.{name[:40]}": expected a hex string')
         try:
             out[name] = bytes.fromhex(value)
         except ValueError:
-            raise CaptureError(f'"{key}.{name}": not hex: "{value[:40]}"') from None
+            raise CaptureError(f'"{key}.{name[:40]}": not hex: "{value[:40]}"') from None
     return out
 
 
 def from_line(line: str) -> Advert:
     """Parse one capture line; raise :class:`CaptureError` saying what is wrong."""
+    if len(line) > MAX_LINE_CHARS:
+        raise CaptureError(f"line of {len(line)} characters; at most {MAX_LINE_CHARS} are read")
     try:
         record = json.loads(line)
     except json.JSONDecodeError as exc:
         raise CaptureError(f"not JSON: {exc.msg} at column {exc.colno}") from None
+    except RecursionError:
+        raise CaptureError("not an advert: JSON nested too deeply") from None
+    except ValueError as exc:  # an integer of more than 4300 digits
+        raise CaptureError(f"not an advert: {str(exc)[:80]}") from None
     if not isinstance(record, dict):
         raise CaptureError("expected a JSON object")
     t = record.get("t")
@@ -86,16 +99,20 @@ def from_line(line: str) -> Advert:
     if not isinstance(address, str) or not _ADDRESS.fullmatch(address.upper()):
         raise CaptureError('"address": expected a Bluetooth address like "A4:C1:38:5B:0F:21"')
     rssi = record.get("rssi")
-    if rssi is not None and (not isinstance(rssi, int) or isinstance(rssi, bool)):
-        raise CaptureError('"rssi": expected an integer')
+    if rssi is not None and (
+        not isinstance(rssi, int) or isinstance(rssi, bool) or not -128 <= rssi <= 127
+    ):
+        raise CaptureError('"rssi": expected an integer from -128 to 127')
     name = record.get("name")
     if name is not None and not isinstance(name, str):
         raise CaptureError('"name": expected a string')
     service_data = {k.lower(): v for k, v in _hex_map(record, "service_data").items()}
     manufacturer_data: dict[int, bytes] = {}
     for key, value in _hex_map(record, "manufacturer_data").items():
-        if not key.isdecimal() or int(key) > 0xFFFF:
-            raise CaptureError(f'"manufacturer_data": key "{key}" is not a company id in decimal')
+        if not _COMPANY_ID.fullmatch(key) or int(key) > 0xFFFF:
+            raise CaptureError(
+                f'"manufacturer_data": key "{key[:40]}" is not a company id in decimal'
+            )
         manufacturer_data[int(key)] = value
     return Advert(
         address=address.upper(),

@@ -24,6 +24,7 @@ __all__ = [
     "BTHomeFilter",
     "BTHomePacket",
     "DecryptionError",
+    "is_encrypted",
     "parse",
 ]
 
@@ -255,6 +256,11 @@ def _decrypt(info: int, body: bytes, mac: bytes, bindkey: bytes) -> tuple[bytes,
     except InvalidTag:
         raise DecryptionError("encrypted packet does not decrypt with the bindkey") from None
     return plain, _uint(counter_bytes)
+
+
+def is_encrypted(payload: bytes) -> bool:
+    """Whether BTHome service data (without the UUID) announces an encrypted packet."""
+    return bool(payload) and bool(payload[0] & _ENCRYPTED)
 
 
 def parse(payload: bytes, address: str, bindkey: bytes | None = None) -> BTHomePacket:

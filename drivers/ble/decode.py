@@ -4,6 +4,11 @@
 address): it picks the decoder its ``format`` names (``auto`` tries BTHome,
 then 0x181A pvvx/ATC, then Ruuvi), drops repeated and replayed BTHome packets,
 counts what it could not decode, and never raises.
+
+A device with a ``bindkey`` takes encrypted BTHome adverts only: anything else
+heard from its address (a plain BTHome, pvvx, ATC or Ruuvi advert, which anyone
+can send under any address) is refused unread and counted in
+:attr:`AdvertDecoder.rejected` (config.md ``bindkey``).
 """
 
 from __future__ import annotations
@@ -15,9 +20,10 @@ from citygate.drivers.api import DecodeError, Measurement
 from citygate.drivers.ble import bthome, pvvx, ruuvi
 from citygate.drivers.ble.advert import Advert
 
-__all__ = ["FORMAT_NAMES", "AdvertDecoder", "Decoded", "detect"]
+__all__ = ["FORMAT_NAMES", "REFUSED_UNENCRYPTED", "AdvertDecoder", "Decoded", "detect"]
 
 FORMAT_NAMES: Final = ("bthome", "pvvx", "atc", "ruuvi")
+REFUSED_UNENCRYPTED: Final = "unencrypted advert refused: the device has a bindkey"
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,10 +52,26 @@ def detect(advert: Advert) -> tuple[str, ...]:
     return tuple(found)
 
 
+def _plain(advert: Advert) -> bool:
+    """Whether the advert carries readings that are not encrypted (anyone can forge them)."""
+    payload = advert.service_data.get(bthome.BTHOME_UUID)
+    if payload:
+        return not bthome.is_encrypted(payload)
+    return bool(detect(advert))  # pvvx, ATC, Ruuvi: never encrypted
+
+
 class AdvertDecoder:
     """One device's decoder (format, bindkey, repeat filter, counts)."""
 
-    __slots__ = ("bindkey", "decode_errors", "duplicates", "filter", "format", "last_error")
+    __slots__ = (
+        "bindkey",
+        "decode_errors",
+        "duplicates",
+        "filter",
+        "format",
+        "last_error",
+        "rejected",
+    )
 
     def __init__(self, advert_format: str = "auto", bindkey: bytes | None = None) -> None:
         self.format = advert_format
@@ -57,10 +79,13 @@ class AdvertDecoder:
         self.filter = bthome.BTHomeFilter()
         self.decode_errors = 0
         self.duplicates = 0
+        self.rejected = 0
+        """Unencrypted adverts refused because the device has a bindkey."""
         self.last_error: str | None = None
 
     def decode(self, advert: Advert) -> Decoded | None:
-        """The advert's values (with ``rssi``), or None: not ours, a repeat, or undecodable."""
+        """The advert's values (with ``rssi``), or None: not ours, a repeat, refused
+        (unencrypted while a bindkey is set), or undecodable."""
         if self.format == "auto":
             candidates = detect(advert)
             if not candidates:
@@ -68,6 +93,10 @@ class AdvertDecoder:
             chosen = candidates[0]
         else:
             chosen = self.format
+        if self.bindkey is not None and _plain(advert):
+            self.rejected += 1
+            self.last_error = REFUSED_UNENCRYPTED
+            return None
         try:
             decoded = self._decode(chosen, advert)
         except DecodeError as exc:

@@ -8,19 +8,44 @@ of each quantity and emits them at most once per ``interval`` (the first at
 once); one-off events (a button press) are emitted once. A device with no
 decodable advert for 3 × interval raises :class:`DeviceSilent`; the scanner's
 own trouble is named in that error.
+
+Hostile air. A device with a ``bindkey`` refuses every unencrypted advert from
+its address (counted: ``rejected_adverts``). At most :data:`EVENTS_PER_INTERVAL`
+events are published per interval; the excess is dropped (``dropped_events``).
+Both are logged once per episode: when the first one comes, and when none came
+for :data:`EPISODE_QUIET_S` (or one interval, if longer), with the episode's
+count. The counts (and replayed encrypted adverts, ``replayed_adverts``) are the
+driver's status facts; they and the episodes live in a :class:`Tally` that the
+factory keeps per device id, so they count since the agent started, across the
+restarts of the device's driver.
+
+Replay protection outlives the driver: the last encryption counter accepted
+is kept in ``DeviceContext.state`` (with the device's address and a fingerprint
+of its key, so that another sensor or key under the same id starts afresh).
+It is saved when it changed, at most every :data:`SAVE_EVERY_S` seconds, and
+when the driver stops. The window this leaves: after a crash or power loss, the
+adverts the sensor sent in the last :data:`SAVE_EVERY_S` seconds before it can
+each be replayed once (until the sensor's next advert moves the counter on). A
+sensor whose counter restarted (a reset that lost it) stays refused as a replay
+until it passes the saved counter: delete ``<data_dir>/state/<device id>`` with
+the agent stopped to accept it at once.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import json
+import logging
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Final, Literal, Self
 
 from citygate.drivers.api import (
     BleSettings,
     DeviceContext,
+    DeviceState,
     DriverFactory,
     Emit,
     Field,
@@ -34,17 +59,79 @@ from citygate.drivers.api import (
 from citygate.drivers.ble import config
 from citygate.drivers.ble.advert import Advert
 from citygate.drivers.ble.config import BleDeviceConfig
-from citygate.drivers.ble.decode import AdvertDecoder
+from citygate.drivers.ble.decode import AdvertDecoder, detect
 from citygate.drivers.ble.replay import ReplaySource
 from citygate.drivers.ble.scanner import BleakSource, ScannerGaveUp, ScannerHub
 
-__all__ = ["SILENT_AFTER_INTERVALS", "BleDriver", "BleFactory", "DeviceSilent", "factory"]
+__all__ = [
+    "EPISODE_QUIET_S",
+    "EVENTS_PER_INTERVAL",
+    "SAVE_EVERY_S",
+    "SILENT_AFTER_INTERVALS",
+    "BleDriver",
+    "BleFactory",
+    "DeviceSilent",
+    "Tally",
+    "factory",
+]
+
+log = logging.getLogger(__name__)
 
 SILENT_AFTER_INTERVALS: Final = 3
+EVENTS_PER_INTERVAL: Final = 32
+"""Most events (button presses, …) one device publishes per interval; the rest are dropped."""
+SAVE_EVERY_S: Final = 10.0
+"""Least time between two saves of a device's replay state."""
+EPISODE_QUIET_S: Final = 60.0
+"""A run of refused adverts or dropped events ends after this long without one."""
+_STATE_VERSION: Final = 1
 
 
 class DeviceSilent(SilentDevice):
     """No decodable advert from a push device for 3 × its interval."""
+
+
+class _Episode:
+    """A run of one kind of trouble, logged when it starts and when it ends."""
+
+    __slots__ = ("count", "last", "quiet")
+
+    def __init__(self, quiet: float) -> None:
+        self.quiet = quiet
+        self.last: float | None = None
+        self.count = 0
+
+    def note(self, now: float, count: int = 1) -> bool:
+        """Count ``count`` more; True when this starts an episode."""
+        started = self.last is None
+        self.last = now
+        self.count += count
+        return started
+
+    def ended(self, now: float) -> int | None:
+        """The episode's count when it has just ended (quiet long enough), else None."""
+        if self.last is None or now - self.last < self.quiet:
+            return None
+        count, self.count, self.last = self.count, 0, None
+        return count
+
+
+class Tally:
+    """What one device's drivers refused and dropped, kept across driver restarts."""
+
+    __slots__ = ("dropped_events", "drops", "refusals", "rejected_adverts", "replayed_adverts")
+
+    def __init__(self) -> None:
+        self.rejected_adverts = 0
+        self.replayed_adverts = 0
+        self.dropped_events = 0
+        self.refusals = _Episode(EPISODE_QUIET_S)
+        self.drops = _Episode(EPISODE_QUIET_S)
+
+
+def _key_fingerprint(bindkey: bytes) -> str:
+    """Tells keys apart in a state file without keeping anything that helps guess one."""
+    return hashlib.sha256(b"citygate ble state\0" + bindkey).hexdigest()[:16]
 
 
 def private_hub() -> ScannerHub:
@@ -65,6 +152,7 @@ class BleDriver:
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         wall_clock: Callable[[], float] = time.time,
+        tally: Tally | None = None,
     ) -> None:
         self.settings = settings
         self.device_id = context.device_id
@@ -82,6 +170,14 @@ class BleDriver:
         self._last_decoded: float | None = None
         self._listening_since = 0.0
         self.adverts_heard = 0
+        self.tally = Tally() if tally is None else tally
+        quiet = max(EPISODE_QUIET_S, self.interval)
+        self.tally.refusals.quiet = self.tally.drops.quiet = quiet
+        # Replay protection that outlives the driver (encrypted sensors only).
+        self._state: DeviceState | None = context.state if settings.bindkey is not None else None
+        self._restored = False
+        self._saved_counter: int | None = None
+        self._last_save: float | None = None
 
     async def __aenter__(self) -> Self:
         return self
@@ -96,18 +192,96 @@ class BleDriver:
 
     async def run(self, emit: Emit) -> None:
         """Emit this sensor's values until cancelled; raise TransportError when silent."""
-        if self.hub is not None:
-            await self._listen(self.hub, emit)
-            return
-        hub = self._make_hub()
+        self._restore()
         try:
-            async with asyncio.TaskGroup() as group:
-                group.create_task(hub.run(), name=f"{self.device_id}:ble-scanner")
-                await self._listen(hub, emit)
-        except* ScannerGaveUp as gave_up:
-            raise TransportError(str(gave_up.exceptions[0])) from None
-        except* TransportError as failed:
-            raise failed.exceptions[0] from None
+            if self.hub is not None:
+                await self._listen(self.hub, emit)
+                return
+            hub = self._make_hub()
+            try:
+                async with asyncio.TaskGroup() as group:
+                    group.create_task(hub.run(), name=f"{self.device_id}:ble-scanner")
+                    await self._listen(hub, emit)
+            except* ScannerGaveUp as gave_up:
+                raise TransportError(str(gave_up.exceptions[0])) from None
+            except* TransportError as failed:
+                raise failed.exceptions[0] from None
+        finally:
+            self._save(force=True)
+
+    def status_facts(self) -> Mapping[str, Any]:
+        """The device's hostile-air counts (a :class:`~citygate.drivers.api.ReportsStatus`)."""
+        tally = self.tally
+        return {
+            "rejected_adverts": tally.rejected_adverts,
+            "replayed_adverts": tally.replayed_adverts,
+            "dropped_events": tally.dropped_events,
+        }
+
+    # ------------------------------------------------------------------ replay state
+
+    def _state_bytes(self, counter: int) -> bytes:
+        assert self.settings.bindkey is not None
+        record = {
+            "v": _STATE_VERSION,
+            "address": self.settings.address,
+            "key": _key_fingerprint(self.settings.bindkey),
+            "counter": counter,
+        }
+        return json.dumps(record, separators=(",", ":")).encode()
+
+    def _restore(self) -> None:
+        """Start from the last counter saved for this sensor and key (once per driver)."""
+        if self._restored or self._state is None:
+            return
+        self._restored = True
+        data = self._state.load()
+        if not data:
+            return
+        counter = self._parse_state(data)
+        if counter is None:
+            self._state.save(b"")  # told once: the next driver finds nothing to complain about
+            return
+        self._saved_counter = counter
+        if self.decoder.filter.last_counter is None:
+            self.decoder.filter.last_counter = counter
+
+    def _parse_state(self, data: bytes) -> int | None:
+        try:
+            record = json.loads(data)
+        except (ValueError, RecursionError):  # UnicodeDecodeError is a ValueError
+            record = None
+        if not isinstance(record, dict) or record.get("v") != _STATE_VERSION:
+            log.warning("%s: saved replay state unreadable; starting without it", self.device_id)
+            return None
+        assert self.settings.bindkey is not None
+        counter = record.get("counter")
+        if (
+            record.get("address") != self.settings.address
+            or record.get("key") != _key_fingerprint(self.settings.bindkey)
+            or not isinstance(counter, int)
+            or isinstance(counter, bool)
+            or not 0 <= counter < 2**32
+        ):
+            # Another sensor or key under this id (or a counter out of range): start afresh.
+            log.info("%s: saved replay state is for another sensor or key; ignored", self.device_id)
+            return None
+        return counter
+
+    def _save(self, now: float | None = None, *, force: bool = False) -> None:
+        """Save the last accepted counter if it changed: at most every SAVE_EVERY_S, or now
+        (``force``, when the driver stops)."""
+        counter = self.decoder.filter.last_counter
+        if self._state is None or counter is None or counter == self._saved_counter:
+            return
+        if not force:
+            if now is None:
+                now = self._clock()
+            if self._last_save is not None and now - self._last_save < SAVE_EVERY_S:
+                return
+            self._last_save = now
+        self._state.save(self._state_bytes(counter))
+        self._saved_counter = counter
 
     async def _listen(self, hub: ScannerHub, emit: Emit) -> None:
         tick = min(1.0, self.interval / 4)
@@ -127,17 +301,48 @@ class BleDriver:
 
     def _take(self, advert: Advert, emit: Emit) -> None:
         self.adverts_heard += 1
+        rejected, replayed = self.decoder.rejected, self.decoder.filter.replays_dropped
         decoded = self.decoder.decode(advert)
+        self.tally.replayed_adverts += self.decoder.filter.replays_dropped - replayed
+        if self.decoder.rejected != rejected:
+            self._refused(advert)
         if decoded is None:
             return
         now = self._clock()
         self._last_decoded = now
         for measurement in decoded.measurements:
             self._latest[measurement.name] = measurement
-        self._events.extend(decoded.events)
+        self._keep_events(decoded.events, now)
         self._pending = True
+        self._save(now)
         if self._last_emit is None or now - self._last_emit >= self.interval:
             self._flush(emit, now)
+
+    def _refused(self, advert: Advert) -> None:
+        self.tally.rejected_adverts += 1
+        if self.tally.refusals.note(self._clock()):
+            formats = ",".join(detect(advert)) or "unknown"
+            log.warning(
+                "%s: refused an unencrypted advert (%s) from %s: the device has a bindkey; "
+                "counting them in rejected_adverts",
+                self.device_id,
+                formats,
+                advert.address,
+            )
+
+    def _keep_events(self, events: Sequence[Measurement], now: float) -> None:
+        room = max(0, EVENTS_PER_INTERVAL - len(self._events))
+        self._events.extend(events[:room])
+        excess = len(events) - room
+        if excess > 0:
+            self.tally.dropped_events += excess
+            if self.tally.drops.note(now, excess):
+                log.warning(
+                    "%s: more than %d events in one interval; dropping the rest, "
+                    "counting them in dropped_events",
+                    self.device_id,
+                    EVENTS_PER_INTERVAL,
+                )
 
     def _flush(self, emit: Emit, now: float) -> None:
         emit([*self._latest.values(), *self._events])
@@ -151,6 +356,14 @@ class BleDriver:
             raise TransportError(f"BLE adapter {hub.name}: {hub.problem}")
         if self._pending and self._last_emit is not None and now - self._last_emit >= self.interval:
             self._flush(emit, now)
+        self._save(now)
+        refused = self.tally.refusals.ended(now)
+        if refused is not None:
+            log.info("%s: no unencrypted advert refused for a while (%d in all)", self.device_id,
+                     refused)  # fmt: skip
+        dropped = self.tally.drops.ended(now)
+        if dropped is not None:
+            log.info("%s: events no longer dropped (%d dropped)", self.device_id, dropped)
         reference = max(self._last_decoded or self._listening_since, self._listening_since)
         silent_for = now - reference
         if silent_for >= SILENT_AFTER_INTERVALS * self.interval:
@@ -173,6 +386,9 @@ class BleFactory:
     default_interval = config.DEFAULT_INTERVAL
     fields: Mapping[str, Field] = config.FIELDS
 
+    def __init__(self) -> None:
+        self._tallies: dict[str, Tally] = {}
+
     def configure(self, options: Mapping[str, Any], context: DeviceContext) -> Any:
         return config.configure(options, context)
 
@@ -187,7 +403,14 @@ class BleFactory:
 
     def create(self, driver_config: Any, context: DeviceContext) -> PushDriver:
         hub = context.hub
-        return BleDriver(driver_config, context, hub=hub if isinstance(hub, ScannerHub) else None)
+        # One tally per device id: its counts and log episodes outlive each driver.
+        tally = self._tallies.setdefault(context.device_id, Tally())
+        return BleDriver(
+            driver_config,
+            context,
+            hub=hub if isinstance(hub, ScannerHub) else None,
+            tally=tally,
+        )
 
     @property
     def scan(self) -> ScanCommand:

@@ -2,26 +2,76 @@
 
 Replayed adverts keep their relative timing (the first at once) and go through
 exactly the same decoding as live ones; an advert's time is the moment of
-replay. Lines that are not adverts are skipped and counted
-(:attr:`ReplaySource.bad_lines`), the first one logged with its line number.
+replay. Lines that are not adverts (:class:`~citygate.drivers.ble.advert.CaptureError`,
+a line longer than :data:`~citygate.drivers.ble.advert.MAX_LINE_CHARS` bytes included,
+skipped unread) are counted (:attr:`ReplaySource.bad_lines`), the first one logged
+with its line number, and replay goes on with the next line. The capture must be a
+regular file (a FIFO or a device would never end).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import stat
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
-from typing import IO
+from typing import IO, BinaryIO, Final
 
-from citygate.drivers.ble.advert import Advert, CaptureError, from_line, to_line
+from citygate.drivers.ble.advert import MAX_LINE_CHARS, Advert, CaptureError, from_line, to_line
 from citygate.drivers.ble.scanner import AdvertListener
 
 __all__ = ["CaptureWriter", "ReplaySource"]
 
 log = logging.getLogger(__name__)
+
+_YIELD_EVERY: Final = 1000
+"""Lines read between two turns given to the event loop (a file of bad lines never sleeps)."""
+
+
+def open_capture(path: Path) -> BinaryIO:
+    """Open a capture file for reading; OSError unless it is a regular file."""
+    # O_NONBLOCK: opening a FIFO must not wait for a writer.
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(f"BLE capture {path} is not a regular file")
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def read_lines(stream: BinaryIO) -> Iterator[str | CaptureError]:
+    """Each line of ``stream`` (without its newline), or a CaptureError for one longer
+    than :data:`MAX_LINE_CHARS` bytes, whose rest is skipped unread in bounded chunks."""
+    while True:
+        raw = stream.readline(MAX_LINE_CHARS + 1)
+        if not raw:
+            return
+        if len(raw) > MAX_LINE_CHARS and not raw.endswith(b"\n"):
+            size = len(raw)
+            while raw and not raw.endswith(b"\n"):
+                raw = stream.readline(MAX_LINE_CHARS)
+                size += len(raw)
+            yield CaptureError(f"line longer than {MAX_LINE_CHARS} bytes ({size}); skipped unread")
+            continue
+        yield raw.decode("utf-8", errors="replace")
+
+
+def _parse(line: str | CaptureError) -> Advert | CaptureError | None:
+    """The advert of a line, what is wrong with it, or None for a blank line."""
+    if isinstance(line, CaptureError):
+        return line
+    if not line.strip():
+        return None
+    try:
+        return from_line(line)
+    except CaptureError as exc:
+        return exc
 
 
 class ReplaySource:
@@ -58,16 +108,17 @@ class ReplaySource:
     async def _play_once(self, deliver: AdvertListener) -> int:
         delivered = 0
         previous: float | None = None
-        with self.path.open(encoding="utf-8", errors="replace") as lines:
-            for number, line in enumerate(lines, start=1):
-                if not line.strip():
+        with open_capture(self.path) as stream:
+            for number, line in enumerate(read_lines(stream), start=1):
+                if number % _YIELD_EVERY == 0:
+                    await asyncio.sleep(0)
+                advert = _parse(line)
+                if advert is None:
                     continue
-                try:
-                    advert = from_line(line)
-                except CaptureError as exc:
+                if isinstance(advert, CaptureError):
                     self.bad_lines += 1
                     if self.bad_lines == 1:
-                        log.warning("%s:%d: skipped: %s", self.path, number, exc)
+                        log.warning("%s:%d: skipped: %s", self.path, number, advert)
                     continue
                 if previous is not None and advert.time > previous:
                     await self._sleep(advert.time - previous)

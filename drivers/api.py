@@ -67,6 +67,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Literal, Protocol, Self, TextIO, runtime_checkable
 
+from citygate.drivers._floats import shortest_float32
 from citygate.drivers._units import (
     CANONICAL_UNITS,
     CONVERSIONS,
@@ -120,6 +121,7 @@ __all__ = [
     "canonical",
     "known_units",
     "one_of",
+    "shortest_float32",
     "show_value",
 ]
 

@@ -10,6 +10,15 @@ A :class:`LineOwner` implements :class:`citygate.drivers.api.SerialLine`:
   and counted;
 * an exchange that got no answer ends its turn, so a silent device holds the
   line for at most one timeout before every waiting device had its turn;
+* the wait for silence is bounded (the wire time of the longest frame); a line
+  that stays busy request after request (a babbling device) is flagged ``noisy`` in
+  its figures, logged once, and its requests go out after a few silent
+  intervals at most, so healthy devices keep their interval;
+* a device whose turns end in a garbled reply (:class:`~citygate.drivers.api.DecodeError`)
+  :data:`GARBLED_LIMIT` times in a row has its turns skipped (a
+  :class:`~citygate.drivers.api.TransportError` without touching the wire) for a
+  backoff that doubles up to :data:`SKIP_MAX_S`; the turn after it is a retry;
+  one log line when it starts, one when the device answers cleanly again;
 * the port is opened on the first turn; when it fails (the adapter vanished)
   every turn raises :class:`~citygate.drivers.api.TransportError` until the port path is
   back, then it is reopened (one log line when lost, one when back);
@@ -30,6 +39,7 @@ import contextlib
 import errno
 import logging
 import os
+import select
 import time
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -38,6 +48,8 @@ from typing import Any, Final, Protocol
 import serial
 
 from citygate.drivers.api import (
+    CountsDiscarded,
+    DecodeError,
     ReplyFramer,
     SerialExchange,
     SerialLineConfig,
@@ -45,6 +57,9 @@ from citygate.drivers.api import (
 )
 
 __all__ = [
+    "GARBLED_LIMIT",
+    "SKIP_MAX_S",
+    "SKIP_START_S",
     "UTILISATION_WINDOW_S",
     "DeviceLineStats",
     "LineOwner",
@@ -64,6 +79,23 @@ _DEMAND_SMOOTHING: Final = 0.3
 _DEMAND_OVER: Final = 1.0
 _DEMAND_FITS_AGAIN: Final = 0.9
 _WRITE_TIMEOUT_MIN_S: Final = 1.0
+_LONGEST_FRAME: Final = 261
+"""Characters of the longest frame on a line (M-Bus long frame; Modbus RTU: 256)."""
+_NOISY_AFTER: Final = 1
+"""Requests in a row that found the line busy for longer than any frame lasts
+before it is flagged noisy (one is proof enough)."""
+_QUIET_AGAIN_AFTER: Final = 3
+"""Requests in a row that found the line silent before the flag goes again."""
+_NOISY_WAIT_INTERVALS: Final = 4
+"""Silent intervals a turn waits for silence on a noisy line."""
+_KEPT_RECEIVED: Final = 4 * _LONGEST_FRAME
+"""Most bytes of one exchange kept in :attr:`SerialExchange.received` (the framer sees all)."""
+GARBLED_LIMIT: Final = 3
+"""Garbled replies in a row after which a device's turns are skipped."""
+SKIP_START_S: Final = 1.0
+"""The first skip of a garbling device; each retry that garbles again doubles it."""
+SKIP_MAX_S: Final = 300.0
+"""The longest skip of a garbling device between two retries."""
 
 Clock = Callable[[], float]
 
@@ -110,6 +142,14 @@ class SerialPort:
             self._serial.close()
 
 
+def _poll(fd: int) -> int:
+    """The poll() events of ``fd`` now (POLLIN when bytes wait), without waiting."""
+    poller = select.poll()
+    poller.register(fd, select.POLLIN)
+    events = poller.poll(0)
+    return events[0][1] if events else 0
+
+
 def _open_error(config: SerialLineConfig, exc: BaseException) -> str:
     errno_value = getattr(exc, "errno", None)
     if errno_value == errno.ENOENT or not os.path.exists(config.port):
@@ -137,6 +177,11 @@ class DeviceLineStats:
     turn_busy_s: float | None = None  # smoothed wire time of one turn (one poll)
     last_turn_at: float | None = None
     last_turn_failed: bool = False
+    discarded_bytes: int = 0  # dropped by the framers as framing nothing
+    garbled_in_row: int = 0  # turns ended by a garbled reply, in a row
+    skip_until: float | None = None  # turns before this time are skipped
+    skip_s: float = 0.0  # the current skip (backoff)
+    skipped_turns: int = 0
 
     def to_json(self) -> dict[str, Any]:
         """The figures as a JSON object."""
@@ -145,6 +190,9 @@ class DeviceLineStats:
             "timeouts": self.timeouts,
             "truncated": self.truncated,
             "stale_bytes": self.stale_bytes,
+            "discarded_bytes": self.discarded_bytes,
+            "skipped_turns": self.skipped_turns,
+            "skipping": self.skip_until is not None,
             "busy_s": round(self.busy_s, 3),
         }
         data.update(sorted(self.problems.items()))
@@ -188,6 +236,12 @@ class LineOwner:
         self.reopens = 0
         self.busy_s = 0.0
         self._overloaded = False
+        self.noisy = False
+        """The line did not fall silent before the last request (a device babbles)."""
+        self.noisy_turns = 0
+        """Requests sent without the line having fallen silent first."""
+        self._busy_in_row = 0
+        self._quiet_in_row = 0
 
     # ------------------------------------------------------------------ SerialLine
 
@@ -206,19 +260,31 @@ class LineOwner:
 
     @contextlib.asynccontextmanager
     async def turn(self, device_id: str) -> AsyncIterator[_Wire]:
-        """Exclusive use of the wire, FIFO among the line's devices."""
+        """Exclusive use of the wire, FIFO among the line's devices.
+
+        Raises :class:`TransportError` at once, without waiting for the line, while
+        the device's turns are skipped (it garbled its replies, see the module doc).
+        """
         stats = self._stats(device_id)
+        self._check_skip(device_id, stats)
         wire = _Wire(self, device_id, stats)
         await self._lock.acquire()
         wire.holding = True
+        clean = garbled = False
         try:
             self._ensure_open()
             yield wire
+            clean = True
+        except DecodeError:
+            garbled = True
+            raise
         finally:
             if wire.holding:
                 self._lock.release()
                 wire.holding = False
             self._end_turn(stats, wire)
+            if wire.exchanges:
+                self._judge(device_id, stats, clean=clean, garbled=garbled)
 
     # ------------------------------------------------------------------ figures
 
@@ -251,6 +317,8 @@ class LineOwner:
             "utilisation": round(self.utilisation(), 3),
             "demand": round(self.demand(), 3),
             "reopens": self.reopens,
+            "noisy": self.noisy,
+            "noisy_turns": self.noisy_turns,
             "devices": {d: s.to_json() for d, s in sorted(self.devices.items())},
         }
 
@@ -322,11 +390,20 @@ class LineOwner:
             self._port_lost(exc.strerror or str(exc))
             return
         if not data:
-            self._port_lost("the port hung up")
+            # A tty in non-blocking raw mode reads b"" when nothing is waiting (the
+            # bytes were drained already): only a hangup flagged by poll() is one.
+            if _poll(port.fd) & (select.POLLHUP | select.POLLERR | select.POLLNVAL):
+                self._port_lost("the port hung up")
             return
         self._received += data
         self._quiet_from = self._now() + self._config.silent_interval
         self._data_event.set()
+
+    def _drain(self) -> None:
+        """Read what the port holds now, if anything (the loop may not have yet)."""
+        port = self._port
+        if port is not None and self._lost is None and _poll(port.fd):
+            self._readable()
 
     def _port_lost(self, reason: str) -> None:
         self._lost = reason
@@ -362,23 +439,57 @@ class LineOwner:
                         f"serial {self._config.id}: {self._config.port} lost: {exc}"
                     ) from None
 
+    def _quiet_limit(self) -> float:
+        """Longest wait for silence before a request: the wire time of the longest
+        frame (a late reply ends within it), a few silent intervals on a noisy line."""
+        config = self._config
+        if self.noisy:
+            return _NOISY_WAIT_INTERVALS * config.silent_interval
+        return min(config.timeout, _LONGEST_FRAME * config.character_time + config.silent_interval)
+
     async def _quiet(self) -> int:
         """Wait for the silent interval; discard and return the bytes waiting.
 
-        A line that never falls silent (a babbling device) is waited for at most
-        one line timeout: the request then goes out anyway.
+        A line that does not fall silent within :meth:`_quiet_limit` gets the
+        request anyway; after a few such turns in a row it is flagged noisy.
         """
-        give_up = self._now() + self._config.timeout
+        give_up = self._now() + self._quiet_limit()
+        stale = 0
         while True:
+            # Bytes already in the port count even if the loop has not read them yet
+            # (a stalled loop would otherwise take a busy line for a silent one).
+            self._drain()
+            stale += len(self._received)
+            self._received.clear()  # bounded, however long the line babbles
             now = self._now()
             wait = min(self._quiet_from, give_up) - now
             if wait <= 0:
                 break
             await asyncio.sleep(wait)
-        stale = len(self._received)
-        self._received.clear()
         self._data_event.clear()
+        self._note_silence(silent=self._quiet_from <= self._now())
         return stale
+
+    def _note_silence(self, *, silent: bool) -> None:
+        config = self._config
+        if silent:
+            self._busy_in_row = 0
+            self._quiet_in_row += 1
+            if self.noisy and self._quiet_in_row >= _QUIET_AGAIN_AFTER:
+                self.noisy = False
+                log.info("serial %s: the line falls silent between frames again", config.id)
+            return
+        self.noisy_turns += 1
+        self._quiet_in_row = 0
+        self._busy_in_row += 1
+        if not self.noisy and self._busy_in_row >= _NOISY_AFTER:
+            self.noisy = True
+            log.warning(
+                "serial %s: the line never falls silent (a device babbling?); requests go"
+                " out after %.0f ms of waiting for silence at most",
+                config.id,
+                self._quiet_limit() * 1000,
+            )
 
     async def _exchange(
         self,
@@ -402,7 +513,8 @@ class LineOwner:
             if self._received:
                 chunk = bytes(self._received)
                 self._received.clear()
-                received += chunk
+                if len(received) < _KEPT_RECEIVED:
+                    received += chunk[: _KEPT_RECEIVED - len(received)]
                 if framer.feed(chunk):
                     complete = True
                     break
@@ -423,6 +535,8 @@ class LineOwner:
         self._account(stats, ended - started + after, ended)
         stats.transactions += 1
         stats.stale_bytes += stale
+        if isinstance(framer, CountsDiscarded):
+            stats.discarded_bytes += framer.discarded_bytes
         if not complete:
             if received:
                 stats.truncated += 1
@@ -461,6 +575,52 @@ class LineOwner:
         await self._lock.acquire()
         wire.holding = True
         self._ensure_open()
+
+    def _check_skip(self, device_id: str, stats: DeviceLineStats) -> None:
+        if stats.skip_until is None or self._now() >= stats.skip_until:
+            return  # not skipped, or the retry
+        stats.skipped_turns += 1
+        raise TransportError(
+            f"serial {self._config.id}: {device_id} garbled {stats.garbled_in_row} replies"
+            f" in a row; its turns are skipped (retried within {stats.skip_s:g} s)"
+        )
+
+    def _judge(self, device_id: str, stats: DeviceLineStats, *, clean: bool, garbled: bool) -> None:
+        """Count a turn that ended in a garbled reply; skip the device's turns after
+        :data:`GARBLED_LIMIT` in a row, with backoff, until a turn ends cleanly."""
+        if garbled:
+            stats.garbled_in_row += 1
+            if stats.garbled_in_row < GARBLED_LIMIT:
+                return
+            first = stats.skip_until is None
+            stats.skip_s = SKIP_START_S if first else min(SKIP_MAX_S, 2 * stats.skip_s)
+            stats.skip_until = self._now() + stats.skip_s
+            if first:
+                log.warning(
+                    "serial %s: %s: %d garbled replies in a row; its turns are skipped and"
+                    " retried with backoff (up to %g s) so the line's other devices keep theirs",
+                    self._config.id,
+                    device_id,
+                    stats.garbled_in_row,
+                    SKIP_MAX_S,
+                )
+            else:
+                log.debug(
+                    "serial %s: %s still garbles; next retry in %g s",
+                    self._config.id,
+                    device_id,
+                    stats.skip_s,
+                )
+            return
+        if not clean:
+            return  # no answer, a refused request: no verdict on the wire's state
+        stats.garbled_in_row = 0
+        if stats.skip_until is not None:
+            stats.skip_until = None
+            stats.skip_s = 0.0
+            log.info(
+                "serial %s: %s answers cleanly again; its turns resume", self._config.id, device_id
+            )
 
     def _end_turn(self, stats: DeviceLineStats, wire: _Wire) -> None:
         if wire.busy_s <= 0:
@@ -503,6 +663,7 @@ class _Wire:
         self.holding = False
         self.silent = False  # the last exchange timed out with nothing received
         self.busy_s = 0.0
+        self.exchanges = 0
 
     async def exchange(
         self,
@@ -514,6 +675,7 @@ class _Wire:
         if self.silent or not self.holding:
             await self._owner._requeue(self)  # noqa: SLF001 - the owner's own turn
         before = self._stats.busy_s
+        self.exchanges += 1
         result = await self._owner._exchange(self._stats, request, framer, timeout)  # noqa: SLF001 - the owner's own turn
         self.busy_s += self._stats.busy_s - before
         self.silent = not result.complete and not result.received

@@ -20,6 +20,8 @@ bytes received amount to (truncated frame, wrong unit, garbage).
 
 from __future__ import annotations
 
+import collections
+import heapq
 import struct
 from dataclasses import dataclass
 from typing import Final
@@ -114,7 +116,14 @@ class RtuReplyFramer:
     """Finds the reply to one read request in the bytes received after it.
 
     A :class:`citygate.drivers.api.ReplyFramer`: ``feed(data)`` returns True once the
-    verdict is in :attr:`outcome`.
+    verdict is in :attr:`outcome`. It never raises on what it is fed.
+
+    Every byte position is examined once as it arrives and its CRC checked once,
+    when its frame is complete: the work is linear in the bytes received
+    (:attr:`scan_steps` counts it). Positions that can no longer start a reply
+    (a function code that fits no reply, a complete frame with a bad CRC) are
+    dropped, so the buffer holds at most one frame's worth of bytes whatever a
+    babbling device sends; dropped bytes count in :attr:`stray_bytes`.
     """
 
     def __init__(self, unit: int, function: int, count: int) -> None:
@@ -123,15 +132,40 @@ class RtuReplyFramer:
         self.expected_data = 2 * count if function in _REGISTER_FUNCTIONS else (count + 7) // 8
         self.outcome: Outcome | None = None
         self.stray_bytes = 0
+        """Bytes that framed nothing (garbage, noise before the reply), dropped."""
         self.wrong_units: list[int] = []
+        """Other units whose valid frames arrived, each once, in order of arrival."""
+        self.wrong_unit_frames = 0
+        self.scan_steps = 0
+        """Work done: one per byte position examined, one per byte through the CRC."""
         self._buffer = bytearray()
+        self._base = 0  # stream offset of _buffer[0]; offsets below are all absolute
+        self._next = 0  # the first offset not examined yet
+        self._due: list[tuple[int, int]] = []  # heap of (offset the decision waits for, start)
+        self._open: dict[int, int] = {}  # undecided starts -> the offset they wait for
+        self._order: collections.deque[int] = collections.deque()  # undecided starts, ascending
+        self._valid: list[tuple[int, int]] = []  # heap of complete valid frames (start, end)
+        self._candidates: list[int] = []  # heap of starts of our unit not yet ruled out
+        self._bad_crc: set[int] = set()  # candidates complete with a bad CRC
+
+    @property
+    def discarded_bytes(self) -> int:
+        """Bytes dropped as framing nothing (:attr:`stray_bytes`; see
+        :class:`citygate.drivers.api.CountsDiscarded`)."""
+        return self.stray_bytes
+
+    @property
+    def buffered(self) -> int:
+        """Bytes held that may still start a reply (at most one frame and a chunk)."""
+        return len(self._buffer)
 
     def feed(self, data: bytes) -> bool:
         """Take received bytes; True once :attr:`outcome` is set."""
         if self.outcome is not None:
             return True
-        self._buffer += data
-        self._scan()
+        if data:
+            self._buffer += data
+            self._scan()
         return self.outcome is not None
 
     def failure(self) -> tuple[str, str]:
@@ -139,82 +173,131 @@ class RtuReplyFramer:
         ``("silent", …)``, ``("truncated", …)``, ``("wrong_unit", …)`` or ``("garbage", …)``."""
         if self.outcome is not None:
             raise RuntimeError("the reply was complete")
-        pending = bytes(self._buffer)
+        pending = len(self._buffer)
         if not pending and not self.stray_bytes and not self.wrong_units:
             return "silent", "no answer"
         if self.wrong_units and not pending:
-            units = ", ".join(str(u) for u in sorted(set(self.wrong_units)))
+            units = ", ".join(str(u) for u in sorted(self.wrong_units))
             return "wrong_unit", f"reply from unit {units}, expected unit {self.unit}"
-        start = self._candidate(pending)
+        start = self._first_candidate()
         if start is not None:
-            got = len(pending) - start
-            length = self._length(pending, start)
+            got = self._end - start
+            length = self._length(self._buffer, start - self._base)
             of = f" of {length}" if length else ""
             return "truncated", f"truncated reply ({got}{of} bytes)"
-        total = len(pending) + self.stray_bytes
+        total = pending + self.stray_bytes
         return "garbage", f"{total} bytes that are no Modbus RTU reply"
 
     # ------------------------------------------------------------------ internals
 
-    def _length(self, buffer: bytes | bytearray, start: int) -> int | None:
-        """Frame length at ``start`` if it starts a reply to our function, else None."""
-        if len(buffer) - start < 2:
+    @property
+    def _end(self) -> int:
+        return self._base + len(self._buffer)
+
+    def _length(self, buffer: bytes | bytearray, index: int) -> int | None:
+        """Frame length at ``index`` if it starts a reply to our function, else None
+        (0: the byte count has not arrived yet)."""
+        if len(buffer) - index < 2:
             return None
-        function = buffer[start + 1]
+        function = buffer[index + 1]
         if function == self.function | 0x80:
             return 5
         if function != self.function:
             return None
-        if len(buffer) - start < 3:
-            return 0  # not known yet
-        return 5 + buffer[start + 2]
-
-    def _valid_at(self, start: int) -> int | None:
-        """End of a complete frame with a valid CRC at ``start``, else None."""
-        buffer = self._buffer
-        length = self._length(buffer, start)
-        if not length or start + length > len(buffer):
-            return None
-        body = buffer[start : start + length - 2]
-        (crc,) = struct.unpack_from("<H", buffer, start + length - 2)
-        return start + length if crc16(body) == crc else None
-
-    def _candidate(self, buffer: bytes | bytearray) -> int | None:
-        for start in range(len(buffer)):
-            if buffer[start] == self.unit and (
-                len(buffer) - start < 2 or self._length(buffer, start) is not None
-            ):
-                return start
-        return None
+        if len(buffer) - index < 3:
+            return 0
+        return 5 + buffer[index + 2]
 
     def _scan(self) -> None:
-        while True:
-            buffer = self._buffer
-            found: tuple[int, int] | None = None
-            for offset in range(len(buffer)):
-                frame_end = self._valid_at(offset)
-                if frame_end is not None:
-                    found = (offset, frame_end)
-                    break
-            if found is None:
-                break
-            start, end = found
-            self.stray_bytes += start
-            frame = bytes(buffer[start:end])
-            del buffer[:end]
+        end = self._end
+        for start in range(self._next, end):
+            if self._buffer[start - self._base] == self.unit:
+                heapq.heappush(self._candidates, start)
+            self._examine(start)
+        self._next = end
+        due = self._due
+        while due and due[0][0] <= end:
+            _, start = heapq.heappop(due)
+            if start >= self._base:  # else inside a frame taken before
+                self._examine(start)
+        while self._valid:
+            start, stop = heapq.heappop(self._valid)
+            if start < self._base:
+                continue  # inside a frame taken before
+            frame = bytes(self._buffer[start - self._base : stop - self._base])
+            self._drop(start)  # stray bytes before the frame
+            self._cut(stop)  # the frame itself
             if frame[0] != self.unit:
-                self.wrong_units.append(frame[0])
+                self.wrong_unit_frames += 1
+                if frame[0] not in self.wrong_units:
+                    self.wrong_units.append(frame[0])
                 continue
             self.outcome = self._reply(frame)
             return
-        # No valid frame: a frame of our unit whose length is in has a bad CRC.
-        candidate = self._candidate(self._buffer)
-        if candidate is None:
-            return
-        length = self._length(self._buffer, candidate)
-        if length and candidate + length <= len(self._buffer):
-            self.stray_bytes += candidate
+        # No valid frame: the first frame of our unit whose length is in has a bad CRC.
+        candidate = self._first_candidate()
+        if candidate is not None and candidate in self._bad_crc:
+            self._drop(candidate)
             self.outcome = BadReply("crc", "CRC error in the reply")
+            return
+        self._drop(self._oldest_undecided())
+
+    def _examine(self, start: int) -> None:
+        """Decide what ``start`` is as far as the bytes in allow (once each stage)."""
+        self.scan_steps += 1
+        index = start - self._base
+        buffer = self._buffer
+        available = len(buffer) - index
+        length = self._length(buffer, index)
+        if available < 2 or length == 0:
+            self._wait(start, start + (2 if available < 2 else 3))
+            return
+        self._open.pop(start, None)
+        if length is None:
+            return  # no reply to our function starts here
+        if available < length:
+            self._wait(start, start + length)
+            return
+        self.scan_steps += length - 2
+        (crc,) = struct.unpack_from("<H", buffer, index + length - 2)
+        if crc16(memoryview(buffer)[index : index + length - 2]) == crc:
+            heapq.heappush(self._valid, (start, start + length))
+        elif buffer[index] == self.unit:
+            self._bad_crc.add(start)
+
+    def _wait(self, start: int, until: int) -> None:
+        if start not in self._open:
+            self._order.append(start)
+        self._open[start] = until
+        heapq.heappush(self._due, (until, start))
+
+    def _oldest_undecided(self) -> int:
+        order = self._order
+        while order and (order[0] not in self._open or order[0] < self._base):
+            self._open.pop(order.popleft(), None)
+        return order[0] if order else self._next
+
+    def _first_candidate(self) -> int | None:
+        """The first start of our unit that may still be (or was) a reply to our function."""
+        candidates = self._candidates
+        while candidates:
+            start = candidates[0]
+            if start >= self._base and (start in self._open or start in self._bad_crc):
+                return start
+            heapq.heappop(candidates)
+            self._bad_crc.discard(start)
+        return None
+
+    def _drop(self, upto: int) -> None:
+        """Count the bytes before ``upto`` as stray and forget them."""
+        if upto > self._base:
+            self.stray_bytes += upto - self._base
+            self._cut(upto)
+
+    def _cut(self, upto: int) -> None:
+        del self._buffer[: upto - self._base]
+        self._base = upto
+        self._next = max(self._next, upto)
 
     def _reply(self, frame: bytes) -> Outcome:
         if frame[1] & 0x80:

@@ -24,6 +24,7 @@ PARTS: dict[str, str] = {
     "mbus": "tests.bench.mbus",  # issue 5: decoder throughput, readout wire time
     "ble": "tests.drivers.ble.bench_part",  # BLE advert decoding rate and CPU
     "broker": "tests.bench.broker",  # issue 11: back after an outage, RSS under a flood
+    "framer": "tests.bench.framer",  # issue 12: framers' CPU per KB of a babbling device
 }
 
 

@@ -251,3 +251,27 @@ def test_finish_accounts_for_every_byte(data: bytes) -> None:
     )
     assert seen == data
     assert decoder.pending == 0
+
+
+# --------------------------------------------------------------------------- a babbling device
+
+
+def test_a_flood_of_false_frame_starts_stays_bounded_and_the_frame_behind_it_decodes() -> None:
+    """Issue 12 guard: garbage full of false long-frame headers (each waits for 261
+    bytes) is discarded as it goes, never held; the buffer stays one frame's worth."""
+    flood = (bytes.fromhex("68 FF FF 68") + bytes(range(0x20, 0x60))) * 4000  # 272 KB
+    decoder = FrameDecoder()
+    discarded = 0
+    most = 0
+    for start in range(0, len(flood), 32):
+        decoder.feed(flood[start : start + 32])
+        for event in _events(decoder):
+            assert isinstance(event, Discarded)
+            discarded += len(event.data)
+        most = max(most, decoder.pending)
+    assert most <= 255 + 6 + 32
+    decoder.feed(REAL_FRAMES[0])
+    events = [*_events(decoder), *decoder.finish()]
+    discarded += sum(len(e.data) for e in events if isinstance(e, Discarded))
+    assert discarded == len(flood)
+    assert [e.raw for e in events if isinstance(e, Frame)] == [REAL_FRAMES[0]]

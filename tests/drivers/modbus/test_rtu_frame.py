@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 import struct
 
 import pytest
@@ -10,6 +11,7 @@ from hypothesis import strategies as st
 
 from citygate.drivers.api import ReplyFramer
 from citygate.drivers.modbus.rtu import (
+    MAX_RTU_FRAME,
     BadReply,
     ExceptionReply,
     RegisterReply,
@@ -27,6 +29,7 @@ M4_REQUEST = bytes.fromhex("01 03 00 00 00 02 C4 0B")
 M4_REPLY = bytes.fromhex("01 03 04 01 11 02 72 2A 8F")
 M5_REQUEST = bytes.fromhex("0A 04 00 00 00 06 71 73")
 M6_EXCEPTION = bytes.fromhex("01 84 02 C2 C1")
+MAX_FRAME_BYTES = MAX_RTU_FRAME + 4  # a reply: unit, function, byte count 255, data, CRC
 
 
 def feed_all(framer: RtuReplyFramer, data: bytes, chunks: list[int] | None = None) -> bool:
@@ -163,3 +166,61 @@ def test_a_clean_reply_round_trips(words: list[int], unit: int) -> None:
     assert isinstance(framer.outcome, RegisterReply)
     assert framer.outcome.registers() == words
     assert framer.stray_bytes == 0
+
+
+# ----------------------------------------------------------------- a babbling device (issue 12)
+
+
+def no_reply_garbage(size: int, unit: int = 1) -> bytes:
+    """Random bytes in which no frame of ``unit`` can start (so no verdict ends the feed)."""
+    return random.Random(size).randbytes(size).replace(bytes((unit,)), b"\x00")
+
+
+def feed_garbage(framer: RtuReplyFramer, data: bytes, chunk: int = 64) -> int:
+    """Feed ``data`` in chunks as a line would; the most bytes the framer held."""
+    most = 0
+    for start in range(0, len(data), chunk):
+        assert not framer.feed(data[start : start + chunk])
+        most = max(most, framer.buffered)
+    return most
+
+
+def test_garbage_costs_the_same_work_per_byte_from_1_kb_to_1_mb_and_is_dropped() -> None:
+    steps_per_byte = {}
+    for size in (1024, 1024 * 1024):
+        framer = RtuReplyFramer(1, 0x04, 2)
+        most = feed_garbage(framer, no_reply_garbage(size))
+        steps_per_byte[size] = framer.scan_steps / size
+        assert most <= MAX_FRAME_BYTES + 64  # one frame's worth and one chunk, however long
+        assert framer.stray_bytes + framer.buffered == size
+        assert framer.discarded_bytes == framer.stray_bytes
+        assert framer.failure()[0] == "garbage"
+        # The reply behind the flood is still found.
+        assert framer.feed(M1_REPLY)
+        assert framer.outcome == RegisterReply(bytes.fromhex("43 66 33 34"))
+        assert framer.stray_bytes == size
+    # Before: every feed re-examined every byte held (quadratic, 11.5 KB = 12.9 s).
+    assert steps_per_byte[1024 * 1024] <= 1.5 * steps_per_byte[1024]
+    assert max(steps_per_byte.values()) < 4
+
+
+def test_the_worst_garbage_costs_a_bounded_work_per_byte() -> None:
+    # "03 FF" over and over: every other byte starts a 260-byte frame whose CRC is checked.
+    steps_per_byte = {}
+    for size in (1024, 32 * 1024):
+        framer = RtuReplyFramer(1, 0x03, 2)
+        most = feed_garbage(framer, (b"\x03\xff" * size)[:size], chunk=7)
+        steps_per_byte[size] = framer.scan_steps / size
+        assert most <= MAX_FRAME_BYTES + 7
+    assert steps_per_byte[32 * 1024] <= 1.5 * steps_per_byte[1024]
+    assert max(steps_per_byte.values()) <= MAX_FRAME_BYTES
+
+
+def test_replies_from_other_units_are_counted_not_kept() -> None:
+    other = rtu_frame(7, bytes.fromhex("04 04 00 00 00 00"))
+    framer = RtuReplyFramer(1, 0x04, 2)
+    for _ in range(1000):
+        assert not framer.feed(other)
+    assert framer.wrong_units == [7]
+    assert framer.wrong_unit_frames == 1000
+    assert framer.buffered == 0

@@ -14,7 +14,9 @@ seconds later and its bytes arrive at one character time each (10 bits a
 character for 8N1, 11 for 8E1 or 8N2).
 
 Line faults on demand (:class:`LineFault`, per unit): a reply with a bad CRC, a
-truncated reply, garbage instead of a reply, a reply carrying another unit id;
+truncated reply, garbage instead of a reply, a reply carrying another unit id, a
+babbling unit (random bytes back to back, the line never silent, its own replies
+lost in them; other units' replies still get through between its bytes);
 :meth:`ModbusRtuSimulator.inject_noise` puts stray bytes on the line;
 :meth:`~ModbusRtuSimulator.unplug` / :meth:`~ModbusRtuSimulator.replug` make the
 port vanish and come back (a USB adapter pulled out), moving ``link``.
@@ -22,8 +24,10 @@ port vanish and come back (a USB adapter pulled out), moving ``link``.
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import logging
+import os
 import random
 import struct
 from collections.abc import Mapping
@@ -62,6 +66,7 @@ class LineFault(StrEnum):
     TRUNCATED = "truncated"  # only the first half of the reply is sent
     GARBAGE = "garbage"  # random bytes instead of the reply
     WRONG_UNIT = "wrong_unit"  # the reply carries unit id + 1 (CRC valid)
+    BABBLE = "babble"  # sends random bytes without pause; never a reply
 
 
 def _request_length(buffer: bytes | bytearray) -> int | None:
@@ -166,6 +171,13 @@ class ModbusRtuSimulator(PtyLine):
         """``(loop time received, unit id)`` of the latest requests with a valid CRC."""
         self._rng = random.Random(seed)
         self._decoder = RtuRequestDecoder()
+        self.babbled_bytes = 0
+        """Bytes a babbling unit put on the line."""
+        # Babble comes in bursts shorter than half the silent interval (3.5 characters,
+        # 1.75 ms above 19200 baud), so a reader never sees the line fall silent.
+        silent = 3.5 * self.character_time if baudrate <= 19200 else 0.00175
+        self._babble_chars = max(1, int(silent / 2 / self.character_time))
+        self._babble_timer: asyncio.TimerHandle | None = None
 
     # -- state and controls ---------------------------------------------------------------
 
@@ -195,11 +207,12 @@ class ModbusRtuSimulator(PtyLine):
         self.handler.set_fault(unit_id, None)
         self.line_faults.pop(unit_id, None)
         if fault is None:
-            return
+            return  # a babble in progress ends at its next burst
         if isinstance(fault, LineFault):
             self.line_faults[unit_id] = fault
         else:
             self.handler.set_fault(unit_id, fault)  # type: ignore[arg-type]
+        self._start_babble()
 
     def inject_noise(self, data: bytes) -> None:
         """Put ``data`` on the line now (stray bytes, as from a noisy bus)."""
@@ -228,6 +241,46 @@ class ModbusRtuSimulator(PtyLine):
     def _open_pty(self) -> None:
         super()._open_pty()
         self._decoder.reset()
+        self._babble_timer = None  # closing the pty cancelled it
+        self._start_babble()
+
+    def _babbling(self) -> bool:
+        return LineFault.BABBLE in self.line_faults.values()
+
+    def _start_babble(self) -> None:
+        if self._babble_timer is None and self._master is not None and self._babbling():
+            self._babble_next(self._now())
+
+    def _babble_next(self, when: float) -> None:
+        assert self._loop is not None
+        if self._babble_timer is not None:
+            self._timers.discard(self._babble_timer)
+        self._babble_timer = self._loop.call_at(when, self._babble)
+        self._timers.add(self._babble_timer)  # cancelled when the pty closes
+
+    def _babble(self) -> None:
+        """One burst, as if its characters had just crossed the wire; the next one
+        right after it, or after a reply already on its way."""
+        if self._babble_timer is not None:
+            self._timers.discard(self._babble_timer)
+        self._babble_timer = None
+        if self._master is None or not self._babbling():
+            return
+        now = self._now()
+        burst = self._babble_chars * self.character_time
+        if self._line_free > now - burst + 1e-6:  # the wire carries another frame
+            self._babble_next(self._line_free + burst)
+            return
+        data = self._rng.randbytes(self._babble_chars)
+        try:
+            os.write(self._master, data)
+        except OSError as exc:
+            logger.debug("babble write failed: %s", exc)
+        else:
+            self.bytes_sent += len(data)
+            self.babbled_bytes += len(data)
+        self._line_free = now
+        self._babble_next(now + burst)
 
     def _received(self, data: bytes, now: float) -> None:
         if now > self._line_free + 3.5 * self.character_time:
@@ -248,7 +301,9 @@ class ModbusRtuSimulator(PtyLine):
             if response is None:
                 continue
             start = received_at + self.turnaround + self.handler.delay_for(unit_id)
-            self._send(self._damage(unit_id, rtu_frame(unit_id, response)), start)
+            reply = self._damage(unit_id, rtu_frame(unit_id, response))
+            if reply:
+                self._send(reply, start)
 
     def _damage(self, unit_id: int, frame: bytes) -> bytes:
         fault = self.line_faults.get(unit_id)
@@ -260,4 +315,6 @@ class ModbusRtuSimulator(PtyLine):
             return bytes(self._rng.randrange(256) for _ in range(len(frame)))
         if fault is LineFault.WRONG_UNIT:
             return rtu_frame((unit_id + 1) % 248 or 1, frame[1:-2])
+        if fault is LineFault.BABBLE:
+            return b""  # lost in its own babble
         return frame

@@ -121,8 +121,11 @@ class MbusReplyFramer:
         self.address = address
         self.answer: Frame | Ack | None = None
         self.bad_checksum = False
-        self.discarded: list[Discarded] = []
-        self.wrong_addresses: list[int] = []
+        # Counts, not lists: a babbling bus must not grow memory within one reply window.
+        self.discarded_bytes = 0
+        self.discarded_events = 0
+        self.truncated = False  # an incomplete frame that started like one
+        self.wrong_addresses: set[int] = set()
         self.stray_acks = 0
         self._decoder = FrameDecoder()
 
@@ -138,7 +141,7 @@ class MbusReplyFramer:
 
     def _take(self, event: Frame | Ack | Discarded) -> bool:
         if isinstance(event, Discarded):
-            self.discarded.append(event)
+            self._set_aside(event)
             if event.reason == "checksum mismatch":
                 self.bad_checksum = True
                 return True
@@ -153,10 +156,16 @@ class MbusReplyFramer:
             if self.address is None or event.address == self.address:
                 self.answer = event
                 return True
-            self.wrong_addresses.append(event.address)
+            self.wrong_addresses.add(event.address)
             return False
-        self.discarded.append(Discarded(event.raw, f"unexpected {event.kind} frame"))
+        self._set_aside(Discarded(event.raw, f"unexpected {event.kind} frame"))
         return False
+
+    def _set_aside(self, event: Discarded) -> None:
+        self.discarded_events += 1
+        self.discarded_bytes += len(event.data)
+        if event.reason.startswith("incomplete frame") and event.data[:1] in (b"\x68", b"\x10"):
+            self.truncated = True
 
     def finish(self) -> None:
         """The reply window is over: decode what is left (a false frame start in
@@ -173,19 +182,14 @@ class MbusReplyFramer:
         self.finish()
         if self.bad_checksum:
             return "checksum", "a frame that fails its checksum"
-        truncated = [
-            d
-            for d in self.discarded
-            if d.reason.startswith("incomplete frame") and d.data[:1] in (b"\x68", b"\x10")
-        ]
-        if truncated:
-            got = sum(len(d.data) for d in self.discarded)
+        if self.truncated:
+            got = self.discarded_bytes
             return "truncated", f"a truncated frame ({got} bytes received)"
-        if self.discarded:
-            garbage = sum(len(d.data) for d in self.discarded)
+        if self.discarded_events:
+            garbage = self.discarded_bytes
             return "collision", f"{garbage} bytes of garbage (a collision on the bus?)"
         if self.wrong_addresses:
-            shown = ", ".join(str(a) for a in sorted(set(self.wrong_addresses)))
+            shown = ", ".join(str(a) for a in sorted(self.wrong_addresses))
             return "wrong_address", f"an answer from address {shown}"
         if self.stray_acks:
             return "collision", "an E5 where a frame was due"

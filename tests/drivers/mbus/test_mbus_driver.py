@@ -433,3 +433,26 @@ def test_sample_toml_is_a_valid_config(tmp_path: Path) -> None:
     assert str(basement.address) == "1234567823242907"
     assert basement.records == frozenset({"volume", "volume_flow", "error_flags"})
     assert loaded.serial["mbus"].parity == "E"
+
+
+def test_a_babbling_bus_does_not_grow_the_reply_framer() -> None:
+    """1 MiB of garbage in one reply window (issue 12): what is set aside is counted, not kept."""
+    import random
+    import tracemalloc
+
+    rng = random.Random(12)
+    garbage = bytes(rng.choice((0x00, 0x55, 0xAA, 0xFF)) for _ in range(1 << 20))  # no frame start
+    framer = MbusReplyFramer("frame", 5)
+    tracemalloc.start()
+    try:
+        tracemalloc.reset_peak()
+        for start in range(0, len(garbage), 64):
+            framer.feed(garbage[start : start + 64])
+        framer.finish()
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert framer.answer is None
+    assert framer.discarded_bytes == len(garbage)
+    assert framer.failure()[0] == "collision"
+    assert peak < 256 * 1024, f"peak {peak} bytes while 1 MiB of garbage went by"

@@ -6,12 +6,13 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: help venv test lint typecheck pytest demo bench soak mosquitto clean install uninstall wheels
+.PHONY: help venv test lint typecheck pytest demo bench soak fuzz mosquitto clean install uninstall wheels
 
 help:
 	@echo "make demo   set up and run the zero-setup demo (simulators, broker, agent, live view)"
 	@echo "make test   set up and run every test (ruff, mypy, pytest with a real Mosquitto)"
 	@echo "make bench  performance figures (throughput, CPU per reading, RSS, latency)"
+	@echo "make fuzz   fuzz every decoder and framer for FUZZ_SECONDS (60) each; findings in build/fuzz/"
 
 venv: $(STAMP)
 
@@ -54,6 +55,16 @@ bench: venv mosquitto
 # The long fault variants (20 SIGKILLs, 30 s broker outage, 10 restarts in 60 s, …).
 soak: venv mosquitto
 	$(PY) -m tests.faults.soak
+
+# Every decoder, framer and the config loader under a fuzzer, FUZZ_SECONDS each: atheris
+# (coverage-guided) where a wheel exists for this platform, else hypothesis at a large budget.
+# Findings: build/fuzz/<target>/crash-* / slow-* (exit 1). The short run is in `make test`.
+FUZZ_SECONDS ?= 60
+fuzz: venv
+	@$(PY) -c 'import atheris' 2>/dev/null || \
+		$(PY) -m pip install --quiet --only-binary=atheris -e '.[fuzz]' 2>/dev/null || \
+		echo "no atheris wheel for this platform: fuzzing with hypothesis instead"
+	$(PY) -m tests.fuzz --seconds $(FUZZ_SECONDS)
 
 # Install as a service into /opt/citygate (root): `make install`, or offline with
 # `make install WHEELS=DIR` where DIR was made by `make wheels WHEELS=DIR` on a connected machine.

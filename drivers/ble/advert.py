@@ -93,7 +93,9 @@ def from_line(line: str) -> Advert:
     if not isinstance(record, dict):
         raise CaptureError("expected a JSON object")
     t = record.get("t")
-    if not isinstance(t, int | float) or isinstance(t, bool) or not math.isfinite(t):
+    if isinstance(t, int) and not isinstance(t, bool) and abs(t) < 2**53:
+        t = float(t)  # a larger integer is no time of day (and overflows a float)
+    if not isinstance(t, float) or not math.isfinite(t):
         raise CaptureError('"t": expected a number of seconds')
     address = record.get("address")
     if not isinstance(address, str) or not _ADDRESS.fullmatch(address.upper()):

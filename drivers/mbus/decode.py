@@ -853,14 +853,24 @@ def _stem(record: Record) -> str:
 
 
 def _named(records: Sequence[Record]) -> tuple[Record, ...]:
-    """Name every record; a name already used gets ``_2``, ``_3``… in record order."""
+    """Name every record; a name already used gets ``_2``, ``_3``… in record order.
+
+    A suffixed name skips any name another record has (a plain-text VIF can spell
+    ``x 2``), so names stay unique.
+    """
+    stems = [_stem(record) for record in records]
+    taken = set(stems)
     used: dict[str, int] = {}
     named: list[Record] = []
-    for record in records:
-        stem = _stem(record)
+    for record, stem in zip(records, stems, strict=True):
         seen = used.get(stem, 0) + 1
+        name = stem
+        if seen > 1:
+            while (name := f"{stem}_{seen}") in taken:
+                seen += 1
+            taken.add(name)
         used[stem] = seen
-        named.append(replace(record, name=stem if seen == 1 else f"{stem}_{seen}"))
+        named.append(replace(record, name=name))
     return tuple(named)
 
 

@@ -1,0 +1,1 @@
+"""Fuzz suite: targets, corpus, strategies; `make fuzz` runs it (python -m tests.fuzz)."""

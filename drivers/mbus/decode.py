@@ -42,7 +42,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import Final, Literal
 
-from citygate.drivers.api import DecodeError, DeviceError, Measurement
+from citygate.drivers.api import DecodeError, DeviceError, Measurement, shortest_float32
 from citygate.drivers.mbus.link import Frame
 
 __all__ = [
@@ -742,7 +742,7 @@ def _value(
     elif field_code in _BCD_FIELDS:
         raw = _bcd(payload)
     elif field_code == 0x5:
-        raw = struct.unpack("<f", payload)[0]
+        raw = shortest_float32(struct.unpack("<f", payload)[0])
     else:
         raw = _int(payload)
     if raw is None:

@@ -28,7 +28,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Final, Literal, get_args
 
-from citygate.drivers.api import DecodeError, Measurement, Value, canonical
+from citygate.drivers.api import DecodeError, Measurement, Value, canonical, shortest_float32
 
 __all__ = [
     "BIT_TABLES",
@@ -113,10 +113,13 @@ def _layout(data_type: DataType, order: ByteOrder) -> tuple[bool, str]:
     return table[order]
 
 
-# post-processing kinds: value as unpacked, multiply-add, non-zero test
+# post-processing kinds: value as unpacked, multiply-add, non-zero test; for float32 the
+# value is first made its shortest decimal (196.6, not 196.60000610351562)
 _AS_IS: Final = 0
 _LINEAR: Final = 1
 _NON_ZERO: Final = 2
+_FLOAT32: Final = 3
+_FLOAT32_LINEAR: Final = 4
 
 _Post = tuple[str, str | None, int, float, float]  # name, unit, kind, factor, addend
 
@@ -127,9 +130,10 @@ def _post(spec: RegisterSpec) -> _Post:
     unit, factor = canonical(spec.unit) if spec.unit is not None else (None, 1.0)
     multiplier = float(spec.scale) * factor
     addend = float(spec.offset) * factor
+    single = spec.type == "float32"
     if multiplier == 1.0 and addend == 0.0:
-        return (spec.name, unit, _AS_IS, 1.0, 0.0)
-    return (spec.name, unit, _LINEAR, multiplier, addend)
+        return (spec.name, unit, _FLOAT32 if single else _AS_IS, 1.0, 0.0)
+    return (spec.name, unit, _FLOAT32_LINEAR if single else _LINEAR, multiplier, addend)
 
 
 def _describe(table: Table, address: int, count: int) -> str:
@@ -260,8 +264,12 @@ class BlockDecoder:
         for (name, unit, kind, multiplier, addend), raw in zip(self._posts, raws, strict=True):
             if kind == _AS_IS:
                 append(Measurement(name, raw, unit))
+            elif kind == _FLOAT32:
+                append(Measurement(name, shortest_float32(raw), unit))
             elif kind == _LINEAR:
                 append(Measurement(name, raw * multiplier + addend, unit))
+            elif kind == _FLOAT32_LINEAR:
+                append(Measurement(name, shortest_float32(raw) * multiplier + addend, unit))
             else:
                 append(Measurement(name, raw != 0, unit))
         return measurements
@@ -279,6 +287,8 @@ def decode_value(words: Sequence[int], data_type: DataType, order: ByteOrder = "
     swapped, endian = _layout(data_type, order)
     image = struct.pack(f"{'<' if swapped else '>'}{width}H", *words)
     raw: Value = struct.unpack(endian + _STRUCT_CODE[data_type], image)[0]
+    if data_type == "float32" and isinstance(raw, float):
+        return shortest_float32(raw)
     return raw != 0 if data_type == "bool" else raw
 
 

@@ -14,7 +14,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from citygate.drivers.api import CONVERSIONS, DecodeError, Measurement
+from citygate.drivers.api import CONVERSIONS, DecodeError, Measurement, shortest_float32
 from citygate.drivers.mbus.decode import (
     Telegram,
     combine,
@@ -129,7 +129,8 @@ def test_bcd_with_hex_digits_is_kept_without_value() -> None:
 @given(st.floats(width=32, allow_nan=False))
 def test_real32(value: float) -> None:
     raw = struct.pack("<f", value)
-    assert one(f"05 2B {raw.hex()}") == ("power", value, "W")  # VIF 0x2B: power 10^0 W
+    # VIF 0x2B: power 10^0 W; the value as its shortest decimal that reads back as the float32
+    assert one(f"05 2B {raw.hex()}") == ("power", shortest_float32(value), "W")
 
 
 def test_real32_nan_has_no_value() -> None:

@@ -182,7 +182,7 @@ def _check(path: Path, as_json: bool) -> int:
             print(json.dumps({"ok": False, "errors": errors}, indent=2))
         else:
             print(exc, file=sys.stderr)
-            print(f"{len(exc.problems)} error(s); nothing was started", file=sys.stderr)
+            print(f"{exc.count} error(s); nothing was started", file=sys.stderr)
         return EXIT_USAGE
     summary = _summary(config)
     if as_json:

@@ -15,8 +15,23 @@ Decisions the spec leaves open:
 * paths are resolved against the directory of the file that holds them; so is
   the default ``data_dir`` (``./var``) when ``$STATE_DIRECTORY`` is not set;
 * durations and sizes must be more than 0 unless their Field sets a minimum;
+  a duration is at most 3650 days, a size at most 1024 TiB, a device
+  ``interval`` from 1 ms (the agent's own stress tests poll every 4 ms; below
+  1 ms a device would only keep the event loop busy) to 7 days;
 * an include glob matching no file (or naming a missing directory) is a
-  warning; a file matched twice is read once;
+  warning; a file matched twice is read once; the globs may look through
+  :data:`INCLUDE_MAX_ENTRIES` directory entries in all (``**`` walks below a
+  directory without following symbolic links);
+* hostile input is refused with a placed error, never read whole: config files
+  and secret files must be regular files of at most :data:`CONFIG_MAX_BYTES`
+  (:data:`CONFIG_TOTAL_MAX_BYTES` for all config files together) and
+  :data:`SECRET_MAX_BYTES`; keys may nest at most :data:`MAX_DEPTH` deep;
+  :data:`MAX_PROBLEMS` errors are listed, the rest counted;
+  integers must fit in 64 bits (TOML 1.0); strings may hold no control
+  character (a secret no NUL) and at most :data:`MAX_TEXT` characters;
+* ``mqtt.topic_prefix`` is one topic level of at most 64 characters, not
+  starting with ``$`` (the broker's own topics, ``$SYS``); ``client_id`` has
+  at most 128 characters and ``username`` 256;
 * a ``[[serial]]`` line without ``baudrate`` used only by mbus devices runs at
   2400 baud, any other at 9600;
 * warnings (``Problem`` messages starting ``"warning: "``): a secret written
@@ -26,12 +41,16 @@ Decisions the spec leaves open:
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import difflib
+import errno
+import fnmatch
 import glob
 import math
 import os
 import re
+import stat
 import tomllib
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -53,15 +72,23 @@ from citygate.drivers.api import (
     one_of,
     show_value,
 )
+from citygate.safefile import UnsafeFileError, read_regular
 from citygate.tomlpos import KeyPath, Locator, Position, locate
 
 __all__ = [
     "BLE_FIELDS",
     "BUFFER_FIELDS",
+    "CONFIG_MAX_BYTES",
+    "CONFIG_TOTAL_MAX_BYTES",
     "DEVICE_FIELDS",
     "GATEWAY_FIELDS",
     "ID_PATTERN",
+    "INCLUDE_MAX_ENTRIES",
+    "MAX_DEPTH",
+    "MAX_PROBLEMS",
+    "MAX_TEXT",
     "MQTT_FIELDS",
+    "SECRET_MAX_BYTES",
     "SERIAL_FIELDS",
     "BleSettings",
     "BufferSettings",
@@ -94,12 +121,16 @@ class ConfigError(CitygateError):
     """The config is invalid; ``problems`` lists every error, in file order.
 
     ``warnings`` holds the warnings found on the way (they do not make the
-    config invalid).
+    config invalid). Past :data:`MAX_PROBLEMS` errors, ``problems`` ends with one
+    saying how many more were left out; ``count`` is how many were found.
     """
 
-    def __init__(self, problems: list[Problem], warnings: Sequence[Problem] = ()) -> None:
+    def __init__(
+        self, problems: list[Problem], warnings: Sequence[Problem] = (), count: int | None = None
+    ) -> None:
         self.problems = problems
         self.warnings = list(warnings)
+        self.count = len(problems) if count is None else count
         super().__init__("\n".join(str(p) for p in problems))
 
 
@@ -190,6 +221,26 @@ class Config:
 
 # --------------------------------------------------------------------------- values
 
+CONFIG_MAX_BYTES: Final = 1 << 20
+"""The most bytes one config file (main, included or profile) may hold: 1 MiB."""
+CONFIG_TOTAL_MAX_BYTES: Final = 2 << 20
+"""The most bytes the main file and its includes may hold together: 2 MiB."""
+SECRET_MAX_BYTES: Final = 64 << 10
+"""The most bytes a secret file (``*_file``) may hold: 64 KiB."""
+MAX_DEPTH: Final = 32
+"""The most levels keys may nest (tables, dotted keys, arrays, inline tables)."""
+MAX_TEXT: Final = 4096
+"""The most characters of a string value (a secret: 65535 UTF-8 bytes, MQTT's limit)."""
+MAX_PROBLEMS: Final = 1000
+"""The most errors (and warnings) one load lists; more errors are counted."""
+INCLUDE_MAX_ENTRIES: Final = 10_000
+"""The most directory entries the include globs of one config may look through together."""
+
+_MAX_DURATION_S: Final = 3650 * 86400.0
+_MAX_SIZE: Final = 1024 * 2**40
+_MAX_SECRET_BYTES: Final = 65535
+_INT64: Final = range(-(2**63), 2**63)
+
 _DURATION_UNITS: Final = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 _SIZE_UNITS: Final = {
     "B": 1,
@@ -220,19 +271,39 @@ def _amount(text: str, what: str, units: Mapping[str, float], example: str) -> f
     return float(number) * units[unit]
 
 
+def _number(value: str | float) -> str:
+    """A number for "found …", also one too large to print."""
+    if isinstance(value, int) and value not in _INT64:
+        return f"an integer of {value.bit_length()} bits"
+    return str(value)
+
+
+def _as_float(value: float) -> float:
+    """``value`` as a float; an integer too large for one becomes infinity."""
+    try:
+        return float(value)
+    except OverflowError:
+        return math.inf if value > 0 else -math.inf
+
+
 def parse_duration(value: str | float) -> float:
     """Seconds from ``"500ms"``, ``"10s"``, ``"15m"``, ``"1h"``, ``"1d"`` or a number of seconds.
 
-    Raise ValueError for anything else, including a negative or infinite value.
+    Raise ValueError for anything else, including a negative or infinite value
+    or one above 3650 days.
     """
     if isinstance(value, bool) or not isinstance(value, str | int | float):
         raise ValueError(f'expected a duration such as "10s", found {type(value).__name__}')
     if isinstance(value, str):
         seconds = _amount(value, "duration", _DURATION_UNITS, '"500ms", "10s", "15m"')
     else:
-        seconds = float(value)
+        seconds = _as_float(value)
     if not math.isfinite(seconds) or seconds < 0:
-        raise ValueError(f"a duration must be a finite number of seconds, 0 or more, found {value}")
+        raise ValueError(
+            f"a duration must be a finite number of seconds, 0 or more, found {_number(value)}"
+        )
+    if seconds > _MAX_DURATION_S:
+        raise ValueError(f"a duration must be at most 3650d (10 years), found {_number(value)}")
     return seconds
 
 
@@ -240,16 +311,19 @@ def parse_size(value: str | int | float) -> int:
     """Bytes from ``"64MiB"``, ``"500MB"``, ``"1GiB"``, ``"10kB"`` or a number of bytes.
 
     kB/MB/GB/TB are powers of 1000, KiB/MiB/GiB/TiB powers of 1024. Raise
-    ValueError for anything else, including a negative or fractional byte count.
+    ValueError for anything else, including a negative or fractional byte count
+    or one above 1024 TiB.
     """
     if isinstance(value, bool) or not isinstance(value, str | int | float):
         raise ValueError(f'expected a size such as "64MiB", found {type(value).__name__}')
     if isinstance(value, str):
         size = _amount(value, "size", _SIZE_UNITS, '"64MiB", "500MB"')
     else:
-        size = float(value)
+        size = _as_float(value)
     if not math.isfinite(size) or size < 0:
-        raise ValueError(f"a size must be a number of bytes, 0 or more, found {value}")
+        raise ValueError(f"a size must be a number of bytes, 0 or more, found {_number(value)}")
+    if size > _MAX_SIZE:
+        raise ValueError(f"a size must be at most 1024TiB, found {_number(value)}")
     if not size.is_integer():
         if isinstance(value, str):
             return round(size)
@@ -319,7 +393,9 @@ BLE_FIELDS: Final[Mapping[str, Field]] = {
 DEVICE_FIELDS: Final[Mapping[str, Field]] = {
     "id": Field("str", REQUIRED, help=_ID_HELP, pattern=ID_PATTERN),
     "driver": Field("str", REQUIRED),
-    "interval": Field("duration", 10.0, help="default: the driver's"),
+    "interval": Field(
+        "duration", 10.0, minimum=0.001, maximum=7 * 86400.0, help="default: the driver's"
+    ),
     "enabled": Field("bool", True),
     "labels": Field("str_table", {}),
 }
@@ -336,6 +412,23 @@ _MISPLACED: Final = {"include": '; "include" belongs at the top, before the firs
 """Hints for top-level keys written under a table."""
 
 _INVALID: Final[Any] = object()
+
+_INTEGER_RANGE: Final = (
+    "integer out of range: TOML integers must fit in 64 bits"
+    " (-9223372036854775808 to 9223372036854775807)"
+)
+_TEXT_LIMITS: Final = {
+    ("[mqtt]", "topic_prefix"): 64,
+    ("[mqtt]", "client_id"): 128,
+    ("[mqtt]", "username"): 256,
+}
+"""Strings shorter than MAX_TEXT: (table, key) → the most characters."""
+_TOO_DEEP: Final = (
+    f"nested more than {MAX_DEPTH} levels deep (tables, dotted keys, arrays and inline"
+    " tables inside each other)"
+)
+_LONG_NUMBER: Final = re.compile(r"[0-9][0-9_]{4299,}")
+_CONTROL: Final = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 
 
 # --------------------------------------------------------------------------- messages
@@ -383,7 +476,45 @@ def _did_you_mean(word: str, candidates: Iterable[str]) -> str:
     return f"; did you mean {_quote(close)}?" if close is not None else ""
 
 
+def _text_problem(text: str, *, secret: bool = False, limit: int = MAX_TEXT) -> str | None:
+    """What makes ``text`` unfit for a config string, or None.
+
+    No string may hold a NUL (a path with one crashes the OS call that gets it);
+    other strings no control character either, and at most ``limit`` characters;
+    a secret at most 65535 bytes of UTF-8 (the most an MQTT password may have).
+    """
+    if secret:
+        if "\x00" in text:
+            return "must not contain a NUL character"
+        size = len(text.encode("utf-8", "surrogatepass"))
+        if size > _MAX_SECRET_BYTES:
+            return f"too long: {size} bytes of UTF-8, at most {_MAX_SECRET_BYTES}"
+        return None
+    control = _CONTROL.search(text)
+    if control is not None:
+        char = control.group()
+        what = "a NUL character" if char == "\x00" else f"a control character (U+{ord(char):04X})"
+        return f"must not contain {what}; found one at character {control.start() + 1}"
+    if len(text) > limit:
+        return f"too long: {len(text)} characters, at most {limit}"
+    return None
+
+
+def _why(exc: OSError, path: Path) -> str:
+    """Why ``path`` cannot be read, for "cannot read …: <why>"."""
+    if isinstance(exc, UnsafeFileError):
+        with contextlib.suppress(OSError, ValueError):
+            if stat.S_ISDIR(os.stat(path).st_mode):
+                return os.strerror(errno.EISDIR)
+        return f"it {exc.strerror}"
+    return exc.strerror or str(exc)
+
+
 def _bound(kind: str, value: float) -> str:
+    if kind == "duration" and 0 < value < 1:
+        return f"{value * 1000:g}ms"
+    if kind == "duration" and value >= 86400 and value % 86400 == 0:
+        return f"{int(value // 86400)}d"
     text = str(int(value)) if float(value).is_integer() else str(value)
     return text + "s" if kind == "duration" else text
 
@@ -461,14 +592,35 @@ class _Loader:
         self.files: list[Path] = []
         self.file_order: dict[Path, int] = {}
         self.other_sources: dict[Path, _Source | None] = {}
+        self.bytes_read = 0
+        self.errors_left_out = 0
 
     # ---------------------------------------------------------------- reporting
 
     def error(self, file: Path, position: Position, message: str) -> None:
-        self.errors.append(Problem(file, position[0], position[1], message))
+        if len(self.errors) < MAX_PROBLEMS:
+            self.errors.append(Problem(file, position[0], position[1], message))
+        else:
+            self.errors_left_out += 1
 
     def warn(self, file: Path, position: Position, message: str) -> None:
-        self.warnings.append(Problem(file, position[0], position[1], "warning: " + message))
+        if len(self.warnings) < MAX_PROBLEMS:
+            self.warnings.append(Problem(file, position[0], position[1], "warning: " + message))
+
+    def problems(self, main: Path) -> list[Problem]:
+        """The errors in file order, and a last line counting those left out."""
+        found = self.in_order(self.errors)
+        if self.errors_left_out:
+            found.append(
+                Problem(
+                    main,
+                    1,
+                    1,
+                    f"{self.errors_left_out} more errors not listed (only the first"
+                    f" {MAX_PROBLEMS} found are)",
+                )
+            )
+        return found
 
     def at_key(self, place: _Place, path: KeyPath, message: str) -> None:
         self.error(place.source.path, place.source.locator.key(place.path + path), message)
@@ -498,9 +650,18 @@ class _Loader:
         """Parse one TOML file; report why not and return None if it cannot be."""
         self.file_order.setdefault(path, len(self.file_order))
         try:
-            raw = path.read_bytes()
+            raw = read_regular(path, max_bytes=CONFIG_MAX_BYTES)
         except OSError as exc:
-            self.error(path, (1, 1), f"cannot read the file: {exc.strerror or exc}")
+            self.error(path, (1, 1), f"cannot read the file: {_why(exc, path)}")
+            return None
+        self.bytes_read += len(raw)
+        if self.bytes_read > CONFIG_TOTAL_MAX_BYTES:
+            self.error(
+                path,
+                (1, 1),
+                f"not read: the config files hold more than {CONFIG_TOTAL_MAX_BYTES} bytes"
+                " (2 MiB) together",
+            )
             return None
         try:
             text = raw.decode("utf-8-sig")
@@ -511,16 +672,44 @@ class _Loader:
             self.error(path, (line, column), f"not UTF-8 text (byte 0x{raw[exc.start]:02X})")
             return None
         self.files.append(path)
+        locator = locate(text, max_depth=MAX_DEPTH)
+        if locator.too_deep is not None:  # tomllib would take time and stack in proportion
+            self.error(path, locator.position(locator.too_deep), _TOO_DEEP)
+            return None
         try:
             data = tomllib.loads(text)
         except tomllib.TOMLDecodeError as exc:
-            self.syntax_error(path, text, str(exc))
+            self.syntax_error(path, text, locator, str(exc))
             return None
-        return _Source(path, data, locate(text))
+        except ValueError:  # int() refuses more than 4300 digits
+            long_number = _LONG_NUMBER.search(text)
+            position = locator.position(long_number.start()) if long_number else (1, 1)
+            self.error(path, position, _INTEGER_RANGE)
+            return None
+        except RecursionError:  # missed by the scan above (it stopped early): no position
+            self.error(path, (1, 1), _TOO_DEEP)
+            return None
+        if not self.integers_fit(path, data, locator):
+            return None
+        return _Source(path, data, locator)
 
-    def syntax_error(self, path: Path, text: str, message: str) -> None:
+    def integers_fit(self, path: Path, data: dict[str, Any], locator: Locator) -> bool:
+        """Report every integer beyond 64 bits (TOML 1.0 says a parser must refuse them)."""
+        fit = True
+        stack: list[tuple[object, KeyPath]] = [(data, ())]
+        while stack:
+            value, where = stack.pop()
+            if isinstance(value, dict):
+                stack.extend((v, (*where, k)) for k, v in value.items())
+            elif isinstance(value, list):
+                stack.extend((v, (*where, i)) for i, v in enumerate(value))
+            elif isinstance(value, int) and value not in _INT64:
+                self.error(path, locator.value(where), _INTEGER_RANGE)
+                fit = False
+        return fit
+
+    def syntax_error(self, path: Path, text: str, locator: Locator, message: str) -> None:
         """Turn tomllib's "… (at line L, column C)" into FILE:L:C: …."""
-        locator = locate(text)
         match = re.fullmatch(
             r"(?P<what>.*) \(at line (?P<line>\d+), column (?P<col>\d+)\)", message
         )
@@ -543,15 +732,16 @@ class _Loader:
         """A file a driver read (a profile), to place its issues."""
         if path not in self.other_sources:
             try:
-                text = path.read_text(encoding="utf-8-sig")
-            except (OSError, UnicodeDecodeError):
+                text = read_regular(path, max_bytes=CONFIG_MAX_BYTES).decode("utf-8-sig")
+            except (OSError, ValueError):  # UnicodeDecodeError, a NUL in the path
                 self.other_sources[path] = None
             else:
-                try:
-                    data = tomllib.loads(text)
-                except tomllib.TOMLDecodeError:
-                    data = {}
-                self.other_sources[path] = _Source(path, data, locate(text))
+                locator = locate(text, max_depth=MAX_DEPTH)
+                data: dict[str, Any] = {}
+                if locator.too_deep is None:
+                    with contextlib.suppress(ValueError, RecursionError):  # TOMLDecodeError too
+                        data = tomllib.loads(text)
+                self.other_sources[path] = _Source(path, data, locator)
         return self.other_sources[path]
 
     # ---------------------------------------------------------------- the walk
@@ -559,7 +749,7 @@ class _Loader:
     def load(self, path: Path) -> Config:
         main = self.read(path)
         if main is None:
-            raise ConfigError(self.in_order(self.errors))
+            raise ConfigError(self.problems(path), count=len(self.errors) + self.errors_left_out)
         self.check_top_level(main, _MAIN_KEYS, "")
         sources = [main, *self.includes(main)]
 
@@ -574,7 +764,9 @@ class _Loader:
 
         warnings = self.in_order(self.warnings)
         if self.errors:
-            raise ConfigError(self.in_order(self.errors), warnings)
+            raise ConfigError(
+                self.problems(path), warnings, count=len(self.errors) + self.errors_left_out
+            )
         assert gateway is not None
         assert mqtt is not None
         return Config(
@@ -614,21 +806,30 @@ class _Loader:
         patterns = self.typed(raw, Field("str_list"), place, ("include",), "include")
         if patterns is _INVALID:
             return []
-        seen = {main.path.resolve()}
+        seen = {os.path.realpath(main.path)}  # Path.resolve() raises on a symlink loop
         included: list[_Source] = []
         base = main.path.parent
+        walk = _IncludeGlob(INCLUDE_MAX_ENTRIES)  # one budget for every pattern
         for index, pattern in enumerate(patterns):
-            full = (
-                pattern if os.path.isabs(pattern) else os.path.join(glob.escape(str(base)), pattern)
-            )
-            matches = sorted(Path(m) for m in glob.glob(full, recursive=True) if os.path.isfile(m))
+            position = main.locator.value(("include", index))
+            try:
+                matches = walk.files(base, pattern)
+            except _TooWide:
+                self.error(
+                    main.path,
+                    position,
+                    f'"include[{index}]": {_quote(pattern)} looks through too many directory'
+                    f" entries (the include globs may look through {INCLUDE_MAX_ENTRIES} in"
+                    ' all); name the directories to include from, e.g. "devices.d/*.toml"',
+                )
+                break
             if not matches:
-                position = main.locator.value(("include", index))
                 self.warn(main.path, position, f"include {_quote(pattern)} matches no file")
             for match in matches:
-                if match.resolve() in seen:
+                real = os.path.realpath(match)
+                if real in seen:
                     continue
-                seen.add(match.resolve())
+                seen.add(real)
                 source = self.read(match)
                 if source is not None:
                     self.check_top_level(source, _INCLUDED_KEYS, "an included file")
@@ -730,6 +931,7 @@ class _Loader:
         if values.get("key_file") is not None and "cert_file" not in main.data.get("mqtt", {}):
             self.at_key(place, ("key_file",), '"key_file" needs "cert_file"')
             ok = False
+        ok &= self.mqtt_strings(place, values)
         if not ok:
             return None
         if values["client_id"] is None:
@@ -737,6 +939,20 @@ class _Loader:
         return MqttSettings(
             host=host, port=port, tls=tls, urls=urls if len(urls) > 1 else (), **values
         )
+
+    def mqtt_strings(self, place: _Place, values: Mapping[str, Any]) -> bool:
+        """What MQTT says about ``topic_prefix`` besides its Field and length."""
+        ok = True
+        prefix = values.get("topic_prefix")
+        if isinstance(prefix, str) and prefix.startswith("$"):
+            self.at_value(
+                place,
+                ("topic_prefix",),
+                '"topic_prefix": must not start with "$" (topics starting with "$" are the'
+                f" broker's own, like $SYS), found {show_value(prefix)}",
+            )
+            ok = False
+        return ok
 
     def ble(self, main: _Source) -> BleSettings | None:
         if "ble" not in main.data:
@@ -747,11 +963,17 @@ class _Loader:
         return BleSettings(**values) if ok else None
 
     def check_readable(self, place: _Place, key: str, path: Path) -> bool:
+        """Whether ``path`` is a regular file this process may open (reported if not)."""
         try:
-            with path.open("rb"):
-                pass
+            # O_NONBLOCK: opening a FIFO must not wait for a writer.
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
+            try:
+                if not stat.S_ISREG(os.fstat(fd).st_mode):
+                    raise UnsafeFileError(0, "is not a regular file", str(path))
+            finally:
+                os.close(fd)
         except OSError as exc:
-            self.at_value(place, (key,), f'"{key}": cannot read {path}: {exc.strerror or exc}')
+            self.at_value(place, (key,), f'"{key}": cannot read {path}: {_why(exc, path)}')
             return False
         return True
 
@@ -964,6 +1186,10 @@ class _Loader:
         if kind in ("str", "secret"):
             if not isinstance(raw, str):
                 return expected()
+            limit = _TEXT_LIMITS.get((place.table, name), MAX_TEXT)
+            problem = _text_problem(raw, secret=kind == "secret", limit=limit)
+            if problem is not None:
+                return bad(problem)
             if spec.default is REQUIRED and not raw.strip():
                 return bad("must not be empty")
             if spec.pattern is not None and not re.fullmatch(spec.pattern, raw):
@@ -991,11 +1217,14 @@ class _Loader:
                 value = parse_duration(raw) if kind == "duration" else parse_size(raw)
             except ValueError as exc:
                 return bad(str(exc))
-            if spec.minimum is None and value <= 0:
+            if (spec.minimum is None or spec.minimum > 0) and value <= 0:
                 return bad(f"must be more than 0, found {show_value(raw)}")
         elif kind == "path":
             if not isinstance(raw, str):
                 return expected()
+            problem = _text_problem(raw)
+            if problem is not None:
+                return bad(problem)
             if not raw.strip():
                 return bad("must not be empty")
             value = place.source.base_dir / raw
@@ -1016,11 +1245,17 @@ class _Loader:
             if not isinstance(raw, dict):
                 return expected()
             item_spec = Field("str")
+            keys_ok = True
+            for key in raw:
+                problem = _text_problem(key)
+                if problem is not None:
+                    self.at_key(place, (*path, key), f'"{name}": key {_quote(key)} {problem}')
+                    keys_ok = False
             entries = {
                 key: self.typed(item, item_spec, place, (*path, key), f"{name}.{key}")
                 for key, item in raw.items()
             }
-            return _INVALID if _INVALID in entries.values() else entries
+            return _INVALID if not keys_ok or _INVALID in entries.values() else entries
         elif kind == "table_list":
             label = place.nested(name)
             if not isinstance(raw, list):
@@ -1092,13 +1327,13 @@ class _Loader:
             return _INVALID
         position = place.source.locator.value((*place.path, file_key))
         try:
-            content = path.read_bytes()
+            content = read_regular(path, max_bytes=SECRET_MAX_BYTES)
             mode = path.stat().st_mode
         except OSError as exc:
             self.error(
                 place.source.path,
                 position,
-                f'"{file_key}": cannot read {path}: {exc.strerror or exc}',
+                f'"{file_key}": cannot read {path}: {_why(exc, path)}',
             )
             return _INVALID
         try:
@@ -1108,6 +1343,10 @@ class _Loader:
             return _INVALID
         if not secret:
             self.error(place.source.path, position, f'"{file_key}": {path} is empty')
+            return _INVALID
+        problem = _text_problem(secret, secret=True)
+        if problem is not None:
+            self.error(place.source.path, position, f'"{file_key}": {path}: {problem}')
             return _INVALID
         if mode & 0o077:
             self.warn(
@@ -1155,3 +1394,90 @@ def _parse_mqtt_url(url: str) -> tuple[str, int, bool]:
         raise ValueError(f"{form}, found {_quote(url)}")
     tls = parts.scheme == "mqtts"
     return parts.hostname, port if port is not None else (8883 if tls else 1883), tls
+
+
+class _TooWide(Exception):
+    """An include glob looks through more directory entries than allowed."""
+
+
+class _IncludeGlob:
+    """Expand an include glob as ``glob.glob(recursive=True)`` does, with a budget.
+
+    A name starting with "." matches only a pattern part starting with "."; a
+    part ``**`` matches any number of directories (symbolic links to directories
+    are not followed there). Every directory entry looked at counts against
+    ``limit``; past it, :class:`_TooWide` is raised.
+    """
+
+    def __init__(self, limit: int) -> None:
+        self.left = limit
+
+    def files(self, base: Path, pattern: str) -> list[Path]:
+        """The regular files ``pattern`` (relative to ``base`` unless absolute) matches, sorted."""
+        parts = [p for p in pattern.split(os.sep) if p not in ("", ".")]
+        current = [Path(os.sep) if os.path.isabs(pattern) else base]
+        for index, part in enumerate(parts):
+            last = index == len(parts) - 1
+            if part == "**":
+                current = list(dict.fromkeys(d for c in current for d in self.below(c)))
+                if not last:
+                    continue
+            wanted = "*" if part == "**" else part  # "dir/**": every file at any depth
+            if not glob.has_magic(wanted):
+                current = [d / wanted for d in current if _is(d / wanted, regular=last)]
+                continue
+            hidden_too = wanted.startswith(".")
+            current = [
+                d / entry.name
+                for d in current
+                for entry in self.entries(d)
+                if (hidden_too or not entry.name.startswith("."))
+                and fnmatch.fnmatchcase(entry.name, wanted)
+                and _entry_is(entry, regular=last)
+            ]
+        return sorted(set(current)) if parts else []
+
+    def entries(self, directory: Path) -> list[os.DirEntry[str]]:
+        found: list[os.DirEntry[str]] = []
+        try:
+            with os.scandir(directory) as listing:
+                for entry in listing:
+                    self.left -= 1
+                    if self.left < 0:
+                        raise _TooWide
+                    found.append(entry)
+        except (OSError, ValueError):  # missing, not a directory, not allowed: nothing there
+            return []
+        return found
+
+    def below(self, directory: Path) -> list[Path]:
+        """``directory`` and every directory under it (not hidden, not through a symlink)."""
+        found = [directory]
+        pending = [directory]
+        while pending:
+            for entry in self.entries(pending.pop()):
+                if not entry.name.startswith(".") and _entry_is(entry, regular=False, follow=False):
+                    found.append(Path(entry.path))
+                    pending.append(Path(entry.path))
+        return found
+
+
+def _is(path: Path, *, regular: bool) -> bool:
+    """Whether ``path`` is a regular file (or a directory), following symlinks."""
+    try:
+        mode = os.stat(path).st_mode
+    except (OSError, ValueError):
+        return False
+    return stat.S_ISREG(mode) if regular else stat.S_ISDIR(mode)
+
+
+def _entry_is(entry: os.DirEntry[str], *, regular: bool, follow: bool = True) -> bool:
+    """Whether ``entry`` is a regular file (or a directory)."""
+    try:
+        return (
+            entry.is_file(follow_symlinks=follow)
+            if regular
+            else entry.is_dir(follow_symlinks=follow)
+        )
+    except OSError:
+        return False

@@ -25,6 +25,13 @@ that is not found answers the position of its nearest existing parent, and the
 document's start for nothing at all: a caller placing an error always gets a
 place. Text that is not valid TOML after all ends the scan quietly; what was
 found before still answers.
+
+The scan takes time and memory linear in the text, however deep its keys go
+(positions live in a tree of paths, not in a table of whole paths). A path
+longer than ``max_depth``, or arrays and inline tables nested more than
+:data:`MAX_NESTING` deep, end the scan there and set :attr:`Locator.too_deep`,
+so that a caller can refuse a document before ``tomllib`` reads it (its cost
+grows with depth times size, and its recursion ends in ``RecursionError``).
 """
 
 from __future__ import annotations
@@ -32,15 +39,23 @@ from __future__ import annotations
 import bisect
 import contextlib
 import tomllib
+from array import array
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Literal
 
-__all__ = ["DuplicateKey", "KeyPath", "Locator", "Position", "locate"]
+__all__ = ["MAX_NESTING", "DuplicateKey", "KeyPath", "Locator", "Position", "locate"]
 
 Position = tuple[int, int]
 """1-based (line, column)."""
 
 KeyPath = tuple[str | int, ...]
+
+MAX_NESTING = 100
+"""Arrays and inline tables inside each other deeper than this end the scan."""
+
+_MAX_DUPLICATES = 100
+"""Keys set twice recorded at most (``tomllib`` stops at the first one)."""
 
 _BARE_KEY_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_-")
 _SCALAR_END = frozenset(",]}#\r\n")
@@ -55,67 +70,145 @@ class DuplicateKey:
     second: Position
 
 
+class _Node:
+    """One path: where its key, value and table start (character offsets, -1 for
+    none) and the paths below it. Elements of an inline array are kept as offsets
+    only (their key and value start at the same place) unless they are arrays or
+    inline tables themselves, which get a node as well."""
+
+    __slots__ = ("array_size", "children", "elements", "key", "name", "parent", "table", "value")
+
+    def __init__(self, parent: _Node | None = None, name: str | int = "") -> None:
+        self.parent = parent
+        self.name = name
+        self.key = -1
+        self.value = -1
+        self.table = -1
+        self.array_size = 0  # elements of the array of tables this path names
+        self.children: dict[str | int, _Node] | None = None
+        self.elements: array[int] | None = None
+
+    def child(self, name: str | int) -> _Node:
+        if self.children is None:
+            self.children = {}
+        node = self.children.get(name)
+        if node is None:
+            node = self.children[name] = _Node(self, name)
+        return node
+
+    def implicit(self, offset: int) -> None:
+        """A table made by mentioning it: the first mention wins."""
+        if self.key < 0:
+            self.key = offset
+        if self.value < 0:
+            self.value = offset
+        if self.table < 0:
+            self.table = offset
+
+    def path(self) -> KeyPath:
+        parts: list[str | int] = []
+        node: _Node | None = self
+        while node is not None and node.parent is not None:
+            parts.append(node.name)
+            node = node.parent
+        return tuple(reversed(parts))
+
+
+_Kind = Literal["key", "value", "table"]
+
+
 @dataclass(slots=True)
 class Locator:
     """Positions of the keys, values and tables of one document."""
 
     _line_starts: list[int]
-    # Character offsets by path, filled in by the scanner as it reads the document.
-    keys_at: dict[KeyPath, int] = field(default_factory=dict)
-    values_at: dict[KeyPath, int] = field(default_factory=dict)
-    tables_at: dict[KeyPath, int] = field(default_factory=dict)
+    _root: _Node = field(default_factory=_Node)
     duplicates: list[DuplicateKey] = field(default_factory=list)
-    """Keys set twice, in document order (only found in invalid text)."""
+    """Keys set twice, in document order (only found in invalid text; the first 100)."""
+    too_deep: int | None = None
+    """The character offset of the key or value nested too deep, where the scan stopped."""
 
     def key(self, path: Sequence[str | int]) -> Position:
         """Where the key of ``path`` is written (or its nearest parent's)."""
-        return self._nearest(self.keys_at, tuple(path))
+        return self._nearest(path, "key")
 
     def value(self, path: Sequence[str | int]) -> Position:
         """Where the value of ``path`` starts (or its nearest parent's)."""
-        return self._nearest(self.values_at, tuple(path))
+        return self._nearest(path, "value")
 
     def table(self, path: Sequence[str | int]) -> Position:
         """Where the table ``path`` is declared (or its nearest parent table)."""
-        return self._nearest(self.tables_at, tuple(path))
+        return self._nearest(path, "table")
 
     def __contains__(self, path: object) -> bool:
         """Whether ``path`` itself (not a parent) was found."""
-        return path in self.values_at
+        if not isinstance(path, tuple):
+            return False
+        node = self._root
+        for index, part in enumerate(path):
+            child = node.children.get(part) if node.children is not None else None
+            if child is None:
+                return index == len(path) - 1 and _element(node, part) >= 0
+            node = child
+        return bool(path) and node.value >= 0
 
     def position(self, offset: int) -> Position:
         """The (line, column) of a character offset into the text."""
         line = bisect.bisect_right(self._line_starts, offset) - 1
         return line + 1, offset - self._line_starts[line] + 1
 
-    def _nearest(self, offsets: dict[KeyPath, int], path: KeyPath) -> Position:
-        for length in range(len(path), 0, -1):
-            offset = offsets.get(path[:length])
-            if offset is not None:
-                return self.position(offset)
-        return 1, 1
+    def _nearest(self, path: Sequence[str | int], kind: _Kind) -> Position:
+        node = self._root
+        best = -1
+        for part in path:
+            child = node.children.get(part) if node.children is not None else None
+            if child is None:
+                if kind != "table":
+                    best = max(best, _element(node, part))
+                break
+            node = child
+            offset = node.key if kind == "key" else node.value if kind == "value" else node.table
+            if offset >= 0:
+                best = offset
+        return self.position(best) if best >= 0 else (1, 1)
 
 
-def locate(text: str) -> Locator:
-    """Scan ``text`` (a TOML document) and map its paths to positions."""
+def _element(node: _Node, part: object) -> int:
+    """The offset of element ``part`` of the inline array ``node``, or -1."""
+    elements = node.elements
+    if elements is None or not isinstance(part, int) or not 0 <= part < len(elements):
+        return -1
+    return elements[part]
+
+
+def locate(text: str, *, max_depth: int | None = None) -> Locator:
+    """Scan ``text`` (a TOML document) and map its paths to positions.
+
+    A path of more than ``max_depth`` parts (keys and array indexes) ends the scan.
+    """
     line_starts = [0]
-    line_starts.extend(index + 1 for index, char in enumerate(text) if char == "\n")
-    scanner = _Scanner(text, Locator(line_starts))
+    newline = text.find("\n")
+    while newline >= 0:
+        line_starts.append(newline + 1)
+        newline = text.find("\n", newline + 1)
+    scanner = _Scanner(text, Locator(line_starts), max_depth)
     with contextlib.suppress(_NotToml):
         scanner.document()
     return scanner.found
 
 
 class _NotToml(Exception):
-    """The text is not TOML where the scanner stands."""
+    """The text is not TOML where the scanner stands (or nests too deep to go on)."""
 
 
 class _Scanner:
-    def __init__(self, text: str, found: Locator) -> None:
+    def __init__(self, text: str, found: Locator, max_depth: int | None) -> None:
         self.text = text
+        self.max_depth = max_depth
         self.pos = 0
         self.found = found
-        self.array_table_sizes: dict[KeyPath, int] = {}
+        self.root = found._root  # noqa: SLF001 - the scanner fills in what the Locator answers
+        self.nesting = 0
 
     # ------------------------------------------------------------------ characters
 
@@ -148,53 +241,59 @@ class _Scanner:
 
     # ------------------------------------------------------------------ recording
 
-    def implicit(self, path: KeyPath, offset: int) -> None:
-        """A table made by mentioning it: the first mention wins."""
-        self.found.keys_at.setdefault(path, offset)
-        self.found.values_at.setdefault(path, offset)
-        self.found.tables_at.setdefault(path, offset)
+    def reached(self, depth: int, offset: int) -> None:
+        """A key or value ``depth`` parts deep starts at ``offset``."""
+        if self.max_depth is not None and depth > self.max_depth:
+            self.found.too_deep = offset
+            raise _NotToml
 
-    def explicit_table(self, path: KeyPath, key_offset: int, offset: int) -> None:
-        self.found.keys_at[path] = key_offset
-        self.found.values_at[path] = offset
-        self.found.tables_at[path] = offset
+    def nest(self) -> None:
+        """One more array or inline table inside the others."""
+        self.nesting += 1
+        if self.nesting > MAX_NESTING:
+            self.found.too_deep = self.pos
+            raise _NotToml
 
     # ------------------------------------------------------------------ grammar
 
     def document(self) -> None:
-        table: KeyPath = ()
+        table, depth = self.root, 0
         while True:
             self.skip_blank()
             if self.pos >= len(self.text):
                 return
             if self.peek() == "[":
-                table = self.header()
+                table, depth = self.header()
             else:
-                self.key_value(table)
+                self.key_value(table, depth)
 
-    def header(self) -> KeyPath:
+    def header(self) -> tuple[_Node, int]:
         start = self.pos
         is_array = self.text.startswith("[[", self.pos)
         self.pos += 2 if is_array else 1
         parts = self.key()
         self.expect("]]" if is_array else "]")
-        path: KeyPath = ()
+        node, depth = self.root, 0
         for name, offset in parts[:-1]:
-            path = (*path, name)
-            self.implicit(path, offset)
-            size = self.array_table_sizes.get(path)
-            if size is not None:
-                path = (*path, size - 1)
+            node, depth = node.child(name), depth + 1
+            self.reached(depth, offset)
+            node.implicit(offset)
+            if node.array_size:
+                node, depth = node.child(node.array_size - 1), depth + 1
         name, offset = parts[-1]
-        path = (*path, name)
+        node, depth = node.child(name), depth + 1
         if is_array:
-            index = self.array_table_sizes.get(path, 0)
-            self.array_table_sizes[path] = index + 1
-            self.found.keys_at.setdefault(path, offset)
-            self.found.values_at.setdefault(path, start)
-            path = (*path, index)
-        self.explicit_table(path, offset, start)
-        return path
+            index = node.array_size
+            node.array_size = index + 1
+            if node.key < 0:
+                node.key = offset
+            if node.value < 0:
+                node.value = start
+            node, depth = node.child(index), depth + 1
+        node.key = offset
+        node.value = node.table = start
+        self.reached(depth, offset)
+        return node, depth
 
     def key(self) -> list[tuple[str, int]]:
         """A possibly dotted key: its parts and where each starts."""
@@ -224,36 +323,45 @@ class _Scanner:
                 return parts
             self.pos += 1
 
-    def key_value(self, table: KeyPath) -> None:
+    def key_value(self, table: _Node, depth: int) -> None:
         parts = self.key()
         self.expect("=")
         self.skip_spaces()
-        path = table
+        node = table
         for name, offset in parts[:-1]:
-            path = (*path, name)
-            self.implicit(path, offset)
+            node, depth = node.child(name), depth + 1
+            self.reached(depth, offset)
+            node.implicit(offset)
         name, offset = parts[-1]
-        path = (*path, name)
-        first = self.found.keys_at.get(path)
-        if first is not None and path in self.found.values_at:
+        node, depth = node.child(name), depth + 1
+        if node.key >= 0 and node.value >= 0 and len(self.found.duplicates) < _MAX_DUPLICATES:
             self.found.duplicates.append(
-                DuplicateKey(path, self.found.position(first), self.found.position(offset))
+                DuplicateKey(
+                    node.path(), self.found.position(node.key), self.found.position(offset)
+                )
             )
-        self.found.keys_at[path] = offset
-        self.value(path)
+        node.key = offset
+        self.reached(depth, offset)
+        self.value(node, depth)
 
-    def value(self, path: KeyPath) -> None:
+    def value(self, node: _Node, depth: int) -> None:
+        node.value = self.pos
+        char = self.peek()
+        if char == "[":
+            self.array(node, depth)
+        elif char == "{":
+            self.inline_table(node, depth)
+        else:
+            self.scalar()
+
+    def scalar(self) -> None:
+        """A string, number, boolean or date."""
         start = self.pos
-        self.found.values_at[path] = start
         char = self.peek()
         if char == '"':
             self.basic_string()
         elif char == "'":
             self.literal_string()
-        elif char == "[":
-            self.array(path)
-        elif char == "{":
-            self.inline_table(path)
         else:
             # Numbers, booleans, dates: none holds a delimiter, and a date-time
             # may hold a space, so scan to the next delimiter.
@@ -262,33 +370,44 @@ class _Scanner:
             if self.pos == start:
                 raise _NotToml
 
-    def array(self, path: KeyPath) -> None:
+    def array(self, node: _Node, depth: int) -> None:
+        self.nest()
         self.pos += 1
-        index = 0
+        elements = node.elements = array("q")
+        if node.children:  # the same key written before (invalid): forget its elements
+            node.children = {k: v for k, v in node.children.items() if not isinstance(k, int)}
         while True:
             self.skip_blank()
             if self.peek() == "]":
                 self.pos += 1
+                self.nesting -= 1
                 return
-            element = (*path, index)
-            self.found.keys_at[element] = self.pos
-            self.value(element)
-            index += 1
+            start = self.pos
+            elements.append(start)
+            self.reached(depth + 1, start)
+            if self.peek() in ("[", "{"):
+                element = node.child(len(elements) - 1)
+                element.key = start
+                self.value(element, depth + 1)
+            else:
+                self.scalar()
             self.skip_blank()
             if self.peek() == ",":
                 self.pos += 1
             elif self.peek() != "]":
                 raise _NotToml
 
-    def inline_table(self, path: KeyPath) -> None:
-        self.found.tables_at[path] = self.pos
+    def inline_table(self, node: _Node, depth: int) -> None:
+        self.nest()
+        node.table = self.pos
         self.pos += 1
         while True:
             self.skip_blank()
             if self.peek() == "}":
                 self.pos += 1
+                self.nesting -= 1
                 return
-            self.key_value(path)
+            self.key_value(node, depth)
             self.skip_blank()
             if self.peek() == ",":
                 self.pos += 1

@@ -210,3 +210,42 @@ def test_a_device_differs_only_when_its_settings_do(tmp_path: Path) -> None:
     plugin = dataclasses.replace(m, driver_config=_Compiled((1, 2)))
     assert not _differs(plugin, dataclasses.replace(m, driver_config=_Compiled((1, 2))))
     assert _differs(plugin, dataclasses.replace(m, driver_config=_Compiled((1, 3))))
+
+
+def test_a_reload_with_a_secret_that_never_ends_is_refused_and_the_agent_goes_on(
+    tmp_path: Path, broker: Mosquitto, sim: SimProcess
+) -> None:
+    """`password_file = "/dev/zero"` on SIGHUP: refused at once, logged in place, nothing grows.
+
+    The reload used to read the secret in a thread no timeout could stop: the running agent
+    grew until the 60 s load timeout gave up on it (and the thread went on reading)."""
+    data_dir = tmp_path / "var"
+    path = tmp_path / "gateway.toml"
+    devices = [meter("meter-a", sim.port, 1, "200ms")]
+    modbus_config(path, broker_port=broker.port, data_dir=data_dir, devices=devices)
+    sub = Subscriber(broker.port).start()
+    agent = AgentProcess(path)
+    try:
+        sub.wait_for(lambda: len(samples_of(sub, "meter-a")) >= 2, timeout=20)
+        modbus_config(
+            path,
+            broker_port=broker.port,
+            data_dir=data_dir,
+            devices=devices,
+            extra='username = "gw-e2e"\npassword_file = "/dev/zero"\n',
+        )
+        line = path.read_text().splitlines().index('password_file = "/dev/zero"') + 1
+        agent.signal(signal.SIGHUP)
+        agent.wait_for_log("still running the previous one", timeout=20)
+        error = (
+            f'{path}:{line}:17: "password_file": cannot read /dev/zero: it is not a regular file'
+        )
+        assert any(error in logged for logged in agent.lines), agent.log
+        before = len(samples_of(sub, "meter-a"))
+        sub.wait_for(lambda: len(samples_of(sub, "meter-a")) >= before + 3, timeout=20)
+        assert agent.process.poll() is None
+    finally:
+        code = agent.stop()
+        sub.stop()
+    assert code == 0, agent.log
+    assert "Traceback" not in agent.log, agent.log

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import tomllib
+import tracemalloc
 from collections.abc import Callable
 from typing import Any
 
@@ -11,7 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from citygate.tomlpos import KeyPath, locate
+from citygate.tomlpos import MAX_NESTING, KeyPath, locate
 
 
 def where(text: str, needle: str, occurrence: int = 1) -> tuple[int, int]:
@@ -518,3 +519,53 @@ def offset_in(text: str, line: int, col: int) -> int:
     for _ in range(line - 1):
         start = text.index("\n", start) + 1
     return start + col - 1
+
+
+# ------------------------------------------------------------------ hostile documents
+
+
+def test_a_dotted_header_of_20000_parts_costs_linear_memory() -> None:
+    # Every prefix of the path was a tuple kept in three tables: 8 s and 1.95 GB before.
+    parts = [f"k{i}" for i in range(20_000)]
+    text = "[" + ".".join(parts) + "]\nx = 1\n"
+    tracemalloc.start()
+    try:
+        loc = locate(text)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 20 * 2**20, f"peak {peak / 2**20:.1f} MiB"
+    assert loc.key(parts) == where(text, "k19999")
+    assert loc.value((*parts, "x")) == (2, 5)
+    assert loc.key((*parts[:100], "nope")) == where(text, "k99.")
+    assert loc.too_deep is None
+
+
+def test_max_depth_ends_the_scan_at_the_first_part_too_deep() -> None:
+    text = "a = 1\n[b.c.d]\ne.f = 2\n[g]\nh = [[1]]\n"
+    assert locate(text, max_depth=5).too_deep is None
+    loc = locate(text, max_depth=4)
+    assert loc.position(loc.too_deep or 0) == where(text, "f =")
+    assert loc.value(("a",)) == (1, 5)  # what came before still answers
+    assert loc.value(("g", "h")) == (1, 1)  # what came after was not scanned
+    loc = locate(text, max_depth=3)
+    assert loc.position(loc.too_deep or 0) == where(text, "e.f")
+    loc = locate(text, max_depth=2)
+    assert loc.position(loc.too_deep or 0) == where(text, "d]")
+    loc = locate("x = [[[[1]]]]\n", max_depth=3)
+    assert loc.position(loc.too_deep or 0) == (1, 8)  # x, then 3 arrays: the 4th level is too deep
+
+
+@pytest.mark.parametrize("value", ["[" * 5000 + "]" * 5000, "{a=" * 5000 + "}" * 5000])
+def test_values_nested_5000_deep_end_the_scan_without_recursion_error(value: str) -> None:
+    loc = locate("before = 1\nx = " + value + "\n")
+    assert loc.too_deep is not None
+    line, col = loc.position(loc.too_deep)
+    assert line == 2
+    assert MAX_NESTING < col < 3 * MAX_NESTING + 10
+    assert loc.value(("before",)) == (1, 10)
+
+
+def test_duplicates_are_recorded_up_to_a_bound() -> None:
+    text = "[" + ".".join("k" * 5 for _ in range(1000)) + "]\n" + "a = 1\n" * 5000
+    assert len(locate(text).duplicates) == 100

@@ -67,6 +67,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Literal, Protocol, Self, TextIO, runtime_checkable
 
+from citygate.drivers._files import UnsafeFileError, read_regular
 from citygate.drivers._floats import shortest_float32
 from citygate.drivers._units import (
     CANONICAL_UNITS,
@@ -115,12 +116,14 @@ __all__ = [
     "SilentDevice",
     "TransportError",
     "UnknownUnitError",
+    "UnsafeFileError",
     "UsageError",
     "Value",
     "__version__",
     "canonical",
     "known_units",
     "one_of",
+    "read_regular",
     "shortest_float32",
     "show_value",
 ]

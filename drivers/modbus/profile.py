@@ -33,8 +33,10 @@ from citygate.drivers.api import (
     ConfigIssue,
     DriverConfigError,
     Field,
+    UnsafeFileError,
     known_units,
     one_of,
+    read_regular,
     show_value,
 )
 from citygate.drivers.modbus.decode import (
@@ -49,9 +51,13 @@ from citygate.drivers.modbus.decode import (
     Table,
 )
 
+#: The largest profile file read (the biggest built-in one is a few KiB).
+PROFILE_MAX_BYTES = 1024 * 1024
+
 __all__ = [
     "NAME_PATTERN",
     "PROFILE_FIELDS",
+    "PROFILE_MAX_BYTES",
     "REGISTER_FIELDS",
     "Profile",
     "builtin_profile_dirs",
@@ -357,7 +363,8 @@ def find_profile(reference: str, config_dir: Path) -> Path:
         path = Path(reference).expanduser()
         path = path if path.is_absolute() else config_dir / path
         if not path.is_file():
-            raise DriverConfigError([ConfigIssue(("profile",), f"no profile file {path}")])
+            problem = "is not a regular file" if path.exists() else "does not exist"
+            raise DriverConfigError([ConfigIssue(("profile",), f"profile file {path} {problem}")])
         return path
     available = builtin_profiles()
     if reference in available:
@@ -390,7 +397,11 @@ def load_profile(path: Path) -> Profile:
 @functools.lru_cache(maxsize=64)
 def _load_profile(path: Path, version: tuple[int, int] | None) -> Profile:
     try:
-        text = path.read_text(encoding="utf-8")
+        text = read_regular(path, max_bytes=PROFILE_MAX_BYTES).decode("utf-8")
+    except UnsafeFileError as exc:
+        raise DriverConfigError(
+            [ConfigIssue(("profile",), f"cannot read profile {path}: {exc.strerror}")]
+        ) from None
     except (OSError, UnicodeDecodeError) as exc:
         reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
         raise DriverConfigError(
@@ -400,6 +411,14 @@ def _load_profile(path: Path, version: tuple[int, int] | None) -> Profile:
         document = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise DriverConfigError([ConfigIssue((), f"invalid TOML: {exc}", file=path)]) from None
+    except RecursionError:
+        raise DriverConfigError(
+            [ConfigIssue((), "invalid profile: arrays or tables nested too deeply", file=path)]
+        ) from None
+    except ValueError as exc:  # an integer of more than 4300 digits
+        raise DriverConfigError(
+            [ConfigIssue((), f"invalid profile: {str(exc)[:100]}", file=path)]
+        ) from None
     checker = _Checker(path)
     for key in document:
         if key not in ("profile", "registers"):

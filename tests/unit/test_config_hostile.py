@@ -413,3 +413,29 @@ def test_any_text_loads_or_raises_config_error(parts: list[str]) -> None:
             return
     assert problems
     assert all(p.line >= 1 and p.col >= 1 and p.message for p in problems)
+
+
+# ------------------------------------------------------------------ Modbus profile files
+
+MODBUS = '[[device]]\nid = "meter-1"\ndriver = "modbus"\nhost = "127.0.0.1"\nprofile = "{}"\n'
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (None, "is not a regular file"),  # /dev/zero
+        ("[profile]\nmax_gap = 1" + "0" * 5000 + "\n", "invalid profile: "),
+        ("x = " + "[" * 5000 + "]" * 5000 + "\n", "nested too deeply"),
+    ],
+    ids=["dev-zero", "5000-digit-integer", "nested-5000-deep"],
+)
+def test_a_hostile_profile_file_is_an_error_not_a_crash(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], content: str | None, message: str
+) -> None:
+    if content is None:
+        profile = Path("/dev/zero")
+    else:
+        profile = tmp_path / "hostile.toml"
+        profile.write_text(content, encoding="utf-8")
+    _, errors = check_text(tmp_path, capsys, GATEWAY + MODBUS.format(profile))
+    assert len(errors) == 1 and message in errors[0], errors

@@ -165,6 +165,7 @@ class MqttSettings:
     max_batch: int = 500
     linger: float = 0.2
     max_inflight: int = 20
+    encoding: str = "json"  # data messages: "json" (SenML JSON) or "cbor" (SenML CBOR)
     urls: tuple[str, ...] = ()  # every node of a cluster, ``url`` first; () means (url,)
 
     @property
@@ -364,6 +365,9 @@ MQTT_FIELDS: Final[Mapping[str, Field]] = {
     "max_batch": Field("int", 500, minimum=1),
     "linger": Field("duration", 0.2, minimum=0),
     "max_inflight": Field("int", 20, minimum=1, maximum=65535),
+    "encoding": Field(
+        "str", "json", choices=("json", "cbor"), help="data messages: SenML JSON or SenML CBOR"
+    ),
 }
 
 BUFFER_FIELDS: Final[Mapping[str, Field]] = {

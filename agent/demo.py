@@ -18,14 +18,13 @@ import socket
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
-from typing import Any
 from urllib.parse import urlsplit
 
 import aiomqtt
 
-from citygate import logs, registry
+from citygate import logs, registry, senml
 from citygate.config import load
 
 GATEWAY_ID = "gw-demo"
@@ -171,7 +170,7 @@ async def _embedded_broker(port: int) -> AsyncIterator[None]:
                 await broker.shutdown()
 
 
-def _format_value(record: dict[str, Any]) -> str:
+def _format_value(record: Mapping[str, object]) -> str:
     if "v" in record:
         value = record["v"]
         text = f"{value:.6g}" if isinstance(value, float) else str(value)
@@ -198,12 +197,11 @@ class LiveView:
         parts = topic.split("/")
         if len(parts) == 4 and parts[3] == "data":
             device = parts[2]
-            pack = json.loads(payload)
             values = self.latest.setdefault(device, {})
-            for record in pack:
-                if "seq" in record:
-                    self.seq[device] = record["seq"]
-                values[record["n"]] = _format_value(record)
+            for record in senml.resolve(json.loads(payload)):
+                if isinstance(seq := record.get("seq"), int):
+                    self.seq[device] = seq
+                values[str(record["n"]).rsplit("/", 1)[-1]] = _format_value(record)
             self.arrived[device] = time.time()
             self.messages += 1
             if not self.tty:

@@ -1,19 +1,31 @@
-"""SenML JSON (RFC 8428) as mqtt.md writes it.
+"""SenML (RFC 8428) as mqtt.md writes it: JSON, and CBOR (§6).
 
 A sample is stored in the buffer already encoded as its *body*: its records
 joined, without the opening brace of the first record and the closing brace of
-the last. A data message is then put together from bodies without re-encoding a
+the last. A JSON data message is then put together from bodies without re-encoding a
 single reading::
 
     [{"bn":"G/D/","bt":T1,"seq":S1,<body 1>},{"bt":T2,"seq":S2,<body 2>}]
+
+Base unit. When every reading of a sample has a unit, the sample's first record states the
+most common one as ``bu`` and the records in that unit leave ``u`` out (RFC 8428 base-field
+rules: ``bu`` holds until the next ``bu``). A record without a unit would inherit a ``bu`` in
+force, so a sample with a unitless reading never sets one, and a data message never puts such
+a sample after one that did (:func:`sets_base_unit`; agent/mqtt/data.py starts a new message).
+
+CBOR (:func:`encode_pack_cbor`): the same records with the integer labels of RFC 8428 Table 4
+(``bn`` -2, ``bt`` -3, ``bu`` -4, ``n`` 0, ``u`` 1, ``v`` 2, ``vs`` 3, ``vb`` 4); the extension
+fields keep their text labels (``"seq"``, ``"clock"``). Numbers as :mod:`citygate.cbor` writes
+them: each gives back the double the JSON text gives.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Protocol
 
+from citygate import cbor
 from citygate.model import Reading
 
 _prefix_cache: dict[tuple[str, str | None], str] = {}
@@ -30,8 +42,30 @@ def _prefix(name: str, unit: str | None) -> str:
     return prefix
 
 
+_BASE_UNIT_HEAD = '"bu":'
+
+
+def _base_unit(readings: Sequence[Reading]) -> str | None:
+    """The unit to state once as ``bu``: the most common, if every reading has one and
+    leaving it out of its records saves more than stating it costs."""
+    counts: dict[str, int] = {}
+    for r in readings:
+        unit = r.unit
+        if unit is None:
+            return None
+        counts[unit] = counts.get(unit, 0) + 1
+    unit, uses = max(counts.items(), key=lambda item: item[1])
+    return unit if uses >= 2 else None
+
+
+def sets_base_unit(body: str) -> bool:
+    """The stored sample ``body`` states a ``bu`` (see the module docstring)."""
+    return body.startswith(_BASE_UNIT_HEAD)
+
+
 def encode_body(readings: Sequence[Reading]) -> str:
     """The records of one sample, as stored in the buffer (see module doc)."""
+    base_unit = _base_unit(readings)
     parts: list[str] = []
     for r in readings:
         value = r.value
@@ -44,8 +78,11 @@ def encode_body(readings: Sequence[Reading]) -> str:
             field = ',"v":' + str(value)
         else:
             field = ',"vs":' + json.dumps(str(value))
-        parts.append(_prefix(r.name, r.unit) + field)
-    return "},{".join(parts)
+        parts.append(_prefix(r.name, None if r.unit == base_unit else r.unit) + field)
+    body = "},{".join(parts)
+    if base_unit is not None:
+        return _BASE_UNIT_HEAD + json.dumps(base_unit) + "," + body
+    return body
 
 
 class EncodedSample(Protocol):
@@ -69,3 +106,59 @@ def encode_pack(base_name: str, samples: Iterable[EncodedSample]) -> bytes:
         clock = "" if s.clock_synced else '"clock":"unsynced",'
         out.append(f'{head}"bt":{s.time:.3f},"seq":{s.seq},{clock}{s.body}}}')
     return ("[" + ",".join(out) + "]").encode()
+
+
+_CBOR_LABELS: dict[str, int] = {
+    "bn": -2,
+    "bt": -3,
+    "bu": -4,
+    "n": 0,
+    "u": 1,
+    "v": 2,
+    "vs": 3,
+    "vb": 4,
+}
+
+
+def encode_pack_cbor(base_name: str, samples: Iterable[EncodedSample]) -> bytes:
+    """One data message as SenML CBOR: the records :func:`encode_pack` writes, the same
+    values, integer labels (see the module docstring)."""
+    records: list[dict[int | str, object]] = []
+    for s in samples:
+        head: dict[int | str, object] = {} if records else {-2: base_name}
+        head[-3] = round(s.time, 3)
+        head["seq"] = s.seq
+        if not s.clock_synced:
+            head["clock"] = "unsynced"
+        for index, record in enumerate(json.loads("[{" + s.body + "}]")):
+            fields = {_CBOR_LABELS.get(label, label): value for label, value in record.items()}
+            records.append({**head, **fields} if index == 0 else fields)
+    return cbor.encode(records)
+
+
+def resolve(pack: Sequence[Mapping[str | int, object]]) -> list[dict[str, object]]:
+    """The records of a SenML pack (JSON or CBOR labels) with their base fields applied:
+    ``n`` = base name + name, ``t`` = base time (+ time), ``u`` from ``bu`` where a record has
+    none; ``seq`` and ``clock`` carried to every record of their sample. For consumers of
+    the data messages (the demo's live view, tests)."""
+    labels = {value: key for key, value in _CBOR_LABELS.items()}
+    resolved: list[dict[str, object]] = []
+    base_name, base_time, base_unit = "", 0.0, None
+    sample: dict[str, object] = {}
+    for raw in pack:
+        record = {str(labels.get(k, k)) if isinstance(k, int) else k: v for k, v in raw.items()}
+        base_name = str(record.pop("bn", base_name))
+        if "bt" in record:
+            base_time = float(record.pop("bt"))  # type: ignore[arg-type]
+            sample = {}
+        base_unit = record.pop("bu", base_unit)
+        for extension in ("seq", "clock"):
+            if extension in record:
+                sample[extension] = record[extension]
+        out: dict[str, object] = {**sample, **record}
+        out["n"] = base_name + str(record.get("n", ""))
+        out["t"] = base_time + float(record.get("t", 0.0))  # type: ignore[arg-type]
+        if "u" not in record and base_unit is not None:
+            out["u"] = base_unit
+        resolved.append(out)
+    return resolved

@@ -51,17 +51,21 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
 from citygate.buffer import AsyncBuffer, StoredSample
 from citygate.config import MqttSettings
 from citygate.mqtt.client import Client, MqttError, reason_text
 from citygate.mqtt.session import HEALTH_SLACK_S, Stalled
-from citygate.senml import encode_pack
+from citygate.senml import encode_pack, encode_pack_cbor, sets_base_unit
 from citygate.status import Counters
 
 log = logging.getLogger(__name__)
 
+CONTENT_TYPES = {"json": "application/senml+json", "cbor": "application/senml+cbor"}
+"""MQTT 5 content type of data messages, by ``mqtt.encoding`` (RFC 8428 media types)."""
 REFUSAL_RETRY_START_S = 5.0
 REFUSAL_RETRY_MAX_S = 60.0
 PUBLISHER_STATUS_KEY = "#publisher"
@@ -87,16 +91,21 @@ class _Message:
     device_id: str
     samples: list[StoredSample] = field(default_factory=list)
     readings: int = 0
+    base_unit: bool = False  # its last sample states a bu (citygate.senml)
 
 
 def group_messages(samples: Sequence[StoredSample], max_batch: int) -> list[_Message]:
     """Split samples (in seq order) into per-device messages of at most
-    ``max_batch`` readings each; a sample larger than that travels alone."""
+    ``max_batch`` readings each; a sample larger than that travels alone. A sample that
+    states no base unit never follows one that does (its unitless records would inherit it)."""
     open_messages: dict[str, _Message] = {}
     done: list[_Message] = []
     for sample in samples:
         message = open_messages.get(sample.device_id)
-        if message is not None and message.readings + sample.readings > max_batch:
+        base_unit = sets_base_unit(sample.body)
+        if message is not None and (
+            message.readings + sample.readings > max_batch or (message.base_unit and not base_unit)
+        ):
             done.append(message)
             message = None
         if message is None:
@@ -104,6 +113,7 @@ def group_messages(samples: Sequence[StoredSample], max_batch: int) -> list[_Mes
             open_messages[sample.device_id] = message
         message.samples.append(sample)
         message.readings += sample.readings
+        message.base_unit = base_unit
     done.extend(open_messages.values())
     return done
 
@@ -130,6 +140,12 @@ class DataLoop:
         self.ack_timeout = ack_timeout
         """How long the broker may leave data unacknowledged before the session ends."""
         self._before_fetch = before_fetch
+        cbor = mqtt.encoding == "cbor"
+        self._encode = encode_pack_cbor if cbor else encode_pack
+        self._properties: Properties | None = None
+        if mqtt.protocol == "5":  # MQTT 5 says what the payload is
+            self._properties = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
+            self._properties.ContentType = CONTENT_TYPES[mqtt.encoding]
         self._data_waiting = asyncio.Event()
         self._batch_ready = asyncio.Event()  # a full batch waits, or stopping: end the linger
         self._unsent_readings = 0
@@ -396,11 +412,13 @@ class DataLoop:
         seqs = [s.seq for s in message.samples]
         try:
             topic = f"{self._base}/{message.device_id}/data"
-            payload = encode_pack(f"{self._gateway_id}/{message.device_id}/", message.samples)
+            payload = self._encode(f"{self._gateway_id}/{message.device_id}/", message.samples)
             try:
                 # No timeout here: the wait spans reconnects; watch_acks bounds it while
                 # connected, and stopping cancels it.
-                reason = await client.publish(topic, payload, qos=self._mqtt.qos)
+                reason = await client.publish(
+                    topic, payload, qos=self._mqtt.qos, properties=self._properties
+                )
             except MqttError:
                 # QoS 0 and not connected: send these rows again, after the next connect.
                 self._rewind(seqs[0] - 1)

@@ -113,8 +113,10 @@ async def test_senml_topics_and_status(tmp_path: Path, broker: Mosquitto) -> Non
             assert isinstance(pack[i]["seq"], int)
             assert "clock" not in pack[i]
         for record in pack:
-            assert set(record) - {"bn", "bt", "seq"} == {"n", "u", "v"}
-            assert record["u"] == "W"
+            # every value in W: stated once per sample as the base unit
+            assert set(record) - {"bn", "bt", "seq", "bu"} == {"n", "v"}
+            assert record.get("bu", "W") == "W"
+        assert all(pack[i]["bu"] == "W" for i in samples)
         # three readings per sample, named by the driver
         assert [r["n"] for r in pack[:3]] == ["value_0", "value_1", "value_2"]
     # per device, seq only grows; across devices, never repeats

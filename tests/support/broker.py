@@ -210,17 +210,28 @@ class Subscriber:
             return [m for m in self.messages if suffix is None or m.topic.endswith(suffix)]
 
     def data_records(self) -> list[dict[str, Any]]:
-        """Every SenML record of every data message, resolved (bn/bt/seq carried)."""
+        """Every SenML record of every data message, resolved (bn/bt/seq carried, ``u`` from
+        a base unit ``bu`` in force); ``n`` stays the quantity name."""
         out: list[dict[str, Any]] = []
         for m in self.snapshot("/data"):
             pack = json.loads(m.payload)
-            bn = bt = seq = clock = None
+            bn = bt = seq = clock = bu = None
             for rec in pack:
                 bn = rec.get("bn", bn)
+                bu = rec.get("bu", bu)
                 if "bt" in rec:
                     bt, seq, clock = rec["bt"], rec["seq"], rec.get("clock")
+                unit = {"u": rec.get("u", bu)} if "u" in rec or bu is not None else {}
                 out.append(
-                    {**rec, "bn": bn, "bt": bt, "seq": seq, "clock": clock, "topic": m.topic}
+                    {
+                        **rec,
+                        **unit,
+                        "bn": bn,
+                        "bt": bt,
+                        "seq": seq,
+                        "clock": clock,
+                        "topic": m.topic,
+                    }
                 )
         return out
 

@@ -7,11 +7,13 @@ single reading::
 
     [{"bn":"G/D/","bt":T1,"seq":S1,<body 1>},{"bt":T2,"seq":S2,<body 2>}]
 
-Base unit. When every reading of a sample has a unit, the sample's first record states the
-most common one as ``bu`` and the records in that unit leave ``u`` out (RFC 8428 base-field
-rules: ``bu`` holds until the next ``bu``). A record without a unit would inherit a ``bu`` in
-force, so a sample with a unitless reading never sets one, and a data message never puts such
-a sample after one that did (:func:`sets_base_unit`; agent/mqtt/data.py starts a new message).
+Base unit. When every reading of a sample has a unit, the first record of each run of two or
+more readings in one unit states it as ``bu`` and the records in that unit leave ``u`` out
+until another ``bu`` (RFC 8428 base-field rules; a record with its own ``u`` keeps it). A
+meter lists its registers grouped (three voltages, three currents, ...), so this removes most
+units. A record without a unit would inherit a ``bu`` in force, so a sample with a unitless
+reading never sets one, and a data message never puts such a sample after one that did
+(:func:`sets_base_unit`; agent/mqtt/data.py starts a new message).
 
 CBOR (:func:`encode_pack_cbor`): the same records with the integer labels of RFC 8428 Table 4
 (``bn`` -2, ``bt`` -3, ``bu`` -4, ``n`` 0, ``u`` 1, ``v`` 2, ``vs`` 3, ``vb`` 4); the extension
@@ -43,46 +45,51 @@ def _prefix(name: str, unit: str | None) -> str:
 
 
 _BASE_UNIT_HEAD = '"bu":'
-
-
-def _base_unit(readings: Sequence[Reading]) -> str | None:
-    """The unit to state once as ``bu``: the most common, if every reading has one and
-    leaving it out of its records saves more than stating it costs."""
-    counts: dict[str, int] = {}
-    for r in readings:
-        unit = r.unit
-        if unit is None:
-            return None
-        counts[unit] = counts.get(unit, 0) + 1
-    unit, uses = max(counts.items(), key=lambda item: item[1])
-    return unit if uses >= 2 else None
+_base_unit_heads: dict[str, str] = {}
 
 
 def sets_base_unit(body: str) -> bool:
-    """The stored sample ``body`` states a ``bu`` (see the module docstring)."""
-    return body.startswith(_BASE_UNIT_HEAD)
+    """The stored sample ``body`` states a ``bu`` somewhere (see the module docstring).
+
+    ``"bu":`` cannot occur inside a JSON string (its quotes would be escaped)."""
+    return _BASE_UNIT_HEAD in body
+
+
+def _value_field(value: object) -> str:
+    kind = type(value)
+    if kind is float:
+        return ',"v":' + repr(value)
+    if kind is bool:
+        return ',"vb":true' if value else ',"vb":false'
+    if kind is int:
+        return ',"v":' + str(value)
+    return ',"vs":' + json.dumps(str(value))
 
 
 def encode_body(readings: Sequence[Reading]) -> str:
     """The records of one sample, as stored in the buffer (see module doc)."""
-    base_unit = _base_unit(readings)
+    units = [r.unit for r in readings]
+    if None in units:  # a unitless record would inherit a bu: units stay on every record
+        return "},{".join(_prefix(r.name, r.unit) + _value_field(r.value) for r in readings)
     parts: list[str] = []
-    for r in readings:
-        value = r.value
-        kind = type(value)
-        if kind is float:
-            field = ',"v":' + repr(value)
-        elif kind is bool:
-            field = ',"vb":true' if value else ',"vb":false'
-        elif kind is int:
-            field = ',"v":' + str(value)
-        else:
-            field = ',"vs":' + json.dumps(str(value))
-        parts.append(_prefix(r.name, None if r.unit == base_unit else r.unit) + field)
-    body = "},{".join(parts)
-    if base_unit is not None:
-        return _BASE_UNIT_HEAD + json.dumps(base_unit) + "," + body
-    return body
+    base_unit: str | None = None
+    count = len(readings)
+    for i, r in enumerate(readings):
+        unit = r.unit
+        head = ""
+        if unit != base_unit:
+            run = i + 1
+            while run < count and units[run] == unit:
+                run += 1
+            if run - i >= 2:  # two records without "u" pay for one "bu"
+                assert unit is not None
+                base_unit = unit
+                head = _base_unit_heads.get(unit) or _base_unit_heads.setdefault(
+                    unit, _BASE_UNIT_HEAD + json.dumps(unit) + ","
+                )
+        shown = None if unit == base_unit else unit
+        parts.append(head + _prefix(r.name, shown) + _value_field(r.value))
+    return "},{".join(parts)
 
 
 class EncodedSample(Protocol):

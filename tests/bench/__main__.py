@@ -25,6 +25,7 @@ PARTS: dict[str, str] = {
     "ble": "tests.drivers.ble.bench_part",  # BLE advert decoding rate and CPU
     "broker": "tests.bench.broker",  # issue 11: back after an outage, RSS under a flood
     "framer": "tests.bench.framer",  # issue 12: framers' CPU per KB of a babbling device
+    "wire": "tests.bench.wire",  # issue 13: bytes per reading, SenML JSON and CBOR
 }
 
 

@@ -1,0 +1,201 @@
+"""Issue 13 point 4: bytes per reading on the wire, SenML JSON and CBOR.
+
+`citygate run` polls simulated meters (float32 registers with 4-character quantity names and a
+meter's mix of units, as in the peers' comparison) into a real Mosquitto; an MQTT 5 subscriber
+takes every data message and counts what the PUBLISH packet is on the wire: fixed header, topic,
+packet id, properties (the content type) and payload, divided by the readings it carries.
+
+"Before" is the same data in the format the agent sent until issue 13: every record with its
+``u``, values as the float64 expansion of the float32 (``196.60000610351562``), no properties.
+It is rebuilt from the received readings, so both figures describe the very same samples.
+
+Two configs: baseline (2 meters × 20 values every 0.1 s: 400 readings/s, the light-load run)
+and load (20 meters × 100 values every 0.1 s: 20,000 readings/s).
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import cbor2
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+
+from citygate.senml import resolve
+from tests.bench import rig
+from tests.bench.procs import scratch
+from tests.bench.report import PartResult
+from tests.support.broker import Mosquitto
+from tests.support.processes import SimProcess
+
+BEFORE_JSON_B = 37.5  # issue 13: what the peers' comparison measured for citygate
+JSON_TARGET_B = BEFORE_JSON_B * 0.7  # >= 30 % fewer
+CBOR_TARGET_B = BEFORE_JSON_B * 0.4  # >= 60 % fewer
+UNITS = ("V", "A", "W", "var", "VA", "Hz", "Wh", "/")  # a three-phase meter's mix
+
+
+def profile(path: Path, values: int) -> Path:
+    """``values`` float32 input registers from 0, named ``q000``…, in groups of three of one
+    unit (L1, L2, L3 as a three-phase meter lists them: V, A, W, var, VA, Hz, Wh, power factor)."""
+    lines = [
+        "[profile]",
+        f'name = "bench-wire{values}"',
+        'manufacturer = "citygate-sim"',
+        f'model = "generic{values}"',
+        f'description = "{values} float32 input registers, 4-character names"',
+        'source = "citygate_sim GenericMeter"',
+        "",
+    ]
+    for i in range(values):
+        lines += [
+            "[[registers]]",
+            f'name = "q{i:03d}"',
+            f"address = {2 * i}",
+            'table = "input"',
+            'type = "float32"',
+            f'unit = "{UNITS[(i // 3) % len(UNITS)]}"',  # per phase: L1, L2, L3
+            "",
+        ]
+    path.write_text("\n".join(lines))
+    return path
+
+
+def _varint_len(n: int) -> int:
+    return 1 if n < 128 else 2 if n < 16384 else 3 if n < 2097152 else 4
+
+
+def publish_size(topic: str, payload_len: int, content_type: str | None) -> int:
+    """Bytes of a QoS 1 MQTT 5 PUBLISH (a content type, or no property)."""
+    properties = 0 if content_type is None else 1 + 2 + len(content_type.encode())
+    variable = 2 + len(topic.encode()) + 2 + _varint_len(properties) + properties
+    remaining = variable + payload_len
+    return 1 + _varint_len(remaining) + remaining
+
+
+def _old_pack(records: list[dict[str, object]], base_name: str) -> bytes:
+    """The pack as the agent wrote it before issue 13 (see the module docstring)."""
+    out: list[str] = []
+    for i, r in enumerate(records):
+        head = ""
+        if "bt" in r:
+            head = ("" if i else f'"bn":{json.dumps(base_name)},') + (
+                f'"bt":{r["bt"]:.3f},"seq":{r["seq"]},'
+            )
+        value = float(r["v"])  # type: ignore[arg-type]
+        widened = struct.unpack("<f", struct.pack("<f", value))[0]
+        name = str(r["n"]).rsplit("/", 1)[-1]
+        out.append(f'{{{head}"n":{json.dumps(name)},"u":{json.dumps(r["u"])},"v":{widened!r}}}')
+    return ("[" + ",".join(out) + "]").encode()
+
+
+class WireCounter:
+    """MQTT 5 subscriber to the data topics: PUBLISH bytes and readings, now and before."""
+
+    def __init__(self, port: int) -> None:
+        self.lock = threading.Lock()
+        self.bytes = self.readings = self.messages = self.old_bytes = 0
+        self.subscribed = threading.Event()
+        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
+        self.client.on_connect = lambda c, *_: c.subscribe("city/+/+/data", qos=1)
+        self.client.on_subscribe = lambda *_: self.subscribed.set()
+        self.client.on_message = self._on_message
+        self.client.connect("127.0.0.1", port)
+        self.client.loop_start()
+        if not self.subscribed.wait(20):
+            raise RuntimeError("no SUBACK")
+
+    def _on_message(self, client: Any, userdata: Any, msg: mqtt.MQTTMessage) -> None:
+        content_type = getattr(msg.properties, "ContentType", None)
+        raw = bytes(msg.payload)
+        pack = cbor2.loads(raw) if content_type == "application/senml+cbor" else json.loads(raw)
+        records = resolve(pack)
+        heads = [i for i, r in enumerate(pack) if -3 in r or "bt" in r]
+        for i in heads:
+            records[i]["bt"] = records[i]["t"]
+        base_name = str(records[0]["n"]).rsplit("/", 1)[0] + "/"
+        old = _old_pack(records, base_name)
+        with self.lock:
+            self.messages += 1
+            self.readings += len(records)
+            self.bytes += publish_size(msg.topic, len(raw), content_type)
+            self.old_bytes += publish_size(msg.topic, len(old), None)
+
+    def reset(self) -> None:
+        with self.lock:
+            self.bytes = self.readings = self.messages = self.old_bytes = 0
+
+    def figures(self) -> tuple[float, float, int, int]:
+        with self.lock:
+            readings = max(1, self.readings)
+            return self.bytes / readings, self.old_bytes / readings, self.readings, self.messages
+
+    def stop(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
+
+
+def run(quick: bool) -> PartResult:
+    result = PartResult("wire")
+    window_s = 3.0 if quick else 8.0
+    with scratch("wire") as workdir:
+        broker = Mosquitto(workdir / "mosquitto")
+        broker.start()
+        sim = SimProcess(dict.fromkeys(range(1, rig.METERS + 1), f"generic{rig.VALUES}"))
+        counter = WireCounter(broker.port)
+        try:
+            for label, meters, values in (
+                ("baseline 400 readings/s", 2, 20),
+                ("load 20,000 readings/s", rig.METERS, rig.VALUES),
+            ):
+                wire_profile = profile(workdir / f"wire{values}.toml", values)
+                for encoding in ("json", "cbor"):
+                    name = f"{encoding}-{meters}x{values}"
+                    config = rig.gateway_config(
+                        workdir / f"{name}.toml",
+                        broker_port=broker.port,
+                        sim_port=sim.port,
+                        data_dir=workdir / name,
+                        profile=wire_profile,
+                        meters=meters,
+                    )
+                    text = config.read_text().replace(
+                        "[mqtt]\n", f'[mqtt]\nencoding = "{encoding}"\n', 1
+                    )
+                    config.write_text(text)
+                    spawned = rig.spawn_agent(config)
+                    try:
+                        time.sleep(1.5)  # warm up: connected, polling
+                        counter.reset()
+                        time.sleep(window_s)
+                        per_reading, before, readings, messages = counter.figures()
+                    finally:
+                        rig.stop_agent(spawned)
+                    time.sleep(0.5)
+                    target = JSON_TARGET_B if encoding == "json" else CBOR_TARGET_B
+                    result.add(
+                        f"bytes per reading on the wire, {encoding.upper()}, {label}",
+                        round(per_reading, 1),
+                        "B",
+                        at_most=round(target, 1),
+                        note=(
+                            f"{readings:,} readings in {messages:,} messages; the same samples "
+                            f"in the format before issue 13: {before:.1f} B per reading "
+                            f"({100 * (1 - per_reading / before):.0f} % fewer now)"
+                        ),
+                    )
+                    result.details[name] = {
+                        "bytes_per_reading": per_reading,
+                        "before_bytes_per_reading": before,
+                        "readings": readings,
+                        "messages": messages,
+                    }
+        finally:
+            counter.stop()
+            sim.stop()
+            broker.stop()
+    return result

@@ -51,6 +51,7 @@ Errors::
         │   └── SilentDevice a push device sent nothing for 3 intervals
         ├── DeviceError      the device said no (Modbus exception code, NAK)
         └── DecodeError      bad frame, CRC, length: counted, never fatal
+    WriteRefused             a write refused before anything was sent (code, message)
     FatalDriverError         a shared resource cannot be healed: restart the agent
     DriverConfigError        a driver's config is invalid (a list of ConfigIssue)
     UsageError               bad arguments of a scan command (exit status 2)
@@ -65,7 +66,7 @@ from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Literal, Protocol, Self, TextIO, runtime_checkable
+from typing import Any, ClassVar, Literal, Protocol, Self, TextIO, runtime_checkable
 
 from citygate.drivers._files import UnsafeFileError, read_regular
 from citygate.drivers._floats import shortest_float32
@@ -119,6 +120,8 @@ __all__ = [
     "UnsafeFileError",
     "UsageError",
     "Value",
+    "WritableDriver",
+    "WriteRefused",
     "__version__",
     "canonical",
     "known_units",
@@ -171,6 +174,26 @@ class DecodeError(DriverError):
 
 class SilentDevice(TransportError):
     """A push device sent nothing for 3 intervals: it is offline until it speaks."""
+
+
+class WriteRefused(CitygateError):
+    """A :meth:`WritableDriver.write` refused before anything was sent.
+
+    ``code`` is ``"forbidden"`` (no such register, or not ``writable``),
+    ``"out_of_range"`` (outside the register's ``min``/``max``, or a raw value its
+    type cannot hold) or ``"bad_request"`` (the wrong kind of value: a bool for a
+    number, a number for a bool, not finite, not a whole raw value for an integer
+    register); ``message`` says why, for the operator.
+    """
+
+    CODES: ClassVar[frozenset[str]] = frozenset({"forbidden", "out_of_range", "bad_request"})
+
+    def __init__(self, code: str, message: str) -> None:
+        if code not in self.CODES:
+            raise ValueError(f"unknown WriteRefused code {code!r}")
+        super().__init__(message)
+        self.code = code
+        self.message = message
 
 
 class FatalDriverError(CitygateError):
@@ -490,6 +513,27 @@ class PushDriver(Driver, Protocol):
 
     async def run(self, emit: Emit) -> None:
         """Call ``emit`` for each sample until cancelled."""
+        ...
+
+
+@runtime_checkable
+class WritableDriver(Protocol):
+    """Optional for a :class:`PollDriver`: it can write one named value (provisional).
+
+    ``write`` is called on an entered driver, possibly while a poll runs (the
+    driver keeps its requests apart; on a serial line it takes a turn like a
+    poll). ``value`` is in the unit the device's config gives the value (a
+    Modbus register's ``unit``, before its scale and offset are undone).
+    """
+
+    async def write(self, name: str, value: float | int | bool) -> Value:
+        """Write ``value`` to ``name``, read it back and return what was read, as
+        :meth:`PollDriver.poll` gives it (canonical unit).
+
+        Raises :class:`WriteRefused` (nothing sent) for what the config does not
+        allow, else a :class:`DriverError` as a poll does (:class:`DeviceError`
+        when the device refuses the write).
+        """
         ...
 
 

@@ -44,6 +44,8 @@ __all__ = [
     "Table",
     "bench_decode",
     "decode_value",
+    "encode_value",
+    "raw_range",
 ]
 
 Table = Literal["input", "holding", "coil", "discrete"]
@@ -85,7 +87,9 @@ class RegisterSpec:
     """One value to read: a ``[[registers]]`` table, validated.
 
     ``unit`` is the unit of the scaled value (raw × scale + offset); decoding
-    converts it to the canonical unit of quantities.md.
+    converts it to the canonical unit of quantities.md. ``writable`` registers
+    (holding registers and coils) may be written, a number only within
+    ``minimum``–``maximum`` (in ``unit``, before scale and offset are undone).
     """
 
     name: str
@@ -96,6 +100,9 @@ class RegisterSpec:
     scale: float = 1.0
     offset: float = 0.0
     unit: str | None = None
+    writable: bool = False
+    minimum: float | None = None
+    maximum: float | None = None
 
     @property
     def width(self) -> int:
@@ -290,6 +297,46 @@ def decode_value(words: Sequence[int], data_type: DataType, order: ByteOrder = "
     if data_type == "float32" and isinstance(raw, float):
         return shortest_float32(raw)
     return raw != 0 if data_type == "bool" else raw
+
+
+def raw_range(data_type: DataType) -> tuple[int, int] | None:
+    """The raw values an integer type holds (``(low, high)``); None for floats and bool."""
+    if data_type in FLOAT_TYPES or data_type == "bool":
+        return None
+    bits = 16 * REGISTER_WIDTH[data_type]
+    if data_type.startswith("u"):
+        return 0, (1 << bits) - 1
+    return -(1 << (bits - 1)), (1 << (bits - 1)) - 1
+
+
+def encode_value(
+    raw: float | int | bool, data_type: DataType, order: ByteOrder = "ABCD"
+) -> list[int]:
+    """The register words of one raw value (no scale, no unit): the inverse of
+    :func:`decode_value`, with the same layouts.
+
+    ``bool`` gives one word, 1 or 0. Raises ValueError for a value the type cannot
+    hold (an integer out of range, a non-integer for an integer type, a float
+    beyond float32's range).
+    """
+    if data_type == "bool":
+        return [1 if raw else 0]
+    limits = raw_range(data_type)
+    if limits is not None:
+        if isinstance(raw, float):
+            if not raw.is_integer():
+                raise ValueError(f"{data_type} holds whole numbers, not {raw!r}")
+            raw = int(raw)
+        low, high = limits
+        if not low <= raw <= high:
+            raise ValueError(f"{raw} is outside {data_type}'s range {low}…{high}")
+    swapped, endian = _layout(data_type, order)
+    try:
+        image = struct.pack(endian + _STRUCT_CODE[data_type], raw)
+    except (OverflowError, struct.error):
+        raise ValueError(f"{raw!r} is outside {data_type}'s range") from None
+    width = REGISTER_WIDTH[data_type]
+    return list(struct.unpack(f"{'<' if swapped else '>'}{width}H", image))
 
 
 def bench_decode(n_values: int = 100, rounds: int = 2000) -> float:

@@ -19,6 +19,15 @@ length outside 2–254, garbage) fails the request with DecodeError and closes
 the connection, the only way to find frame boundaries again; the next poll
 reopens it.
 
+Writes (:class:`~citygate.drivers.api.WritableDriver`): ``write(name, value)``
+checks the value against the register's config
+(:func:`~citygate.drivers.modbus.write.plan_write`, which raises
+:class:`~citygate.drivers.api.WriteRefused` before anything is sent), writes it
+(FC 06, 16 or 05) with the same timeout and retries as a read (a write is
+idempotent), reads the register back and returns it decoded as a poll would. On
+TCP a write and a poll take turns on the connection; on a serial line the write
+and its read-back take one turn on the line.
+
 Errors (all :class:`~citygate.drivers.api.DriverError`, never logged here):
 
 * :class:`~citygate.drivers.api.TransportError` — refused, unreachable, no answer in
@@ -26,7 +35,7 @@ Errors (all :class:`~citygate.drivers.api.DriverError`, never logged here):
 * :class:`~citygate.drivers.api.DeviceError` — a Modbus exception reply, named by code
   (:class:`ModbusExceptionError`, which carries the code);
 * :class:`~citygate.drivers.api.DecodeError` — a malformed reply (wrong unit, function
-  or byte count, broken framing).
+  or byte count, broken framing, a write reply that does not echo the request).
 
 Strict meters answer exception 02 (illegal data address) to a read that
 bridges unused addresses. When a coalesced request that bridges a gap gets 02,
@@ -52,7 +61,7 @@ import logging
 from collections import Counter
 from collections.abc import Awaitable, Callable, Mapping
 from types import TracebackType
-from typing import TYPE_CHECKING, Final, Self
+from typing import TYPE_CHECKING, Final, Self, TypeVar
 
 from citygate.drivers.api import (
     DecodeError,
@@ -66,20 +75,44 @@ from citygate.drivers.api import (
     SerialLine,
     SerialWire,
     TransportError,
+    Value,
+    WritableDriver,
     __version__,
 )
 from citygate.drivers.modbus import frame as tcp
 from citygate.drivers.modbus.config import FIELDS, ModbusConfig, configure
 from citygate.drivers.modbus.decode import BIT_TABLES, Table
-from citygate.drivers.modbus.frame import MbapDecoder, MbapFramingError, ReadRequestFrame
-from citygate.drivers.modbus.plan import MAX_BITS, MAX_REGISTERS, ReadRequest, split_at_gaps
+from citygate.drivers.modbus.frame import (
+    MbapDecoder,
+    MbapFrame,
+    MbapFramingError,
+    ReadRequestFrame,
+    WriteRequestFrame,
+)
+from citygate.drivers.modbus.pdu import (
+    WRITE_MULTIPLE_COILS,
+    WRITE_MULTIPLE_REGISTERS,
+    WRITE_SINGLE_COIL,
+    WriteReply,
+    WriteRequest,
+)
+from citygate.drivers.modbus.plan import (
+    MAX_BITS,
+    MAX_REGISTERS,
+    ReadPlan,
+    ReadRequest,
+    split_at_gaps,
+)
 from citygate.drivers.modbus.rtu import (
     BadReply,
     ExceptionReply,
     RegisterReply,
     RtuReplyFramer,
+    RtuWriteReplyFramer,
     encode_read_request,
+    encode_write_request,
 )
+from citygate.drivers.modbus.write import plan_write, read_back
 
 __all__ = [
     "EXCEPTION_NAMES",
@@ -123,6 +156,7 @@ _WHAT: Final[dict[Table, str]] = {
     "input": "input registers",
 }
 _RECEIVE_CHUNK: Final = 65536
+_Reply = TypeVar("_Reply")
 
 
 def _seconds(value: float) -> str:
@@ -136,18 +170,39 @@ def _span(table: Table, address: int, count: int) -> str:
 
 
 class ModbusExceptionError(DeviceError):
-    """The device answered a read with a Modbus exception response.
+    """The device answered a read (or a write) with a Modbus exception response.
 
-    ``code`` is the exception code; ``table``, ``address`` and ``count`` the read.
+    ``code`` is the exception code; ``table``, ``address`` and ``count`` the
+    addresses read or written.
     """
 
-    def __init__(self, code: int, table: Table, address: int, count: int) -> None:
+    def __init__(
+        self, code: int, table: Table, address: int, count: int, *, writing: bool = False
+    ) -> None:
         name = EXCEPTION_NAMES.get(code, "unknown exception")
-        super().__init__(f"exception {code} ({name}) reading {_span(table, address, count)}")
+        what = f"{'writing' if writing else 'reading'} {_span(table, address, count)}"
+        if writing and table in _WRITE_FUNCTION:  # worded as the write request describes itself
+            request = WriteRequest(_WRITE_FUNCTION[table], address, (0,) * count)
+            what = f"writing {request.describe()}"
+        super().__init__(f"exception {code} ({name}) {what}")
         self.code = code
         self.table: Table = table
         self.address = address
         self.count = count
+
+
+_WRITE_FUNCTION: Final[dict[Table, int]] = {
+    "coil": WRITE_MULTIPLE_COILS,
+    "holding": WRITE_MULTIPLE_REGISTERS,
+}
+_ReadReply = RegisterReply | ExceptionReply
+_WriteReply = WriteReply | ExceptionReply
+
+
+def _written(request: WriteRequest) -> tuple[Table, int]:
+    """The table and the number of addresses a write request covers."""
+    bits = request.function in (WRITE_SINGLE_COIL, WRITE_MULTIPLE_COILS)
+    return ("coil" if bits else "holding"), len(request.values)
 
 
 class _Broken(Exception):
@@ -223,20 +278,55 @@ class _TcpSession:
     async def read(self, table: Table, address: int, count: int) -> list[int] | list[bool]:
         """Read once (plus retries on timeout); raise a DriverError."""
         function = _FUNCTION[table]
+
+        def build(transaction_id: int) -> tuple[bytes, Callable[[MbapFrame], _ReadReply]]:
+            request = ReadRequestFrame(transaction_id, self.unit, function, address, count)
+            return tcp.encode_read_request(request), lambda frame: tcp.parse_read_reply(
+                frame, request
+            )
+
+        reply = await self._transact(build, lambda: f"reading {_span(table, address, count)}")
+        if isinstance(reply, ExceptionReply):
+            raise ModbusExceptionError(reply.code, table, address, count)
+        if table in BIT_TABLES:
+            return reply.bits(count)
+        return reply.registers()
+
+    async def write(self, request: WriteRequest) -> None:
+        """Write once (plus retries on timeout: a write is idempotent); raise a DriverError."""
+
+        def build(transaction_id: int) -> tuple[bytes, Callable[[MbapFrame], _WriteReply]]:
+            frame = WriteRequestFrame(transaction_id, self.unit, request)
+            return tcp.encode_write_request(frame), lambda reply: tcp.parse_write_reply(
+                reply, frame
+            )
+
+        reply = await self._transact(build, lambda: f"writing {request.describe()}")
+        if isinstance(reply, ExceptionReply):
+            table, count = _written(request)
+            raise ModbusExceptionError(reply.code, table, request.address, count, writing=True)
+
+    async def _transact(
+        self,
+        build: Callable[[int], tuple[bytes, Callable[[MbapFrame], _Reply]]],
+        what: Callable[[], str],
+    ) -> _Reply:
+        """One request: ``build(transaction_id)`` gives its ADU and the parser of its
+        reply; ``what`` describes it for messages (only asked on an error)."""
         for _ in range(self.retries + 1):
             if not self.connected:
                 self.close()
                 raise TransportError(f"connection to {self.host}:{self.port} closed by the device")
             self._transaction_id = self._transaction_id % 0xFFFF + 1  # 1–65535, never 0
-            request = ReadRequestFrame(self._transaction_id, self.unit, function, address, count)
+            adu, parse = build(self._transaction_id)
             try:
                 async with asyncio.timeout(self.timeout):
-                    reply = await self._exchange(request)
+                    return await self._exchange(adu, self._transaction_id, parse)
             except TimeoutError:
                 continue
             except MbapFramingError as exc:
                 self.close()
-                raise self._malformed(table, address, count, str(exc)) from None
+                raise self._malformed(what(), str(exc)) from None
             except (_Broken, OSError):
                 self.close()
                 raise TransportError(
@@ -245,22 +335,19 @@ class _TcpSession:
                 ) from None
             except DecodeError as exc:
                 self.stray["malformed"] += 1
-                raise self._malformed(table, address, count, str(exc)) from None
-            if isinstance(reply, ExceptionReply):
-                raise ModbusExceptionError(reply.code, table, address, count)
-            if table in BIT_TABLES:
-                return reply.bits(count)
-            return reply.registers()
+                raise self._malformed(what(), str(exc)) from None
         attempts = f" ({self.retries + 1} attempts)" if self.retries else ""
         raise TransportError(
             f"no answer from {self.where} within {_seconds(self.timeout)}{attempts}"
         )
 
-    async def _exchange(self, request: ReadRequestFrame) -> RegisterReply | ExceptionReply:
+    async def _exchange(
+        self, adu: bytes, transaction_id: int, parse: Callable[[MbapFrame], _Reply]
+    ) -> _Reply:
         reader, writer, decoder = self._reader, self._writer, self._decoder
         assert reader is not None
         assert writer is not None
-        writer.write(tcp.encode_read_request(request))
+        writer.write(adu)
         await writer.drain()
         while True:
             data = await reader.read(_RECEIVE_CHUNK)
@@ -272,10 +359,10 @@ class _TcpSession:
                 self.stray["framing"] += 1
                 raise
             for index, frame in enumerate(frames):
-                if frame.transaction_id == request.transaction_id:
+                if frame.transaction_id == transaction_id:
                     if index + 1 < len(frames):  # nothing is outstanding after this one
                         self._discard("unsolicited", len(frames) - index - 1)
-                    return tcp.parse_read_reply(frame, request)
+                    return parse(frame)
                 self._discard(f"transaction id {frame.transaction_id}")
             if decoder.error is not None:
                 self.stray["framing"] += 1
@@ -294,17 +381,16 @@ class _TcpSession:
             why,
         )
 
-    def _malformed(self, table: Table, address: int, count: int, problem: str) -> DecodeError:
-        return DecodeError(
-            f"malformed reply to reading {_span(table, address, count)}"
-            f" from {self.where}: {problem}"
-        )
+    def _malformed(self, what: str, problem: str) -> DecodeError:
+        return DecodeError(f"malformed reply to {what} from {self.where}: {problem}")
 
 
 class ModbusTcpDriver:
     """A Modbus TCP device, polled: ``async with driver: await driver.poll()``.
 
-    ``device_id`` names the device in log lines (default: its address).
+    ``device_id`` names the device in log lines (default: its address). A
+    :class:`~citygate.drivers.api.WritableDriver`: :meth:`write` may run while a
+    poll does; their requests take turns on the connection.
     """
 
     def __init__(self, config: ModbusConfig, device_id: str | None = None) -> None:
@@ -315,6 +401,7 @@ class ModbusTcpDriver:
         self._session = _TcpSession(
             config.host, config.port, config.unit, config.timeout, config.retries, self.device_id
         )
+        self._busy = asyncio.Lock()  # one exchange at a time: polls and writes take turns
 
     @property
     def stray_replies(self) -> Mapping[str, int]:
@@ -343,13 +430,31 @@ class ModbusTcpDriver:
         is split into gap-free requests, read now and in every later poll.
         """
         session = self._session
-        if not session.connected:
-            await session.connect()
-        session.begin_poll()
-        try:
-            return await _read_plan(self.config, self.device_id, self._read)
-        finally:
-            session.end_poll()
+        async with self._busy:
+            if not session.connected:
+                await session.connect()
+            session.begin_poll()
+            try:
+                return await _read_plan(self.config, self.device_id, self._read)
+            finally:
+                session.end_poll()
+
+    async def write(self, name: str, value: float | int | bool) -> Value:
+        """Write ``value`` (in the register's configured unit) to register ``name``,
+        read it back and return it as a poll gives it.
+
+        Raises WriteRefused (nothing sent) for a write the config does not allow
+        (:func:`~citygate.drivers.modbus.write.plan_write`), else a DriverError
+        as a poll does (a Modbus exception reply: :class:`ModbusExceptionError`).
+        """
+        spec, request = plan_write(self.config.registers, name, value)
+        session = self._session
+        async with self._busy:
+            if not session.connected:
+                await session.connect()
+            await session.write(request)
+            reply = await session.read(spec.table, spec.address, spec.width)
+        return read_back(spec, reply)
 
     async def _read(self, request: ReadRequest) -> list[int] | list[bool]:
         return await self._session.read(request.table, request.address, request.count)
@@ -415,8 +520,42 @@ class RtuSession:
         """Read once (plus retries on silence); raise a DriverError."""
         function = _FUNCTION[table]
         request = encode_read_request(self.unit, function, address, count)
+        outcome = await self._transact(
+            wire,
+            request,
+            lambda: RtuReplyFramer(self.unit, function, count),
+            lambda: f"reading {_span(table, address, count)}",
+        )
+        if isinstance(outcome, ExceptionReply):
+            raise ModbusExceptionError(outcome.code, table, address, count)
+        if not isinstance(outcome, RegisterReply):  # the read framer gives no other reply
+            raise DecodeError(f"no register data reading {_span(table, address, count)}")
+        if table in BIT_TABLES:
+            return outcome.bits(count)
+        return outcome.registers()
+
+    async def write(self, wire: SerialWire, request: WriteRequest) -> None:
+        """Write once (plus retries on silence: a write is idempotent); raise a DriverError."""
+        outcome = await self._transact(
+            wire,
+            encode_write_request(self.unit, request),
+            lambda: RtuWriteReplyFramer(self.unit, request),
+            lambda: f"writing {request.describe()}",
+        )
+        if isinstance(outcome, ExceptionReply):
+            table, count = _written(request)
+            raise ModbusExceptionError(outcome.code, table, request.address, count, writing=True)
+
+    async def _transact(
+        self,
+        wire: SerialWire,
+        request: bytes,
+        new_framer: Callable[[], RtuReplyFramer],
+        what: Callable[[], str],
+    ) -> RegisterReply | WriteReply | ExceptionReply:
+        """One request, retried on silence; the reply or an exception reply."""
         for _ in range(self.retries + 1):
-            framer = RtuReplyFramer(self.unit, function, count)
+            framer = new_framer()
             await wire.exchange(request, framer, self.timeout)
             if framer.stray_bytes:
                 wire.note("stray_bytes")
@@ -428,18 +567,13 @@ class RtuSession:
                 if kind == "silent":
                     continue
                 wire.note(kind)
-                raise DecodeError(f"{message} reading {_span(table, address, count)}")
+                raise DecodeError(f"{message} {what()}")
             if isinstance(outcome, BadReply):
                 wire.note(outcome.kind)
-                raise DecodeError(
-                    f"{outcome.message} reading {_span(table, address, count)} from {self.where}"
-                )
+                raise DecodeError(f"{outcome.message} {what()} from {self.where}")
             if isinstance(outcome, ExceptionReply):
                 wire.note("exception")
-                raise ModbusExceptionError(outcome.code, table, address, count)
-            if table in BIT_TABLES:
-                return outcome.bits(count)
-            return outcome.registers()
+            return outcome
         attempts = f" ({self.retries + 1} attempts)" if self.retries else ""
         raise TransportError(
             f"no answer from {self.where} within {_seconds(self.timeout)}{attempts}"
@@ -496,6 +630,18 @@ class ModbusRtuDriver:
                 return await session.read(wire, request.table, request.address, request.count)
 
             return await _read_plan(self.config, self.device_id, read)
+
+    async def write(self, name: str, value: float | int | bool) -> Value:
+        """Write ``value`` (in the register's configured unit) to register ``name``
+        and read it back, in one turn on the line; see :meth:`ModbusTcpDriver.write`."""
+        spec, request = plan_write(self.config.registers, name, value)
+        session = self._session
+        if session is None:
+            raise RuntimeError("enter the driver (async with) before writing")
+        async with session.line.turn(self.device_id) as wire:
+            await session.write(wire, request)
+            reply = await session.read(wire, spec.table, spec.address, spec.width)
+        return read_back(spec, reply)
 
     async def read_raw(self, table: Table, address: int, count: int) -> list[int] | list[bool]:
         """Read ``count`` registers (or bits) once, outside the plan (the assistant, scan)."""
@@ -599,3 +745,5 @@ factory: Final = ModbusFactory()
 
 if TYPE_CHECKING:
     _: DriverFactory = factory
+    _tcp: WritableDriver = ModbusTcpDriver(ModbusConfig((), ReadPlan(())))
+    _rtu: WritableDriver = ModbusRtuDriver(ModbusConfig((), ReadPlan(())))

@@ -4,8 +4,10 @@ An ADU is the MBAP header (transaction id, protocol id 0, length of what
 follows, unit id) and a PDU. This module turns read requests (FC 01–04) into
 bytes (:func:`encode_read_request`), a received byte stream into frames
 (:class:`MbapDecoder`) and a frame into the reply to a request
-(:func:`parse_read_reply`). Nothing here does I/O; every problem is a
-:class:`~citygate.drivers.api.DecodeError`.
+(:func:`parse_read_reply`); the same for writes (FC 05/06/15/16, PDUs from
+:mod:`citygate.drivers.modbus.pdu`): :func:`encode_write_request` and
+:func:`parse_write_reply`, which refuses a reply that does not echo the request.
+Nothing here does I/O; every problem is a :class:`~citygate.drivers.api.DecodeError`.
 """
 
 from __future__ import annotations
@@ -15,7 +17,9 @@ from dataclasses import dataclass
 from typing import Final
 
 from citygate.drivers.api import DecodeError
-from citygate.drivers.modbus.rtu import ExceptionReply, RegisterReply
+from citygate.drivers.modbus.pdu import ExceptionReply, WriteReply, WriteRequest
+from citygate.drivers.modbus.pdu import parse_write_reply as parse_write_reply_pdu
+from citygate.drivers.modbus.rtu import RegisterReply
 
 __all__ = [
     "MAX_LENGTH",
@@ -24,8 +28,11 @@ __all__ = [
     "MbapFrame",
     "MbapFramingError",
     "ReadRequestFrame",
+    "WriteRequestFrame",
     "encode_read_request",
+    "encode_write_request",
     "parse_read_reply",
+    "parse_write_reply",
 ]
 
 MBAP: Final = struct.Struct(">HHHB")
@@ -73,6 +80,23 @@ def encode_read_request(request: ReadRequestFrame) -> bytes:
         request.address,
         request.count,
     )
+
+
+@dataclass(frozen=True, slots=True)
+class WriteRequestFrame:
+    """A write request (FC 05/06/15/16) as it goes on the wire."""
+
+    transaction_id: int
+    unit: int
+    request: WriteRequest
+
+
+def encode_write_request(frame: WriteRequestFrame) -> bytes:
+    """The ADU of a write request. Raises ValueError out of range."""
+    if not 0 <= frame.transaction_id <= 0xFFFF or not 0 <= frame.unit <= 0xFF:
+        raise ValueError("transaction id or unit out of range")
+    pdu = frame.request.pdu()
+    return MBAP.pack(frame.transaction_id, 0, 1 + len(pdu), frame.unit) + pdu
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,10 +175,14 @@ class MbapDecoder:
         raise self._error
 
 
+def _check_unit(frame: MbapFrame, unit: int) -> None:
+    if unit not in (frame.unit, 0):  # unit 0 means "any unit" on TCP
+        raise DecodeError(f"reply from unit {frame.unit}, expected unit {unit}")
+
+
 def parse_read_reply(frame: MbapFrame, request: ReadRequestFrame) -> RegisterReply | ExceptionReply:
     """The reply ``frame`` (of ``request``'s transaction) carries; raise DecodeError."""
-    if request.unit not in (frame.unit, 0):  # unit 0 means "any unit" on TCP
-        raise DecodeError(f"reply from unit {frame.unit}, expected unit {request.unit}")
+    _check_unit(frame, request.unit)
     pdu = frame.pdu
     function = pdu[0]
     if function == request.function | 0x80:
@@ -172,3 +200,11 @@ def parse_read_reply(frame: MbapFrame, request: ReadRequestFrame) -> RegisterRep
     if len(pdu) != 2 + byte_count:
         raise DecodeError(f"reply frame holds {len(pdu) - 2} data bytes but says {byte_count}")
     return RegisterReply(pdu[2:])
+
+
+def parse_write_reply(frame: MbapFrame, request: WriteRequestFrame) -> WriteReply | ExceptionReply:
+    """The reply ``frame`` (of ``request``'s transaction) carries: the echo of the
+    write or an exception; raise DecodeError for anything else (wrong unit,
+    function or length, an echo that differs from the request)."""
+    _check_unit(frame, request.unit)
+    return parse_write_reply_pdu(request.request, frame.pdu)

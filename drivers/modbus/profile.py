@@ -59,6 +59,7 @@ __all__ = [
     "PROFILE_FIELDS",
     "PROFILE_MAX_BYTES",
     "REGISTER_FIELDS",
+    "WRITABLE_TABLES",
     "Profile",
     "builtin_profile_dirs",
     "builtin_profiles",
@@ -95,6 +96,11 @@ REGISTER_FIELDS: Final[dict[str, Field]] = {
     "scale": Field("float", 1.0, "value = raw × scale + offset"),
     "offset": Field("float", 0.0, "value = raw × scale + offset"),
     "unit": Field("str", None, "unit of the scaled value (quantities.md)"),
+    "writable": Field(
+        "bool", False, "the write command may set it (holding registers and coils only)"
+    ),
+    "min": Field("float", None, "with writable: the least value a write may set, in unit"),
+    "max": Field("float", None, "with writable: the largest value a write may set, in unit"),
 }
 """The keys of one register table."""
 
@@ -110,6 +116,9 @@ PROFILE_FIELDS: Final[dict[str, Field]] = {
     "max_gap": Field("int", None, "most unused registers one read may bridge", minimum=0),
 }
 """The keys of a profile file's ``[profile]`` table."""
+
+WRITABLE_TABLES: Final[frozenset[Table]] = frozenset({"holding", "coil"})
+"""The tables a register marked ``writable`` may be in."""
 
 _BUILTIN_NAME = re.compile(r"[a-z0-9][a-z0-9_.-]*")
 
@@ -228,6 +237,11 @@ class _Checker:
                 self.issue(path, f'"{key}": expected a finite number, found {show_value(value)}')
                 return False
             return self._range(value, field, path, key)
+        if field.kind == "bool":
+            if not isinstance(value, bool):
+                self.issue(path, f'"{key}": expected true or false, found {_kind_name(value)}')
+                return False
+            return True
         raise AssertionError(f"field kind {field.kind} is not used in register tables")
 
     def _range(self, value: float, field: Field, path: Path_, key: str) -> bool:
@@ -289,9 +303,67 @@ def _register(checker: _Checker, raw: object, path: Path_) -> RegisterSpec | Non
             (*path, "address"),
             f"a {data_type} at 0x{address:04X} runs past the last address 0xFFFF",
         )
+    writable: bool = checked["writable"]
+    minimum: float | None = checked["min"]
+    maximum: float | None = checked["max"]
+    _check_writable(checker, path, table, data_type, writable, minimum, maximum)
     if len(checker.issues) > issues_before:
         return None
-    return RegisterSpec(checked["name"], address, table, data_type, order, scale, offset, unit)
+    return RegisterSpec(
+        checked["name"],
+        address,
+        table,
+        data_type,
+        order,
+        scale,
+        offset,
+        unit,
+        writable,
+        minimum,
+        maximum,
+    )
+
+
+def _check_writable(
+    checker: _Checker,
+    path: Path_,
+    table: Table,
+    data_type: DataType,
+    writable: bool,
+    minimum: float | None,
+    maximum: float | None,
+) -> None:
+    """writable only on holding registers and coils; min and max with it, for numbers."""
+    if writable and table not in WRITABLE_TABLES:
+        what = "input registers" if table == "input" else "discrete inputs"
+        checker.issue(
+            (*path, "writable"),
+            f"{what} are read-only: only holding registers and coils can be written",
+        )
+        return
+    limits = [key for key, given in (("min", minimum), ("max", maximum)) if given is not None]
+    if data_type == "bool":
+        for key in limits:
+            checker.issue((*path, key), f"a bool value takes no {key}", "key")
+        return
+    if not writable:
+        for key in limits:
+            checker.issue((*path, key), f"{key} only applies with writable = true", "key")
+        return
+    missing = [key for key in ("min", "max") if key not in limits]
+    if missing:
+        keys = " and ".join(f'"{key}"' for key in missing)
+        checker.issue(
+            (*path, "writable"),
+            f"a writable register needs {keys}: the range a written value must lie in,"
+            " in the register's unit",
+            "key",
+        )
+    elif minimum is not None and maximum is not None and minimum > maximum:
+        checker.issue(
+            (*path, "max"),
+            f'"max" ({show_value(maximum)}) is less than "min" ({show_value(minimum)})',
+        )
 
 
 def parse_registers(

@@ -13,6 +13,11 @@ by its structure:
   CRC error — the verdict, without waiting for the timeout;
 * a reply whose byte count does not fit the request is a length error.
 
+Write requests (FC 05/06/15/16, :class:`~citygate.drivers.modbus.pdu.WriteRequest`)
+are framed by :func:`encode_write_request`; their replies, 8 bytes that echo the
+request (or a 5-byte exception), by :class:`RtuWriteReplyFramer`, which gives a
+reply that does not echo the request as a ``BadReply("echo", …)``.
+
 The verdict is in :attr:`RtuReplyFramer.outcome` once :meth:`~RtuReplyFramer.feed`
 returned True; after a timeout, :meth:`RtuReplyFramer.failure` says what the
 bytes received amount to (truncated frame, wrong unit, garbage).
@@ -26,13 +31,19 @@ import struct
 from dataclasses import dataclass
 from typing import Final
 
+from citygate.drivers.api import DecodeError
+from citygate.drivers.modbus.pdu import ExceptionReply, WriteReply, WriteRequest, parse_write_reply
+
 __all__ = [
     "BadReply",
     "ExceptionReply",
     "RegisterReply",
     "RtuReplyFramer",
+    "RtuWriteReplyFramer",
+    "WriteReply",
     "crc16",
     "encode_read_request",
+    "encode_write_request",
     "rtu_frame",
 ]
 
@@ -79,6 +90,13 @@ def encode_read_request(unit: int, function: int, address: int, count: int) -> b
     return rtu_frame(unit, struct.pack(">BHH", function, address, count))
 
 
+def encode_write_request(unit: int, request: WriteRequest) -> bytes:
+    """The RTU frame of a write request (FC 05/06/15/16). Raises ValueError out of range."""
+    if not 0 <= unit <= 247:
+        raise ValueError(f"unit {unit} outside 0–247")
+    return rtu_frame(unit, request.pdu())
+
+
 @dataclass(frozen=True, slots=True)
 class RegisterReply:
     """A well-formed reply: the data bytes after the byte count."""
@@ -95,13 +113,6 @@ class RegisterReply:
 
 
 @dataclass(frozen=True, slots=True)
-class ExceptionReply:
-    """The device refused the request with an exception code."""
-
-    code: int
-
-
-@dataclass(frozen=True, slots=True)
 class BadReply:
     """A reply that cannot be used: ``kind`` (``crc``, ``length``) and why."""
 
@@ -109,7 +120,7 @@ class BadReply:
     message: str
 
 
-Outcome = RegisterReply | ExceptionReply | BadReply
+Outcome = RegisterReply | WriteReply | ExceptionReply | BadReply
 
 
 class RtuReplyFramer:
@@ -308,3 +319,32 @@ class RtuReplyFramer:
                 "length", f"reply carries {byte_count} data bytes, expected {self.expected_data}"
             )
         return RegisterReply(frame[3 : 3 + byte_count])
+
+
+class RtuWriteReplyFramer(RtuReplyFramer):
+    """Finds the reply to one write request: its 8-byte echo or a 5-byte exception.
+
+    A complete frame of the expected unit and function with a valid CRC that does
+    not echo the request (address, value or quantity) is ``BadReply("echo", …)``.
+    """
+
+    def __init__(self, unit: int, request: WriteRequest) -> None:
+        super().__init__(unit, request.function, 1)
+        self.request = request
+
+    def _length(self, buffer: bytes | bytearray, index: int) -> int | None:
+        if len(buffer) - index < 2:
+            return None
+        function = buffer[index + 1]
+        if function == self.function | 0x80:
+            return 5
+        return _WRITE_REPLY_LENGTH if function == self.function else None
+
+    def _reply(self, frame: bytes) -> Outcome:
+        try:
+            return parse_write_reply(self.request, frame[1:-2])
+        except DecodeError as exc:
+            return BadReply("echo", str(exc))
+
+
+_WRITE_REPLY_LENGTH: Final = 8  # unit, function, address, value or quantity, CRC

@@ -228,6 +228,7 @@ def test_factory_declares_the_contract() -> None:
     assert FIELDS["registers"].fields is REGISTER_FIELDS
     assert set(REGISTER_FIELDS) == {
         "name", "address", "table", "type", "order", "scale", "offset", "unit",
+        "writable", "min", "max",
     }  # fmt: skip
     assert factory.version
 
@@ -367,6 +368,79 @@ def test_every_register_error_is_reported_at_once(tmp_path: Path) -> None:
         tmp_path,
     )
     assert [i.path for i in issues] == [("registers", 0, "unit"), ("registers", 1, "type")]
+
+
+def test_writable_registers_keep_their_range(tmp_path: Path) -> None:
+    registers = [
+        {"name": "setpoint", "address": 0, "type": "int16", "scale": 0.1, "unit": "Cel",
+         "writable": True, "min": 5, "max": 30.5},
+        {"name": "relay", "address": 3, "table": "coil", "writable": True},
+        {"name": "flag", "address": 4, "type": "bool", "writable": True},
+        {"name": "fixed", "address": 5, "min": 5, "max": 5, "writable": True},
+    ]  # fmt: skip
+    config = configure({"host": "h", "registers": registers}, context(tmp_path))
+    by_name = {spec.name: spec for spec in config.registers}
+    setpoint = by_name["setpoint"]
+    assert (setpoint.writable, setpoint.minimum, setpoint.maximum) == (True, 5.0, 30.5)
+    assert by_name["relay"] == RegisterSpec("relay", 3, "coil", "bool", writable=True)
+    assert by_name["flag"].writable
+    assert (by_name["fixed"].minimum, by_name["fixed"].maximum) == (5.0, 5.0)
+
+
+@pytest.mark.parametrize(
+    ("register", "path", "at", "message"),
+    [
+        (
+            {"table": "input", "writable": True},
+            ("writable",),
+            "value",
+            "input registers are read-only: only holding registers and coils can be written",
+        ),
+        (
+            {"table": "discrete", "writable": True},
+            ("writable",),
+            "value",
+            "discrete inputs are read-only",
+        ),
+        ({"writable": True}, ("writable",), "key", 'needs "min" and "max"'),
+        ({"writable": True, "min": 0}, ("writable",), "key", 'needs "max"'),
+        ({"writable": True, "max": 0}, ("writable",), "key", 'needs "min"'),
+        ({"writable": True, "min": 3, "max": 2}, ("max",), "value", '"max" (2) is less than'),
+        ({"min": 0}, ("min",), "key", "min only applies with writable = true"),
+        (
+            {"table": "coil", "writable": True, "max": 1},
+            ("max",),
+            "key",
+            "a bool value takes no max",
+        ),
+        ({"writable": "yes"}, ("writable",), "value", '"writable": expected true or false'),
+        ({"writable": True, "min": "0", "max": 1}, ("min",), "value", "expected a number"),
+        ({"writable": True, "min": 0, "max": float("inf")}, ("max",), "value", "finite"),
+    ],
+)
+def test_writable_errors_name_their_key(
+    tmp_path: Path, register: dict[str, Any], path: tuple[str, ...], at: str, message: str
+) -> None:
+    ok = {"name": "ok", "address": 100}
+    issues = issues_of(
+        {"host": "h", "registers": [ok, {"name": "x", "address": 0, **register}]}, tmp_path
+    )
+    assert [(issue.path, issue.at) for issue in issues] == [(("registers", 1, *path), at)]
+    assert message in issues[0].message
+
+
+def test_writable_errors_in_a_profile_are_placed_in_the_file(tmp_path: Path) -> None:
+    write_profile(
+        tmp_path,
+        HEADER
+        + '[[registers]]\nname = "a"\naddress = 0\ntable = "input"\nwritable = true\n'
+        + '[[registers]]\nname = "b"\naddress = 2\nwritable = true\nmin = 1\n',
+    )
+    issues = issues_of({"host": "h", "profile": "meter.toml"}, tmp_path)
+    assert [(i.path, i.file is not None) for i in issues] == [
+        (("registers", 0, "writable"), True),
+        (("registers", 1, "writable"), True),
+    ]
 
 
 # ------------------------------------------------------------------ profile file errors

@@ -6,7 +6,8 @@ input registers) and ``typed`` (known values of every type in every word order).
 
 Layers, each usable alone:
 
-* :func:`handle_pdu` / :class:`RequestHandler`: sans-I/O, PDU bytes in, PDU bytes out;
+* :func:`handle_pdu` / :class:`RequestHandler`: sans-I/O, PDU bytes in, PDU bytes out
+  (reads, and writes of the holding registers and coils a model lets be written);
 * :class:`MbapDecoder` / :func:`encode_adu`: Modbus TCP framing, sans-I/O;
 * :class:`ModbusTcpSimulator`: the asyncio TCP server with fault injection;
 * :class:`ModbusRtuSimulator`: RTU meters on one paced RS-485 line behind a pty.
@@ -50,6 +51,8 @@ from ._others import OTHER_MODELS, MappedMeter, Row, make_other
 from ._pdu import (
     MAX_READ_BITS,
     MAX_READ_REGISTERS,
+    MAX_WRITE_BITS,
+    MAX_WRITE_REGISTERS,
     Device,
     ExceptionCode,
     FunctionCode,
@@ -84,6 +87,8 @@ __all__ = [
     "MAX_PDU_SIZE",
     "MAX_READ_BITS",
     "MAX_READ_REGISTERS",
+    "MAX_WRITE_BITS",
+    "MAX_WRITE_REGISTERS",
     "MODELS",
     "NEED_DATA",
     "OTHER_MODELS",

@@ -13,6 +13,9 @@ exception 03), and exception 02 (illegal data address) for "an attempt to access
 an invalid address or an attempt to read or write part of a floating point value"
 (an odd start address or an odd register count).
 
+Writes: the settings (holding registers, FC 16 only, whole parameters) may be
+written and read back; the serial number is read-only (exception 02).
+
 Reserved addresses inside the documented map (0x002C, 0x0032, … on the SDM630)
 read as 0 by default (``unmapped="zero_in_map"``), as meters in the field answer
 such reads (nmakel/sdm_modbus reads whole blocks across them); a read reaching
@@ -28,7 +31,7 @@ import time
 from collections.abc import Mapping
 
 from ._meter import Clock, Meter, Register, Unmapped
-from ._pdu import Table
+from ._pdu import FunctionCode, Table
 from ._physics import SECONDS_PER_DAY, PhaseState, Supply, line_to_line, neutral_current
 from ._values import ValueType
 
@@ -43,6 +46,12 @@ __all__ = [
 ]
 
 EASTRON_MAX_READ_REGISTERS = 80
+EASTRON_FUNCTION_CODES = (
+    FunctionCode.READ_HOLDING_REGISTERS,
+    FunctionCode.READ_INPUT_REGISTERS,
+    FunctionCode.WRITE_MULTIPLE_REGISTERS,
+)
+"""The documents' function codes: 03 and 04 to read, 16 to write the settings."""
 EASTRON_UNMAPPED: Unmapped = "zero_in_map"
 """The Eastron models' default answer to reads over reserved addresses."""
 _SERIAL_NUMBER_RANGE = (0xFC00, 0xFC02)
@@ -192,6 +201,15 @@ SDM120_MAP_RANGES: dict[Table, tuple[tuple[int, int], ...]] = {
 """The documented SDM120 map's ``(start, end)`` address ranges (end exclusive)."""
 
 
+def _settings(registers: tuple[Register, ...]) -> list[tuple[int, int]]:
+    """The writable holding registers: every setting, not the serial number."""
+    return [
+        (register.address, register.address + register.count)
+        for register in registers
+        if register.table is _HOLD and register.name != "serial_number"
+    ]
+
+
 class _Demand:
     """A demand value (a moving average over the demand period) and its maximum.
 
@@ -239,8 +257,10 @@ class _SupplyMeter(Meter):
             clock=clock,
             map_ranges=map_ranges,
             unmapped=unmapped,
+            function_codes=EASTRON_FUNCTION_CODES,
             max_read_registers=EASTRON_MAX_READ_REGISTERS,
             parameter_registers=2,
+            writable={_HOLD: _settings(registers)},
         )
         self.supply = supply
         self._speed = speed

@@ -4,6 +4,11 @@ A :class:`Meter` keeps its physical state in subclass code and its register
 images in :mod:`._banks`. State advances lazily, when a request or ``truth()``
 finds that at least :data:`ADVANCE_PERIOD` seconds have passed on the injected
 clock; the register images are encoded once per advance, never per request.
+
+Writes (FC 05/06/15/16) land in the images of the ``writable`` ranges a model
+declares (holding registers and coils) and stay: a written register keeps its
+written bytes through every later advance. A write touching anything else is
+answered with exception 02, as a meter answers a write to a read-only address.
 """
 
 from __future__ import annotations
@@ -76,6 +81,9 @@ class _Slot:
     """Where one register's encoded bytes live, precomputed for fast encoding."""
 
     name: str
+    table: Table
+    address: int
+    count: int
     image: bytearray
     offset: int
     packer: struct.Struct
@@ -106,6 +114,7 @@ class Meter:
         unmapped: Unmapped = "exception",
         max_read_registers: int = MAX_READ_REGISTERS,
         parameter_registers: int = 1,
+        writable: Mapping[Table, Iterable[tuple[int, int]]] | None = None,
     ) -> None:
         """Build empty tables for ``registers`` plus the extra ``mapped`` ranges.
 
@@ -113,7 +122,9 @@ class Meter:
         ``unmapped="zero_in_map"`` (default: each table from its first register to
         the end of its last). ``max_read_registers`` below 125 and
         ``parameter_registers`` above 1 are device rules (the Eastron meters': at
-        most 80 registers, whole 2-register parameters only).
+        most 80 registers, whole 2-register parameters only; writes too).
+        ``writable``: the ``(start, end)`` ranges of holding registers and coils
+        that writes may set (they must be mapped); none by default.
         """
         names = [register.name for register in registers]
         if len(set(names)) != len(names):
@@ -145,6 +156,20 @@ class Meter:
             for table in _BIT_TABLES
         }
         self._map_ranges = _map_ranges(model, registers, extra, map_ranges)
+        given_writable = writable or {}
+        if set(given_writable) - {Table.HOLDING_REGISTERS, Table.COILS}:
+            raise ValueError(f"{model}: only holding registers and coils can be writable")
+        self._writable = {
+            table: AddressRanges(given_writable.get(table, ()))
+            for table in (Table.HOLDING_REGISTERS, Table.COILS)
+        }
+        self._written_words: dict[str, bytes] = {}  # register name -> its bytes as written
+        self._written_bits: dict[str, bool] = {}
+        self._bit_names = {
+            (register.table, register.address): register.name
+            for register in registers
+            if register.type is ValueType.BOOL
+        }
         self._slots: list[_Slot] = []
         for register in registers:
             if register.type is ValueType.BOOL:
@@ -159,6 +184,9 @@ class Meter:
             self._slots.append(
                 _Slot(
                     register.name,
+                    register.table,
+                    register.address,
+                    register.count,
                     image,
                     offset,
                     big_endian_struct(register.type),
@@ -266,6 +294,48 @@ class Meter:
         data = bank.read(address, count)
         return ExceptionCode.ILLEGAL_DATA_ADDRESS if data is None else data
 
+    def writable(self, table: Table) -> list[tuple[int, int]]:
+        """The ``(start, end)`` ranges of ``table`` writes may set (end exclusive)."""
+        ranges = self._writable.get(table)
+        return ranges.ranges if ranges is not None else []
+
+    def write_bits(self, address: int, bits: list[bool]) -> ExceptionCode | None:
+        """Set coils from ``address``; exception 02 unless all are writable."""
+        if not self._writable[Table.COILS].contains(address, len(bits)):
+            return ExceptionCode.ILLEGAL_DATA_ADDRESS
+        bank = self._bit_banks[Table.COILS]
+        if bank.read(address, len(bits)) is None:
+            return ExceptionCode.ILLEGAL_DATA_ADDRESS
+        self.refresh()
+        for offset, bit in enumerate(bits):
+            bank.set(address + offset, bit)
+            name = self._bit_names.get((Table.COILS, address + offset))
+            if name is not None:
+                self._written_bits[name] = bit
+        return None
+
+    def write_registers(self, address: int, data: bytes) -> ExceptionCode | None:
+        """Store wire bytes in holding registers from ``address``; exception 02 unless
+        all are writable (and, on a meter of whole parameters, whole ones)."""
+        count = len(data) // 2
+        step = self._parameter_registers
+        if address % step or count % step:
+            return ExceptionCode.ILLEGAL_DATA_ADDRESS
+        if not self._writable[Table.HOLDING_REGISTERS].contains(address, count):
+            return ExceptionCode.ILLEGAL_DATA_ADDRESS
+        bank = self._register_banks[Table.HOLDING_REGISTERS]
+        if bank.read(address, count) is None:
+            return ExceptionCode.ILLEGAL_DATA_ADDRESS
+        self.refresh()
+        bank.write(address, data)
+        end = address + count
+        for slot in self._slots:
+            overlaps = slot.address < end and address < slot.address + slot.count
+            if slot.table is Table.HOLDING_REGISTERS and overlaps:
+                size = 2 * slot.count
+                self._written_words[slot.name] = bytes(slot.image[slot.offset : slot.offset + size])
+        return None
+
     # -- subclass hooks --------------------------------------------------------------------
 
     def _advance(self, elapsed: float) -> None:
@@ -278,7 +348,12 @@ class Meter:
     def _publish(self) -> None:
         """Encode the current values into the register images."""
         values = self._values()
+        written = self._written_words
         for slot in self._slots:
+            if written and slot.name in written:
+                data = written[slot.name]
+                slot.image[slot.offset : slot.offset + len(data)] = data
+                continue
             value = values[slot.name]
             if not slot.is_float:
                 value = int(value)
@@ -287,9 +362,11 @@ class Meter:
             else:
                 encoded = rearrange(slot.packer.pack(value), slot.order)
                 slot.image[slot.offset : slot.offset + len(encoded)] = encoded
+        bits = self._written_bits
         for register in self._registers:
             if register.type is ValueType.BOOL:
-                self._bit_banks[register.table].set(register.address, bool(values[register.name]))
+                value = bits[register.name] if register.name in bits else values[register.name]
+                self._bit_banks[register.table].set(register.address, bool(value))
 
 
 def _map_ranges(

@@ -141,7 +141,9 @@ class TypedMeter(Meter):
     :func:`typed_address` (named ``<table>_<type>_<order>``, e.g.
     ``holding_float32_cdab``). Holding 100..119 and input 0..15 are mapped and
     hold the spec examples' words (others 0); coils 0..63 and discrete inputs
-    0..255 hold the spec examples' bits. Answers function codes 01 to 04.
+    0..255 hold the spec examples' bits. Answers function codes 01 to 04, and
+    05, 06, 15, 16: the typed holding block and the coils may be written (a
+    written value reads back); holding 100..119 are read-only (exception 02).
     """
 
     def __init__(self, *, unmapped: Unmapped = "exception") -> None:
@@ -158,6 +160,10 @@ class TypedMeter(Meter):
                 Table.INPUT_REGISTERS: [(TYPED_BASE_ADDRESS, _TYPED_END), _SPEC_INPUT_RANGE],
             },
             unmapped=unmapped,
+            writable={
+                Table.HOLDING_REGISTERS: [(TYPED_BASE_ADDRESS, _TYPED_END)],
+                Table.COILS: [(0, _COIL_COUNT)],
+            },
         )
         self._fixed: dict[str, float] = {}
         for register in self.registers:

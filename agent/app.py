@@ -9,6 +9,7 @@
     ├── housekeeping       max_age expiry, health → systemd WATCHDOG=1, STATUS=
     ├── pace               is the publisher falling behind the polling?
     ├── loop-lag           event-loop lag (metrics ``loop_lag_max_ms``); skipped-poll episodes
+    ├── commands           remote commands, when ``[commands] enabled`` (agent/commands.py)
     └── sources (TaskGroup, inside the body)
         ├── device <id>    one supervisor per device
         ├── ble-scanner    the BLE hub, when BLE devices are configured
@@ -43,6 +44,7 @@ import asyncio
 import collections
 import contextlib
 import itertools
+import json
 import logging
 import os
 import signal
@@ -54,6 +56,7 @@ from typing import Any
 from citygate import __version__, datadir, logs, registry, systemd
 from citygate.buffer import AsyncBuffer
 from citygate.clock import SystemTimebase, Timebase
+from citygate.commands import CommandChannel
 from citygate.config import Config, ConfigError, DeviceConfig, load
 from citygate.devstate import FileDeviceState
 from citygate.drivers.api import (
@@ -72,7 +75,7 @@ from citygate.mqtt import Publisher
 from citygate.mqtt.announce import METRICS_INTERVAL_S
 from citygate.pipeline import BufferWriter
 from citygate.reload import ReloadPlan, line_users, plan_reload
-from citygate.status import Counters, StatusBoard
+from citygate.status import Counters, StatusBoard, status_report
 from citygate.supervise import DeviceSupervisor
 
 log = logging.getLogger(__name__)
@@ -134,6 +137,19 @@ class Agent:
         self.exit_status = 0
         self._metrics_interval = metrics_interval
         self._before_fetch = before_fetch
+        self._supervisors: dict[str, DeviceSupervisor] = {}
+        # Commands: enabled at start (a reload changes their permissions and rate, not this).
+        self.commands: CommandChannel | None = None
+        if config.commands.enabled:
+            self.commands = CommandChannel(
+                config.mqtt.topic_prefix,
+                config.gateway.id,
+                config.gateway.data_dir,
+                self.counters,
+                lambda: self.config.commands,
+                self.current_status,
+                self._supervisors.get,
+            )
         self.publisher = self._new_publisher(config)
         self.writer = BufferWriter(self.buffer, self._notify_publisher)
         self._sinks: asyncio.TaskGroup | None = None
@@ -159,7 +175,16 @@ class Agent:
             metrics_interval=self._metrics_interval,
             extra_metrics=self._extra_metrics,
             before_fetch=self._before_fetch,
+            commands=self.commands,
         )
+
+    async def current_status(self) -> dict[str, Any]:
+        """What ``citygate status --json`` prints, from the running agent."""
+        async with asyncio.timeout(BUFFER_CHECK_TIMEOUT_S):
+            stats = await self.buffer.stats()
+        statuses = {d: s.to_json() for d, s in self.board.devices.items()}
+        statuses["#publisher"] = json.dumps({"refused_samples": self.publisher.refused_samples})
+        return status_report([d.id for d in self.config.devices], stats, statuses)
 
     # Bound to the agent, not to one publisher or line set: a reload may replace them.
     def _notify_publisher(self, readings: int) -> None:
@@ -167,7 +192,10 @@ class Agent:
 
     def _extra_metrics(self) -> dict[str, Any]:
         # Called once per metrics message: the lag's period is the metrics period.
-        return {"loop_lag_max_ms": self.loop_lag.take_max_ms(), **self.lines.metrics()}
+        extra: dict[str, Any] = {"loop_lag_max_ms": self.loop_lag.take_max_ms()}
+        if self.commands is not None:
+            extra["commands"] = dict(self.counters.commands)
+        return {**extra, **self.lines.metrics()}
 
     def _ble_hub(self, config: Config, enabled: Iterable[DeviceConfig]) -> Hub | None:
         if not any(d.driver == "ble" for d in enabled):
@@ -248,6 +276,7 @@ class Agent:
             wall=self._timebase.wall,
             on_skipped=self.skips.skipped,
         )
+        self._supervisors[device.id] = supervisor
         self._device_tasks[device.id] = self._sources.create_task(
             supervisor.run(), name=f"device {device.id}"
         )
@@ -273,6 +302,9 @@ class Agent:
                 housekeeping_task = sinks.create_task(self._housekeeping(), name="housekeeping")
                 pace_task = sinks.create_task(self._watch_pace(), name="pace")
                 lag_task = sinks.create_task(self.loop_lag.run(), name="loop-lag")
+                commands_task = None
+                if self.commands is not None:
+                    commands_task = sinks.create_task(self.commands.run(), name="commands")
                 log.info(
                     "citygate %s running: gateway %s, %d devices, broker %s",
                     _version(),
@@ -306,6 +338,8 @@ class Agent:
                 housekeeping_task.cancel()
                 pace_task.cancel()
                 lag_task.cancel()
+                if commands_task is not None:
+                    commands_task.cancel()
             self.lines.close()
             await self._save_all_states()
             stats = await self.buffer.stats()
@@ -412,6 +446,9 @@ class Agent:
         )
 
     async def _stop_devices(self, device_ids: Iterable[str]) -> None:
+        device_ids = list(device_ids)
+        for device_id in device_ids:
+            self._supervisors.pop(device_id, None)
         tasks = [self._device_tasks.pop(i) for i in device_ids if i in self._device_tasks]
         await _cancel_and_wait(tasks, DEVICE_STOP_TIMEOUT_S, "device")
 

@@ -32,6 +32,7 @@ from citygate.drivers.api import (
     SerialLine,
     UsageError,
 )
+from citygate.status import status_report
 
 if TYPE_CHECKING:
     from citygate.lines import LineOwner
@@ -84,6 +85,23 @@ def _parser(scans: Mapping[str, ScanCommand]) -> argparse.ArgumentParser:
         with_config(s)
         command.add_arguments(s)
 
+    p = sub.add_parser("cmd", help="send a remote command to a gateway and print its reply")
+    p.add_argument("gateway", help="the gateway's id")
+    p.add_argument("name", help="status, read, write, …")
+    p.add_argument("--device", help="the device the command is about")
+    p.add_argument(
+        "--arg",
+        action="append",
+        default=[],
+        metavar="K=V",
+        help="an argument (V is read as JSON when it can be: 230.5, true; else a string)",
+    )
+    p.add_argument("--broker", required=True, metavar="URL", help="mqtt://HOST[:PORT], mqtts://…")
+    p.add_argument("--username")
+    p.add_argument("--password-file", type=Path)
+    p.add_argument("--timeout", type=float, default=10.0, help="seconds (default %(default)s)")
+    p.add_argument("--prefix", default="city", help="the topic prefix (default %(default)s)")
+
     p = sub.add_parser(
         "demo", help="the zero-setup tour: simulators, a broker, the agent, live readings"
     )
@@ -115,6 +133,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _drivers()
         if command == "scan":
             return _scan(args, scans)
+        if command == "cmd":
+            from citygate.remote import send_command
+
+            return send_command(args)
         if command == "demo":
             from citygate.demo import run_demo
 
@@ -335,27 +357,9 @@ def _status(path: Path, as_json: bool) -> int:
         return EXIT_FAILURE
     stats, statuses = open_readonly_stats(db)
     now = wall_time()
-    devices: dict[str, Any] = {}
-    for device in config.devices:
-        raw = statuses.get(device.id)
-        status = (
-            json.loads(raw) if raw else {"state": "unknown", "error": None, "last_sample": None}
-        )
-        devices[device.id] = {
-            "state": status.get("state"),
-            "error": status.get("error"),
-            "last_sample": status.get("last_sample"),
-        }
-    oldest_age = None if stats.oldest_unsent_age_s is None else round(stats.oldest_unsent_age_s, 3)
-    publisher = json.loads(statuses.get("#publisher") or "{}")  # agent/mqtt/data.py
-    report = {
-        "backlog_samples": stats.backlog_samples,
-        "backlog_bytes": stats.backlog_bytes,
-        "oldest_unsent_age_s": oldest_age,
-        "dropped_samples": stats.dropped_samples,
-        "refused_samples": int(publisher.get("refused_samples", 0)),
-        "devices": devices,
-    }
+    report = status_report([d.id for d in config.devices], stats, statuses)
+    devices: dict[str, Any] = report["devices"]
+    oldest_age = report["oldest_unsent_age_s"]
     if as_json:
         print(json.dumps(report, indent=2))
         return EXIT_OK

@@ -191,6 +191,20 @@ class BufferSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class CommandSettings:
+    """``[commands]``: the opt-in remote command channel (mqtt.md, Commands)."""
+
+    enabled: bool = False
+    status: bool = True
+    read: bool = True
+    write: bool = False
+    scan: bool = False
+    config: bool = False
+    rollback_after: float = 120.0
+    max_per_minute: int = 30
+
+
+@dataclass(frozen=True, slots=True)
 class DeviceConfig:
     """A ``[[device]]`` table: common keys, the driver's typed options and the
     object its factory's ``configure`` returned."""
@@ -218,6 +232,7 @@ class Config:
     devices: tuple[DeviceConfig, ...]
     warnings: tuple[Problem, ...] = ()
     files: tuple[Path, ...] = ()  # every TOML file read: main, includes
+    commands: CommandSettings = field(default_factory=CommandSettings)
 
 
 # --------------------------------------------------------------------------- values
@@ -377,6 +392,17 @@ BUFFER_FIELDS: Final[Mapping[str, Field]] = {
     "durability": Field("str", "normal", choices=("normal", "full")),
 }
 
+COMMANDS_FIELDS: Final[Mapping[str, Field]] = {
+    "enabled": Field("bool", False, help="subscribe to P/G/cmd/+ and answer requests"),
+    "status": Field("bool", True),
+    "read": Field("bool", True),
+    "write": Field("bool", False, help="also needs writable registers"),
+    "scan": Field("bool", False),
+    "config": Field("bool", False),
+    "rollback_after": Field("duration", 120.0, minimum=1, maximum=86400.0),
+    "max_per_minute": Field("int", 30, minimum=1, maximum=10_000),
+}
+
 SERIAL_FIELDS: Final[Mapping[str, Field]] = {
     "id": Field("str", REQUIRED, help=_ID_HELP, pattern=ID_PATTERN),
     "port": Field("str", REQUIRED, help="/dev/ttyUSB0, /dev/serial/by-id/…"),
@@ -408,7 +434,16 @@ DEVICE_FIELDS: Final[Mapping[str, Field]] = {
 _SERIAL_BAUDRATE_BY_DRIVER: Final = {"mbus": 2400}
 """A line used only by devices of this driver defaults to this baud rate."""
 
-_MAIN_KEYS: Final = ("gateway", "mqtt", "buffer", "serial", "ble", "device", "include")
+_MAIN_KEYS: Final = (
+    "gateway",
+    "mqtt",
+    "buffer",
+    "commands",
+    "serial",
+    "ble",
+    "device",
+    "include",
+)
 _INCLUDED_KEYS: Final = ("serial", "device")
 _ARRAYS_OF_TABLES: Final = ("serial", "device")
 
@@ -760,6 +795,7 @@ class _Loader:
         gateway = self.gateway(main)
         mqtt = self.mqtt(main, gateway.id if gateway else "")
         buffer, _ = self.section(main, "buffer", BUFFER_FIELDS)
+        commands, _ = self.section(main, "commands", COMMANDS_FIELDS)
         ble = self.ble(main)
         serial_tables = [t for s in sources for t in self.array_of_tables(s, "serial")]
         device_tables = [t for s in sources for t in self.array_of_tables(s, "device")]
@@ -783,6 +819,7 @@ class _Loader:
             devices=tuple(d for d in devices if d is not None),
             warnings=tuple(warnings),
             files=tuple(self.files),
+            commands=CommandSettings(**commands),
         )
 
     def check_top_level(self, source: _Source, allowed: Sequence[str], where: str) -> None:
@@ -1366,6 +1403,7 @@ _TOP_LEVEL_NAMES: Final = {
     "gateway": "[gateway]",
     "mqtt": "[mqtt]",
     "buffer": "[buffer]",
+    "commands": "[commands]",
     "serial": "[[serial]]",
     "ble": "[ble]",
     "device": "[[device]]",

@@ -157,6 +157,37 @@ class Counters:
     polls_skipped: int = 0
     broker_reconnects: int = 0
     overflow_samples: int = 0  # dropped before the buffer: a push driver outran the pipeline
+    commands: dict[str, int] = field(default_factory=dict)  # remote commands by outcome
+
+    def command(self, outcome: str) -> None:
+        """Count one remote command request by its outcome (``ok``, ``busy``, …)."""
+        self.commands[outcome] = self.commands.get(outcome, 0) + 1
+
+
+def status_report(device_ids: list[str], stats: Any, statuses: dict[str, str]) -> dict[str, Any]:
+    """What ``citygate status --json`` prints: the buffer's ``stats`` (a ``BufferStats``)
+    and the saved device statuses (``open_readonly_stats``) of the config's devices."""
+    devices: dict[str, Any] = {}
+    for device_id in device_ids:
+        raw = statuses.get(device_id)
+        status = (
+            json.loads(raw) if raw else {"state": "unknown", "error": None, "last_sample": None}
+        )
+        devices[device_id] = {
+            "state": status.get("state"),
+            "error": status.get("error"),
+            "last_sample": status.get("last_sample"),
+        }
+    oldest_age = None if stats.oldest_unsent_age_s is None else round(stats.oldest_unsent_age_s, 3)
+    publisher = json.loads(statuses.get("#publisher") or "{}")  # agent/mqtt/data.py
+    return {
+        "backlog_samples": stats.backlog_samples,
+        "backlog_bytes": stats.backlog_bytes,
+        "oldest_unsent_age_s": oldest_age,
+        "dropped_samples": stats.dropped_samples,
+        "refused_samples": int(publisher.get("refused_samples", 0)),
+        "devices": devices,
+    }
 
 
 def rss_bytes() -> int:

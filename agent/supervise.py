@@ -3,6 +3,13 @@
 A device's errors never leave its supervisor: a transport failure closes the
 driver and reopens it later, a device or decode error is counted and the next
 poll goes ahead on schedule. Only cancellation ends a supervisor.
+
+Remote commands (agent/commands.py) ask a supervisor for a poll now or a write
+(:meth:`DeviceSupervisor.request_read`, :meth:`DeviceSupervisor.request_write`): the
+supervisor's own loop carries them out between its scheduled polls, so a device never
+has two operations at once and, on a shared serial line, each takes its turn like any
+poll. A read's sample also goes the normal way (buffer, ``data``); it does not move the
+polling grid. A push device answers a read with its latest sample.
 """
 
 from __future__ import annotations
@@ -12,11 +19,13 @@ import logging
 import math
 import random
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Protocol
+from dataclasses import dataclass
+from typing import Any, Protocol
 
 from citygate.clock import wall_time
 from citygate.drivers.api import (
     DecodeError,
+    DeviceError,
     DriverError,
     Measurement,
     PollDriver,
@@ -24,8 +33,10 @@ from citygate.drivers.api import (
     ReportsStatus,
     SilentDevice,
     TransportError,
+    WritableDriver,
+    WriteRefused,
 )
-from citygate.model import Sample
+from citygate.model import Reading, Sample
 from citygate.normalise import Normaliser
 from citygate.status import Counters, StatusBoard
 
@@ -47,6 +58,32 @@ BACKOFF_START_S = 1.0
 BACKOFF_MAX_S = 300.0
 BACKOFF_AFTER_FAILURES = 3
 POLL_GUARD_MIN_S = 60.0
+MAX_PENDING_REQUESTS = 8  # per device: commands waiting for the device's turn
+
+
+class NoData(Exception):
+    """A push device has sent no sample yet."""
+
+
+class Busy(Exception):
+    """Too many commands already wait for this device."""
+
+
+@dataclass(frozen=True, slots=True)
+class Readout:
+    """A sample's readings, answered to a read command."""
+
+    readings: tuple[Reading, ...]
+    time: float
+
+
+@dataclass(frozen=True, slots=True)
+class _Request:
+    """A read (``name`` None) or a write, and the future its result goes to."""
+
+    future: asyncio.Future[Any]
+    name: str | None = None
+    value: float | int | bool = 0
 
 
 def describe(exc: BaseException) -> str:
@@ -124,6 +161,110 @@ class DeviceSupervisor:
         self._deadline: float | None = None  # the next poll's time on the grid
         self.poll_guard = max(POLL_GUARD_MIN_S, 3 * interval)
         """Longest a poll may take (drivers time their own I/O; this is the last resort)."""
+        self._requests: list[_Request] = []
+        self._wake = asyncio.Event()
+        self._push = False  # the open driver is a push driver
+        self._polling = False  # a poll driver is open: commands can have its turn
+        self._latest: Readout | None = None
+
+    # ------------------------------------------------------------ commands
+
+    def request_read(self) -> asyncio.Future[Readout]:
+        """A poll now, in the device's turn: the future gets its readings (or the poll's
+        error); a push device's gets its latest sample at once, or :class:`NoData`."""
+        future: asyncio.Future[Readout] = asyncio.get_running_loop().create_future()
+        if self._push:
+            if self._latest is None:
+                future.set_exception(NoData(f"{self.device_id}: no sample yet"))
+            else:
+                future.set_result(self._latest)
+            return future
+        self._enqueue(_Request(future))
+        return future
+
+    def request_write(self, name: str, value: float | int | bool) -> asyncio.Future[Any]:
+        """A write of ``value`` to ``name`` in the device's turn: the future gets the value
+        read back, or the driver's error (``WriteRefused``, a driver error)."""
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._enqueue(_Request(future, name, value))
+        return future
+
+    def _enqueue(self, request: _Request) -> None:
+        if not self._polling:
+            status = self._board.devices.get(self.device_id)
+            error = None if status is None else status.error
+            request.future.set_exception(
+                DeviceError(f"{self.device_id}: not connected" + (f" ({error})" if error else ""))
+            )
+            return
+        self._requests = [r for r in self._requests if not r.future.done()]
+        if len(self._requests) >= MAX_PENDING_REQUESTS:
+            request.future.set_exception(Busy(f"{self.device_id}: too many commands waiting"))
+            return
+        self._requests.append(request)
+        self._wake.set()
+
+    def _fail_requests(self, exc: BaseException) -> None:
+        requests, self._requests = self._requests, []
+        for request in requests:
+            if not request.future.done():
+                request.future.set_exception(exc)
+
+    async def _pause(self, wait: float) -> None:
+        """Sleep ``wait`` seconds, or less when a command asks for the device."""
+        if self._requests:
+            return
+        self._wake.clear()
+        sleeping = asyncio.ensure_future(self._sleep(wait))
+        waking = asyncio.ensure_future(self._wake.wait())
+        try:
+            await asyncio.wait([sleeping, waking], return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in (sleeping, waking):
+                task.cancel()
+            await asyncio.wait([sleeping, waking])
+
+    async def _serve_requests(self, driver: PollDriver) -> None:
+        """Carry out the commands waiting for this device, one after the other."""
+        requests, self._requests = self._requests, []
+        for request in requests:
+            if request.future.done():
+                continue  # its command gave up waiting
+            if request.name is None:
+                sample_time = self._wall()
+                try:
+                    async with asyncio.timeout(self.poll_guard):
+                        measurements = await driver.poll()
+                except TransportError as exc:
+                    self._fail_requests(exc)
+                    request.future.set_exception(exc)
+                    raise
+                except (DriverError, TimeoutError, OSError) as exc:
+                    request.future.set_exception(exc)
+                    self._fail(exc)
+                else:
+                    readings = await self._accept(measurements, sample_time)
+                    if not request.future.done():
+                        request.future.set_result(Readout(readings, sample_time))
+                continue
+            if not isinstance(driver, WritableDriver):
+                request.future.set_exception(
+                    WriteRefused("forbidden", f"{self.device_id}: its driver cannot write")
+                )
+                continue
+            try:
+                async with asyncio.timeout(self.poll_guard):
+                    value = await driver.write(request.name, request.value)
+            except TransportError as exc:
+                self._fail_requests(exc)
+                request.future.set_exception(exc)
+                raise
+            except Exception as exc:  # WriteRefused, DriverError, a timeout: the reply says
+                if not request.future.done():
+                    request.future.set_exception(exc)
+            else:
+                if not request.future.done():
+                    request.future.set_result(value)
 
     def _now(self) -> float:
         if self._clock is not None:
@@ -148,8 +289,10 @@ class DeviceSupervisor:
                 continue
             try:
                 if isinstance(driver, PollDriver):
+                    self._polling = True
                     await self._poll_loop(driver)
                 else:
+                    self._push = True
                     await self._push_loop(driver)
             except (DriverError, TimeoutError, OSError) as exc:
                 self._fail(exc)
@@ -157,6 +300,8 @@ class DeviceSupervisor:
                 log.exception("%s: driver failed unexpectedly", self.device_id)
                 self._fail(exc)
             finally:
+                self._push = self._polling = False
+                self._fail_requests(DeviceError(f"{self.device_id}: connection closed"))
                 try:
                     async with asyncio.timeout(OPEN_TIMEOUT_S):
                         await driver.__aexit__(None, None, None)
@@ -185,6 +330,7 @@ class DeviceSupervisor:
         await self._sleep(self._deadline - now)
 
     def _fail(self, exc: BaseException) -> None:
+        self._fail_requests(exc)  # commands waiting for the device are told at once
         if isinstance(exc, SilentDevice):
             # Silence of a push device is a state, not a fault to back off from:
             # offline now, online again with its next advert.
@@ -194,7 +340,9 @@ class DeviceSupervisor:
         self._counters.poll_errors += 1
         self._board.failure(self.device_id, describe(exc), self._failures)
 
-    async def _accept(self, measurements: Sequence[Measurement], sample_time: float) -> None:
+    async def _accept(
+        self, measurements: Sequence[Measurement], sample_time: float
+    ) -> tuple[Reading, ...]:
         readings = self._normalise(measurements)
         invalid = self._normalise.invalid_readings
         if invalid:
@@ -204,10 +352,12 @@ class DeviceSupervisor:
         self._backoff.reset()
         self._board.success(self.device_id, sample_time)
         if not readings:
-            return
+            return readings
+        self._latest = Readout(readings, sample_time)
         self._counters.samples_read += 1
         self._counters.readings_read += len(readings)
         await self._submit(Sample(self.device_id, sample_time, readings, self._clock_synced()))
+        return readings
 
     async def _poll_loop(self, driver: PollDriver) -> None:
         if self._deadline is None:
@@ -216,7 +366,11 @@ class DeviceSupervisor:
             raise_if_cancelled()
             wait = self._deadline - self._now()
             if wait > 0:
-                await self._sleep(wait)
+                await self._pause(wait)
+            if self._requests:
+                await self._serve_requests(driver)
+                if self._deadline > self._now():
+                    continue  # woken early: the scheduled poll stays on its grid
             if self._overloaded():
                 # The pipeline cannot take more: skip (and count) this poll rather
                 # than let polls starve the publisher of the event loop.

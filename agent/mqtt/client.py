@@ -4,9 +4,11 @@ Why not aiomqtt: its public API drops the PUBACK reason code (a refused publish 
 delivered), queues every incoming message without bound, and reconnecting one client needs its
 private attributes. paho's public API has all that is needed: ``on_publish`` gets the PUBACK
 reason code (callback API version 2), ``on_message`` sees each incoming message as it is parsed
-(it is counted and dropped there, never queued), the CONNECT properties carry a Maximum Packet
-Size, and ``socket()``, ``loop_read()``, ``loop_write()``, ``loop_misc()`` with the
-``on_socket_*`` callbacks let the asyncio loop drive the socket.
+(it is counted and dropped there, never queued, unless it matches the one routed
+subscription: the command channel's, agent/commands.py, with its own bounded queue), the
+CONNECT properties carry a Maximum Packet Size, and ``socket()``, ``loop_read()``,
+``loop_write()``, ``loop_misc()`` with the ``on_socket_*`` callbacks let the asyncio loop
+drive the socket.
 
 Why one client for the publisher's life rather than a fresh client per connection with the
 buffer as the session: the paho client's MQTT session (clean start off) keeps the QoS 1
@@ -65,6 +67,17 @@ class PublishTimeout(MqttError):
 
 
 @dataclass(frozen=True, slots=True)
+class Incoming:
+    """A message that matched the routed subscription (see :meth:`Client.route`)."""
+
+    topic: str
+    payload: bytes
+    retain: bool
+    response_topic: str | None = None  # MQTT 5 Response Topic
+    correlation_data: bytes | None = None  # MQTT 5 Correlation Data
+
+
+@dataclass(frozen=True, slots=True)
 class Will:
     """The connection's will message."""
 
@@ -108,7 +121,8 @@ class Client:
     :meth:`connect` makes a connection (and may be called again after it is lost);
     :meth:`publish` waits for the PUBACK and returns its reason code (QoS 1 publishes wait
     across reconnects: the session re-sends them); :attr:`lost` ends with the reason the
-    connection ended. Incoming messages are counted in :attr:`unsolicited` and dropped.
+    connection ended. Incoming messages are counted in :attr:`unsolicited` and dropped, except
+    those matching the filter given to :meth:`route`, which go to its sink.
     """
 
     def __init__(
@@ -161,6 +175,7 @@ class Client:
         p.on_disconnect = self._on_disconnect
         p.on_publish = self._on_publish
         p.on_message = self._on_message
+        p.on_subscribe = self._on_subscribe
         p.on_socket_close = self._on_socket_close
         p.on_socket_register_write = self._on_socket_register_write
         p.on_socket_unregister_write = self._on_socket_unregister_write
@@ -174,6 +189,8 @@ class Client:
         self.unsolicited = 0
         """Messages the broker sent that nobody asked for (counted, dropped at once)."""
         self.unsolicited_bytes = 0
+        self._route: tuple[str, Callable[[Incoming], None]] | None = None
+        self._subscribes: dict[int, asyncio.Future[list[ReasonCode]]] = {}
 
     # ----------------------------------------------------------------- connection
 
@@ -282,7 +299,41 @@ class Client:
             if self._publishes.get(info.mid) is future:
                 del self._publishes[info.mid]  # answered, or nobody waits any more
 
+    # ----------------------------------------------------------------- subscribing
+
+    def route(self, topic_filter: str, sink: Callable[[Incoming], None]) -> None:
+        """Hand messages whose topic matches ``topic_filter`` (``+`` and ``#`` wildcards) to
+        ``sink``, called on the event loop thread; it must not block or queue without bound."""
+        self._route = (topic_filter, sink)
+
+    async def subscribe(self, topic_filter: str, qos: int, within: float) -> ReasonCode:
+        """Subscribe and wait up to ``within`` seconds for the SUBACK; its reason code (check
+        ``is_failure``). Raises :class:`MqttError` when not connected or not answered."""
+        rc, mid = self._paho.subscribe(topic_filter, qos=qos)
+        if rc != MQTTErrorCode.MQTT_ERR_SUCCESS or mid is None:
+            raise MqttError(f"subscribe failed: {paho.error_string(rc)}")
+        future: asyncio.Future[list[ReasonCode]] = self._loop.create_future()
+        self._subscribes[mid] = future
+        try:
+            async with asyncio.timeout(within):
+                codes = await asyncio.shield(future)
+        except TimeoutError:
+            raise MqttError(f"no SUBACK within {within:g} s") from None
+        finally:
+            self._subscribes.pop(mid, None)
+        return codes[0]
+
     # ----------------------------------------------------------------- paho callbacks
+
+    def _on_subscribe(
+        self, client: paho.Client, userdata: Any, mid: int, codes: list[ReasonCode], props: Any
+    ) -> None:
+        self._dispatch(self._subscribed, mid, codes)
+
+    def _subscribed(self, mid: int, codes: list[ReasonCode]) -> None:
+        future = self._subscribes.get(mid)
+        if future is not None and not future.done():
+            future.set_result(codes)
 
     def _on_connect(
         self, client: paho.Client, userdata: Any, flags: Any, reason: ReasonCode, props: Any
@@ -358,8 +409,22 @@ class Client:
                 break
 
     def _on_message(self, client: paho.Client, userdata: Any, message: paho.MQTTMessage) -> None:
-        # The agent subscribes to nothing: a message is counted and dropped here (paho has
-        # parsed it; it is acknowledged when QoS 1 and then forgotten).
+        # Only the routed subscription (commands) is wanted: any other message is counted and
+        # dropped here (paho has parsed it; it is acknowledged when QoS 1 and then forgotten).
+        route = self._route
+        if route is not None and paho.topic_matches_sub(route[0], message.topic):
+            props = message.properties if self.v5 else None
+            response = getattr(props, "ResponseTopic", None)
+            correlation = getattr(props, "CorrelationData", None)
+            incoming = Incoming(
+                message.topic,
+                bytes(message.payload),
+                bool(message.retain),
+                response if isinstance(response, str) else None,
+                bytes(correlation) if isinstance(correlation, bytes | bytearray) else None,
+            )
+            self._dispatch(route[1], incoming)
+            return
         self.unsolicited += 1
         self.unsolicited_bytes += len(message.payload)
 

@@ -19,7 +19,7 @@ from citygate.config import GatewaySettings, MqttSettings
 from citygate.mqtt.announce import METRICS_INTERVAL_S, Announcer
 from citygate.mqtt.client import Client
 from citygate.mqtt.data import DataLoop
-from citygate.mqtt.session import ACK_TIMEOUT_MIN_S, Session
+from citygate.mqtt.session import ACK_TIMEOUT_MIN_S, CommandRoute, Session
 from citygate.status import Counters, StatusBoard
 
 
@@ -68,6 +68,7 @@ class Publisher:
         ack_timeout: float | None = None,
         extra_metrics: Callable[[], Mapping[str, Any]] | None = None,
         before_fetch: Callable[[], Awaitable[None]] | None = None,
+        commands: CommandRoute | None = None,
     ) -> None:
         if ack_timeout is None:
             ack_timeout = max(ACK_TIMEOUT_MIN_S, mqtt.keepalive)
@@ -93,6 +94,7 @@ class Publisher:
             counters,
             _OverEachConnection(self._announcer, self._data),
             ack_timeout,
+            commands,
         )
 
     @property

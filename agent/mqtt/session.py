@@ -17,6 +17,9 @@ agent hold or process anything: every incoming message is counted (``unsolicited
 and dropped as paho parses it, nothing is queued; MQTT 5 CONNECT announces a Maximum Packet
 Size of 256 KiB and a Receive Maximum of 10, so a broker may send neither large packets nor
 many unacknowledged ones. (MQTT 3.1.1 has no maximum packet size: use protocol 5.)
+The one exception is the opt-in command channel (``[commands] enabled``, agent/commands.py):
+after each CONNACK the session subscribes to its filter (``P/G/cmd/+``, QoS 1) on the same
+connection, and messages matching it go to the channel's bounded queue.
 
 Faults. A connection that dies silently is found by the keepalive (paho sends PINGREQ and closes
 after a further keepalive without an answer). A broker that answers pings but stops
@@ -52,7 +55,7 @@ import time
 from typing import Protocol
 
 from citygate.config import MqttSettings
-from citygate.mqtt.client import Client, ConnectRefused, MqttError, Will
+from citygate.mqtt.client import Client, ConnectRefused, Incoming, MqttError, Will, reason_text
 from citygate.status import Counters
 from citygate.supervise import Backoff, describe
 
@@ -103,6 +106,23 @@ class SessionHandler(Protocol):
         ...
 
 
+class CommandRoute(Protocol):
+    """Where the command channel's messages go (agent/commands.py)."""
+
+    @property
+    def topic_filter(self) -> str:
+        """The subscription: ``P/G/cmd/+``."""
+        ...
+
+    def bind(self, client: Client) -> None:
+        """The client replies go out on (one per session's life)."""
+        ...
+
+    def deliver(self, incoming: Incoming) -> None:
+        """A request arrived (on the event loop; must not block)."""
+        ...
+
+
 class FullJitter(Backoff):
     """Capped exponential backoff with full jitter: uniform in [0, min(cap, start·2ⁿ)]."""
 
@@ -122,8 +142,11 @@ class Session:
         counters: Counters,
         handler: SessionHandler,
         ack_timeout: float,
+        commands: CommandRoute | None = None,
     ) -> None:
         self._mqtt = mqtt
+        self._commands = commands
+        self._subscribe_refused: str | None = None  # logged once per distinct refusal
         self._will = will
         self._counters = counters
         self._handler = handler
@@ -178,6 +201,9 @@ class Session:
             key_file=str(m.key_file) if m.key_file else None,
             connect_timeout=self.ack_timeout,
         )
+        if self._commands is not None:
+            self.client.route(self._commands.topic_filter, self._commands.deliver)
+            self._commands.bind(self.client)
         return self.client
 
     async def run(self, client: Client) -> None:
@@ -280,8 +306,27 @@ class Session:
 
     async def _begin(self, client: Client, tg: asyncio.TaskGroup) -> None:
         await self._handler.open(client)
+        if self._commands is not None:
+            await self._subscribe(client, self._commands.topic_filter)
         self.connected = True
         self._handler.start(client, tg)
+
+    async def _subscribe(self, client: Client, topic_filter: str) -> None:
+        """Subscribe to the commands (a refusal is logged, data flows anyway)."""
+        reason = await client.subscribe(topic_filter, 1, within=self.ack_timeout)
+        if reason.is_failure:
+            refusal = reason_text(reason)
+            if refusal != self._subscribe_refused:
+                log.warning(
+                    "commands: the broker refused the subscription to %s: %s (check its ACL)",
+                    topic_filter,
+                    refusal,
+                )
+            self._subscribe_refused = refusal
+        else:
+            if self._subscribe_refused is not None:
+                log.info("commands: subscribed to %s", topic_filter)
+            self._subscribe_refused = None
 
     async def _end_session(self, client: Client) -> None:
         """Stopping: flush until the deadline, say goodbye, end the session."""

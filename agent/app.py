@@ -50,12 +50,15 @@ import os
 import signal
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from citygate import __version__, datadir, logs, registry, systemd
 from citygate.buffer import AsyncBuffer
 from citygate.clock import SystemTimebase, Timebase
+from citygate.cmd_config import ConfigCommand
+from citygate.cmd_scan import ScanRunner
 from citygate.commands import CommandChannel
 from citygate.config import Config, ConfigError, DeviceConfig, load
 from citygate.devstate import FileDeviceState
@@ -97,6 +100,15 @@ class _Shutdown(Exception):
     """Raised inside the sources group to stop every device."""
 
 
+@dataclass(frozen=True, slots=True)
+class ReloadOutcome:
+    """What :meth:`Agent.reload_now` did."""
+
+    applied: bool
+    reason: str | None = None  # why not applied
+    started: tuple[str, ...] = ()  # devices added or restarted by it
+
+
 def buffer_path(config: Config) -> Path:
     """Where the buffer of this config lives."""
     return config.gateway.data_dir / BUFFER_FILE
@@ -125,6 +137,7 @@ class Agent:
         self._factories = factories
         self.stop_requested = asyncio.Event()
         self._reload_requested = asyncio.Event()
+        self._reload_lock = asyncio.Lock()  # SIGHUP and reload_now, one at a time
         self.reloads = 0  # reloads applied (valid configs)
         self.counters = Counters()
         enabled = [d for d in config.devices if d.enabled]
@@ -149,6 +162,10 @@ class Agent:
                 lambda: self.config.commands,
                 self.current_status,
                 self._supervisors.get,
+                handlers={
+                    "config": ConfigCommand(self, factories).run,
+                    "scan": ScanRunner(lambda: self.config, factories, lambda: self.lines.owners),
+                },
             )
         self.publisher = self._new_publisher(config)
         self.writer = BufferWriter(self.buffer, self._notify_publisher)
@@ -355,18 +372,29 @@ class Agent:
         while True:
             await self._reload_requested.wait()
             self._reload_requested.clear()
+            await self._reload_once("SIGHUP")
+
+    async def reload_now(self) -> ReloadOutcome:
+        """Re-read the config file now, as SIGHUP does; returns once applied or refused."""
+        if self._sources is None or self.stop_requested.is_set():
+            return ReloadOutcome(False, "the agent is stopping")
+        return await self._reload_once("config command")
+
+    async def _reload_once(self, why: str) -> ReloadOutcome:
+        async with self._reload_lock:
             # MONOTONIC_USEC: what systemd >= 253 expects with RELOADING=1.
             systemd.notify(f"RELOADING=1\nMONOTONIC_USEC={time.monotonic_ns() // 1000}")
             try:
-                await self._reload()
+                return await self._reload(why)
             except Exception:  # a bug in the reload must not stop a running agent
                 log.exception("reload failed; the agent goes on with what is running")
+                return ReloadOutcome(False, "the reload failed (see the agent's log)")
             finally:
                 systemd.notify("READY=1")
 
-    async def _reload(self) -> None:
+    async def _reload(self, why: str) -> ReloadOutcome:
         path = self.config.path
-        log.info("SIGHUP: reloading %s", path)
+        log.info("%s: reloading %s", why, path)
         try:
             async with asyncio.timeout(LOAD_TIMEOUT_S):
                 new = await asyncio.to_thread(load, path, self._factories)
@@ -377,16 +405,18 @@ class Agent:
                 "reload: %d error(s) in the new config; still running the previous one",
                 len(exc.problems),
             )
-            return
+            return ReloadOutcome(False, f"{len(exc.problems)} error(s) in the config")
         except (OSError, TimeoutError) as exc:
             log.error("reload: cannot read %s (%s); still running the previous one", path, exc)
-            return
+            return ReloadOutcome(False, f"cannot read {path} ({str(exc) or 'timeout'})")
         for warning in new.warnings:
             log.warning("%s", warning)
         # Whether the BLE driver shares a scanner hub: the agent runs one when it does.
         ble_hub = registry.hub_factory(self._factories.get("ble")) is not None
-        await self._apply(plan_reload(self.config, new, ble_hub=ble_hub))
+        plan = plan_reload(self.config, new, ble_hub=ble_hub)
+        await self._apply(plan)
         self.reloads += 1
+        return ReloadOutcome(True, started=(*plan.added, *plan.restarted))
 
     async def _apply(self, plan: ReloadPlan) -> None:
         """Carry out ``plan``: restart what differs between the running and the new config."""

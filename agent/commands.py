@@ -47,7 +47,7 @@ from citygate.supervise import Busy, DeviceSupervisor, NoData, Readout, describe
 log = logging.getLogger(__name__)
 
 COMMANDS: Final = ("status", "read", "write", "scan", "config")
-UNSUPPORTED: Final = frozenset({"scan", "config"})  # in the spec, not built yet
+UNSUPPORTED: Final = frozenset({"scan", "config"})  # without their handler (app.py gives them)
 ERROR_CODES: Final = (
     "bad_request",
     "expired",
@@ -60,6 +60,8 @@ ERROR_CODES: Final = (
     "no_data",
     "device_error",
     "timeout",
+    "invalid_config",
+    "rolled_back",
 )
 MAX_PAYLOAD: Final = 64 * 1024
 MAX_ID: Final = 128
@@ -69,6 +71,10 @@ QUEUE_SIZE: Final = 64
 DEDUPE_S: Final = 24 * 3600.0
 DEDUPE_MAX_ROWS: Final = 100_000
 RUN_TIMEOUT_S: Final = 30.0  # the longest a command may run before it answers "timeout"
+# config: rollback_after plus this (a check, two reloads: agent/cmd_config.py bounds each).
+CONFIG_MARGIN_S: Final = 600.0
+SCAN_TIMEOUT_S: Final = 300.0  # a scan (agent/cmd_scan.py) is cancelled after this
+SCAN_MARGIN_S: Final = 10.0  # the channel's own limit of a scan: it ends and answers first
 REPLY_TIMEOUT_S: Final = 30.0  # a reply not acknowledged by then is given up (logged)
 STATUS_TIMEOUT_S: Final = 5.0
 STORE_FILE: Final = "commands.sqlite"
@@ -78,10 +84,11 @@ _KEYS: Final = frozenset({"id", "device", "args", "expires"})
 class CommandError(Exception):
     """A request refused or failed: the reply's ``error``."""
 
-    def __init__(self, code: str, message: str) -> None:
+    def __init__(self, code: str, message: str, fields: Mapping[str, Any] | None = None) -> None:
         super().__init__(message)
         self.code = code
         self.message = message
+        self.fields = dict(fields or {})  # more top-level keys of the reply
 
 
 class Malformed(CommandError):
@@ -137,6 +144,15 @@ def parse_request(name: str, payload: bytes) -> Request:
     return Request(request_id, name, device, args, None if expires is None else float(expires))
 
 
+def run_timeout(name: str, settings: CommandSettings) -> float:
+    """How long the command ``name`` may run before it answers ``timeout``."""
+    if name == "config":
+        return settings.rollback_after + CONFIG_MARGIN_S
+    if name == "scan":
+        return SCAN_TIMEOUT_S + SCAN_MARGIN_S
+    return RUN_TIMEOUT_S
+
+
 def _no_constant(text: str) -> Any:
     raise ValueError(f"{text} is not JSON")
 
@@ -147,6 +163,7 @@ def reply_payload(request_id: str, result: Any = None, error: CommandError | Non
     if error is None:
         body["result"] = result
     else:
+        body.update(error.fields)
         body["error"] = {"code": error.code, "message": error.message}
     return json.dumps(body, separators=(",", ":"), allow_nan=False).encode()
 
@@ -233,7 +250,8 @@ class CommandChannel:
 
     ``settings`` gives the current ``[commands]`` (a reload changes permissions and the rate
     at once), ``status`` what ``citygate status --json`` prints, ``supervisor`` the running
-    supervisor of a device id (None: no such device)."""
+    supervisor of a device id (None: no such device), ``handlers`` the commands run
+    elsewhere (``config``: agent/cmd_config.py; ``scan``: agent/cmd_scan.py), by name."""
 
     def __init__(
         self,
@@ -245,8 +263,10 @@ class CommandChannel:
         status: Callable[[], Awaitable[dict[str, Any]]],
         supervisor: Callable[[str], DeviceSupervisor | None],
         *,
+        handlers: Mapping[str, Callable[[Request], Awaitable[Any]]] | None = None,
         wall: Callable[[], float] = time.time,
     ) -> None:
+        self._handlers = dict(handlers or {})
         self._base = f"{prefix}/{gateway_id}/cmd"
         self._store_path = data_dir / STORE_FILE
         self._counters = counters
@@ -336,7 +356,8 @@ class CommandChannel:
     ) -> None:
         if first is None and running is not None:
             try:
-                async with asyncio.timeout(RUN_TIMEOUT_S + REPLY_TIMEOUT_S):
+                limit = run_timeout(name, self._settings()) + REPLY_TIMEOUT_S
+                async with asyncio.timeout(limit):
                     first = await asyncio.shield(running)
             except TimeoutError:
                 return
@@ -359,7 +380,7 @@ class CommandChannel:
             return CommandError(
                 "busy", f"more than {settings.max_per_minute} requests per minute; retry later"
             )
-        if request.name in UNSUPPORTED:
+        if request.name in UNSUPPORTED and request.name not in self._handlers:
             return CommandError(
                 "unsupported", f"{request.name!r} is not implemented in this version of citygate"
             )
@@ -374,14 +395,15 @@ class CommandChannel:
         self, request: Request, incoming: Incoming, store: ReplyStore, done: asyncio.Future[bytes]
     ) -> None:
         payload = b""
+        limit = run_timeout(request.name, self._settings())
         try:
             try:
-                async with asyncio.timeout(RUN_TIMEOUT_S):
+                async with asyncio.timeout(limit):
                     result = await self._run_command(request)
             except CommandError as exc:
                 payload = self._reply(request, store, error=exc)
             except TimeoutError:
-                error = CommandError("timeout", f"no result within {RUN_TIMEOUT_S:g} s")
+                error = CommandError("timeout", f"no result within {limit:g} s")
                 payload = self._reply(request, store, error=error)
             else:
                 payload = self._reply(request, store, result=result)
@@ -394,6 +416,9 @@ class CommandChannel:
     async def _run_command(self, request: Request) -> Any:
         if request.name == "status":
             return await self._status()
+        handler = self._handlers.get(request.name)
+        if handler is not None:
+            return await handler(request)
         assert request.device is not None
         supervisor = self._supervisor(request.device)
         if supervisor is None:

@@ -26,6 +26,7 @@ PARTS: dict[str, str] = {
     "broker": "tests.bench.broker",  # issue 11: back after an outage, RSS under a flood
     "framer": "tests.bench.framer",  # issue 12: framers' CPU per KB of a babbling device
     "wire": "tests.bench.wire",  # issue 13: bytes per reading, SenML JSON and CBOR
+    "commands": "tests.bench.commands",  # issue 14: read round trip, TCP and busy RTU line
 }
 
 

@@ -47,7 +47,7 @@ pytest: venv mosquitto
 test: lint typecheck pytest
 
 demo: venv
-	$(VENV)/bin/citygate demo
+	$(VENV)/bin/citygate demo $(DEMO_ARGS)
 
 bench: venv mosquitto
 	$(PY) -m tests.bench

@@ -72,6 +72,7 @@ from citygate.drivers.api import (
     PollDriver,
     PushDriver,
 )
+from citygate.homeassistant import DeviceInfo, HomeAssistant, known_devices
 from citygate.lines import LineSet
 from citygate.looplag import GC_FREEZE_AFTER_S, LoopLagMonitor, SkipEpisodes
 from citygate.mqtt import Publisher
@@ -167,6 +168,15 @@ class Agent:
                     "scan": ScanRunner(lambda: self.config, factories, lambda: self.lines.owners),
                 },
             )
+        # Home Assistant discovery: outlives publishers; also clears what an earlier run announced.
+        self.homeassistant = HomeAssistant(
+            config.homeassistant,
+            f"{config.mqtt.topic_prefix}/{config.gateway.id}",
+            config.gateway.id,
+            config.gateway.data_dir,
+            _ha_devices(self._devices.values()),
+            facts=self._driver_facts,
+        )
         self.publisher = self._new_publisher(config)
         self.writer = BufferWriter(self.buffer, self._notify_publisher)
         self._sinks: asyncio.TaskGroup | None = None
@@ -193,7 +203,12 @@ class Agent:
             extra_metrics=self._extra_metrics,
             before_fetch=self._before_fetch,
             commands=self.commands,
+            homeassistant=self.homeassistant,
         )
+
+    def _driver_facts(self, device_id: str) -> Mapping[str, Any]:
+        status = self.board.devices.get(device_id)
+        return {} if status is None else status.extra
 
     async def current_status(self) -> dict[str, Any]:
         """What ``citygate status --json`` prints, from the running agent."""
@@ -466,6 +481,7 @@ class Agent:
             await self._restart_publisher(new)
         else:
             self.publisher.update_announcement(_announced(wanted.values()), new.gateway)
+        self.homeassistant.update(new.homeassistant, _ha_devices(wanted.values()))
         log.info(
             "reload: %d devices running; added %s, removed %s, restarted %s%s",
             len(wanted),
@@ -583,6 +599,10 @@ def _line_set(config: Config, devices: Iterable[DeviceConfig]) -> LineSet:
 
 def _announced(devices: Iterable[DeviceConfig]) -> list[tuple[str, str]]:
     return [(d.id, d.driver) for d in devices]
+
+
+def _ha_devices(devices: Iterable[DeviceConfig]) -> list[DeviceInfo]:
+    return known_devices((d.id, d.driver, d.driver_config) for d in devices)
 
 
 def _names(ids: Iterable[str]) -> str:

@@ -32,6 +32,7 @@ from citygate.drivers.api import (
     SerialLine,
     UsageError,
 )
+from citygate.ha_classes import ha_warnings
 from citygate.status import status_report
 
 if TYPE_CHECKING:
@@ -106,6 +107,11 @@ def _parser(scans: Mapping[str, ScanCommand]) -> argparse.ArgumentParser:
         "demo", help="the zero-setup tour: simulators, a broker, the agent, live readings"
     )
     p.add_argument("--broker", metavar="URL", help="use this broker instead of the embedded one")
+    p.add_argument(
+        "--homeassistant",
+        action="store_true",
+        help="also publish Home Assistant discovery for the demo devices",
+    )
     return parser
 
 
@@ -140,7 +146,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if command == "demo":
             from citygate.demo import run_demo
 
-            return run_demo(broker=args.broker)
+            return run_demo(broker=args.broker, homeassistant=args.homeassistant)
     except ConfigError as exc:
         print(exc, file=sys.stderr)
         return EXIT_USAGE
@@ -207,14 +213,15 @@ def _check(path: Path, as_json: bool) -> int:
             print(f"{exc.count} error(s); nothing was started", file=sys.stderr)
         return EXIT_USAGE
     summary = _summary(config)
+    all_warnings = [*config.warnings, *ha_warnings(config)]
     if as_json:
         warnings = [
             {"file": str(p.file), "line": p.line, "col": p.col, "message": p.message}
-            for p in config.warnings
+            for p in all_warnings
         ]
         print(json.dumps({"ok": True, "warnings": warnings, **summary}, indent=2))
         return EXIT_OK
-    for warning in config.warnings:
+    for warning in all_warnings:
         print(warning, file=sys.stderr)
     devices = ", ".join(f"{n} {d}" for d, n in summary["devices"].items()) or "none"
     print(f"{path}: OK")

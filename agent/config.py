@@ -205,6 +205,14 @@ class CommandSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class HomeAssistantSettings:
+    """``[homeassistant]``: opt-in Home Assistant MQTT discovery (mqtt.md, Home Assistant)."""
+
+    enabled: bool = False
+    discovery_prefix: str = "homeassistant"
+
+
+@dataclass(frozen=True, slots=True)
 class DeviceConfig:
     """A ``[[device]]`` table: common keys, the driver's typed options and the
     object its factory's ``configure`` returned."""
@@ -233,6 +241,7 @@ class Config:
     warnings: tuple[Problem, ...] = ()
     files: tuple[Path, ...] = ()  # every TOML file read: main, includes
     commands: CommandSettings = field(default_factory=CommandSettings)
+    homeassistant: HomeAssistantSettings = field(default_factory=HomeAssistantSettings)
 
 
 # --------------------------------------------------------------------------- values
@@ -403,6 +412,16 @@ COMMANDS_FIELDS: Final[Mapping[str, Field]] = {
     "max_per_minute": Field("int", 30, minimum=1, maximum=10_000),
 }
 
+HOMEASSISTANT_FIELDS: Final[Mapping[str, Field]] = {
+    "enabled": Field("bool", False, help="publish discovery and per-device state"),
+    "discovery_prefix": Field(
+        "str",
+        "homeassistant",
+        help="Home Assistant's discovery prefix (letters, digits, _ and -, / between levels)",
+        pattern=r"[A-Za-z0-9_-]+(/[A-Za-z0-9_-]+)*",
+    ),
+}
+
 SERIAL_FIELDS: Final[Mapping[str, Field]] = {
     "id": Field("str", REQUIRED, help=_ID_HELP, pattern=ID_PATTERN),
     "port": Field("str", REQUIRED, help="/dev/ttyUSB0, /dev/serial/by-id/…"),
@@ -439,6 +458,7 @@ _MAIN_KEYS: Final = (
     "mqtt",
     "buffer",
     "commands",
+    "homeassistant",
     "serial",
     "ble",
     "device",
@@ -460,6 +480,7 @@ _TEXT_LIMITS: Final = {
     ("[mqtt]", "topic_prefix"): 64,
     ("[mqtt]", "client_id"): 128,
     ("[mqtt]", "username"): 256,
+    ("[homeassistant]", "discovery_prefix"): 128,
 }
 """Strings shorter than MAX_TEXT: (table, key) → the most characters."""
 _TOO_DEEP: Final = (
@@ -796,6 +817,7 @@ class _Loader:
         mqtt = self.mqtt(main, gateway.id if gateway else "")
         buffer, _ = self.section(main, "buffer", BUFFER_FIELDS)
         commands, _ = self.section(main, "commands", COMMANDS_FIELDS)
+        homeassistant, _ = self.section(main, "homeassistant", HOMEASSISTANT_FIELDS)
         ble = self.ble(main)
         serial_tables = [t for s in sources for t in self.array_of_tables(s, "serial")]
         device_tables = [t for s in sources for t in self.array_of_tables(s, "device")]
@@ -820,6 +842,7 @@ class _Loader:
             warnings=tuple(warnings),
             files=tuple(self.files),
             commands=CommandSettings(**commands),
+            homeassistant=HomeAssistantSettings(**homeassistant),
         )
 
     def check_top_level(self, source: _Source, allowed: Sequence[str], where: str) -> None:
@@ -1404,6 +1427,7 @@ _TOP_LEVEL_NAMES: Final = {
     "mqtt": "[mqtt]",
     "buffer": "[buffer]",
     "commands": "[commands]",
+    "homeassistant": "[homeassistant]",
     "serial": "[[serial]]",
     "ble": "[ble]",
     "device": "[[device]]",

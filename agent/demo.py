@@ -46,11 +46,13 @@ def demo_config(
     *,
     mbus_port: str | None = None,
     ble_capture: Path | None = None,
+    homeassistant: bool = False,
 ) -> str:
     """The gateway.toml the demo runs (with the M-Bus water meter if ``mbus_port``,
-    the BLE sensors if ``ble_capture``)."""
+    the BLE sensors if ``ble_capture``, Home Assistant discovery if ``homeassistant``)."""
     return (
         _modbus_part(modbus_port, broker_url, protocol, data_dir)
+        + ("\n[homeassistant]\nenabled = true\n\n" if homeassistant else "")
         + (_mbus_part(mbus_port) if mbus_port is not None else "")
         + (_ble_part(ble_capture) if ble_capture is not None else "")
     )
@@ -267,7 +269,7 @@ async def _watch(broker_url: str, protocol: str, view: LiveView, header: str) ->
             await asyncio.sleep(1.0)
 
 
-async def _demo(broker: str | None) -> None:
+async def _demo(broker: str | None, homeassistant: bool = False) -> None:
     try:
         from citygate_sim.mbus import MbusSimulator, WaterMeter
         from citygate_sim.modbus import ModbusTcpSimulator, make_meter
@@ -308,6 +310,7 @@ async def _demo(broker: str | None) -> None:
                     workdir / "var",
                     mbus_port=mbus.port,
                     ble_capture=capture,
+                    homeassistant=homeassistant,
                 )
             )
             config = load(config_path, registry.factories())
@@ -316,6 +319,12 @@ async def _demo(broker: str | None) -> None:
                 f"M-Bus water meter on {mbus.port}, BLE sensors replayed, "
                 f"broker {broker_url}\n"
                 f"config: {config_path}"
+                + (
+                    "\nHome Assistant discovery on homeassistant/device/#"
+                    " (point Home Assistant's MQTT integration at this broker)"
+                    if homeassistant
+                    else ""
+                )
             )
             print(header, flush=True)
             agent = Agent(config, registry.factories())
@@ -336,8 +345,8 @@ async def _demo(broker: str | None) -> None:
                 watch_task.cancel()
 
 
-def run_demo(broker: str | None = None) -> int:
-    """Run the demo until Ctrl-C."""
+def run_demo(broker: str | None = None, homeassistant: bool = False) -> int:
+    """Run the demo until Ctrl-C (with Home Assistant discovery if ``homeassistant``)."""
     logs.setup("warning")
-    asyncio.run(_demo(broker))
+    asyncio.run(_demo(broker, homeassistant))
     return 0

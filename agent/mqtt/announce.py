@@ -8,6 +8,9 @@
 * ``<prefix>/<gateway>/<device>/status`` (retained): each device's status as it changes, all of
   them again on every connection and after a reload.
 * ``<prefix>/<gateway>/metrics`` (QoS 0): the counters, every ``metrics_interval`` seconds.
+* Home Assistant discovery and ``<prefix>/<gateway>/<device>/state`` (retained), when
+  ``[homeassistant]`` is enabled or was (to clear what was announced): agent/homeassistant.py,
+  one task per connection.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ import json
 import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from citygate import __version__
 from citygate.buffer import AsyncBuffer
@@ -25,6 +28,9 @@ from citygate.config import GatewaySettings
 from citygate.mqtt.client import Client, Will, reason_text
 from citygate.status import Counters, StatusBoard, rss_bytes
 from citygate.supervise import raise_if_cancelled
+
+if TYPE_CHECKING:
+    from citygate.homeassistant import HomeAssistant
 
 log = logging.getLogger(__name__)
 
@@ -48,8 +54,10 @@ class Announcer:
         extra_metrics: Callable[[], Mapping[str, Any]] | None = None,
         own_metrics: Callable[[], Mapping[str, Any]] | None = None,
         ack_timeout: float | None = None,
+        homeassistant: HomeAssistant | None = None,
     ) -> None:
         self._base = topic_base
+        self._homeassistant = homeassistant
         self._gateway = gateway
         self._devices = list(devices)
         self._buffer = buffer
@@ -116,6 +124,15 @@ class Announcer:
         tg.create_task(self._send_statuses(client), name="mqtt-status")
         tg.create_task(self._send_metrics(client), name="mqtt-metrics")
         tg.create_task(self._send_info(client), name="mqtt-info")
+        if self._homeassistant is not None:
+
+            async def publish(topic: str, payload: bytes) -> None:
+                await self._publish(client, topic, payload)
+
+            timeout = self.ack_timeout if self.ack_timeout is not None else 10.0
+            tg.create_task(
+                self._homeassistant.run(client, publish, timeout), name="mqtt-homeassistant"
+            )
 
     def _info_payload(self) -> bytes:
         info = {

@@ -189,7 +189,7 @@ class Client:
         self.unsolicited = 0
         """Messages the broker sent that nobody asked for (counted, dropped at once)."""
         self.unsolicited_bytes = 0
-        self._route: tuple[str, Callable[[Incoming], None]] | None = None
+        self._routes: dict[str, Callable[[Incoming], None]] = {}
         self._subscribes: dict[int, asyncio.Future[list[ReasonCode]]] = {}
 
     # ----------------------------------------------------------------- connection
@@ -304,7 +304,11 @@ class Client:
     def route(self, topic_filter: str, sink: Callable[[Incoming], None]) -> None:
         """Hand messages whose topic matches ``topic_filter`` (``+`` and ``#`` wildcards) to
         ``sink``, called on the event loop thread; it must not block or queue without bound."""
-        self._route = (topic_filter, sink)
+        self._routes[topic_filter] = sink
+
+    def unroute(self, topic_filter: str) -> None:
+        """Messages matching ``topic_filter`` are unsolicited again."""
+        self._routes.pop(topic_filter, None)
 
     async def subscribe(self, topic_filter: str, qos: int, within: float) -> ReasonCode:
         """Subscribe and wait up to ``within`` seconds for the SUBACK; its reason code (check
@@ -411,8 +415,11 @@ class Client:
     def _on_message(self, client: paho.Client, userdata: Any, message: paho.MQTTMessage) -> None:
         # Only the routed subscription (commands) is wanted: any other message is counted and
         # dropped here (paho has parsed it; it is acknowledged when QoS 1 and then forgotten).
-        route = self._route
-        if route is not None and paho.topic_matches_sub(route[0], message.topic):
+        route = next(
+            ((f, s) for f, s in self._routes.items() if paho.topic_matches_sub(f, message.topic)),
+            None,
+        )
+        if route is not None:
             props = message.properties if self.v5 else None
             response = getattr(props, "ResponseTopic", None)
             correlation = getattr(props, "CorrelationData", None)

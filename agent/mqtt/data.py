@@ -131,8 +131,10 @@ class DataLoop:
         ack_timeout: float,
         *,
         before_fetch: Callable[[], Awaitable[None]] | None = None,
+        on_acked: Callable[[StoredSample], None] | None = None,
     ) -> None:
         self._mqtt = mqtt
+        self._on_acked = on_acked  # gets the newest sample of each acknowledged message
         self._gateway_id = gateway_id
         self._base = topic_base
         self._buffer = buffer
@@ -433,6 +435,8 @@ class DataLoop:
                 return
             self._accepted(message.device_id)
             await self._buffer.ack(seqs)
+            if self._on_acked is not None:
+                self._on_acked(message.samples[-1])
             self._counters.samples_published += len(message.samples)
             self._counters.readings_published += message.readings
             self._counters.messages_published += 1

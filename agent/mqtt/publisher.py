@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from citygate.buffer import AsyncBuffer
 from citygate.config import GatewaySettings, MqttSettings
@@ -21,6 +21,9 @@ from citygate.mqtt.client import Client
 from citygate.mqtt.data import DataLoop
 from citygate.mqtt.session import ACK_TIMEOUT_MIN_S, CommandRoute, Session
 from citygate.status import Counters, StatusBoard
+
+if TYPE_CHECKING:
+    from citygate.homeassistant import HomeAssistant
 
 
 class _OverEachConnection:
@@ -69,6 +72,7 @@ class Publisher:
         extra_metrics: Callable[[], Mapping[str, Any]] | None = None,
         before_fetch: Callable[[], Awaitable[None]] | None = None,
         commands: CommandRoute | None = None,
+        homeassistant: HomeAssistant | None = None,
     ) -> None:
         if ack_timeout is None:
             ack_timeout = max(ACK_TIMEOUT_MIN_S, mqtt.keepalive)
@@ -84,9 +88,17 @@ class Publisher:
             extra_metrics=extra_metrics,
             own_metrics=self._own_metrics,
             ack_timeout=ack_timeout,
+            homeassistant=homeassistant,
         )
         self._data = DataLoop(
-            mqtt, gateway.id, base, buffer, counters, ack_timeout, before_fetch=before_fetch
+            mqtt,
+            gateway.id,
+            base,
+            buffer,
+            counters,
+            ack_timeout,
+            before_fetch=before_fetch,
+            on_acked=homeassistant.acked if homeassistant is not None else None,
         )
         self._session = Session(
             mqtt,

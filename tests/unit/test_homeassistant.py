@@ -1,0 +1,231 @@
+"""Home Assistant discovery, sans I/O: payloads, the state guard, clean-up and its file."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+from typing import Any
+
+from citygate.buffer import StoredSample
+from citygate.config import HomeAssistantSettings
+from citygate.homeassistant import (
+    STATE_FILE,
+    DeviceInfo,
+    HomeAssistant,
+    device_discovery,
+    gateway_discovery,
+    state_payload,
+)
+from citygate.mqtt.client import Incoming
+
+BASE = "city/gw"
+ON = HomeAssistantSettings(enabled=True)
+OFF = HomeAssistantSettings(enabled=False)
+BODY = (  # as citygate.senml stores it: with a unitless record, units on every record
+    '"n":"voltage_l1","u":"V","v":231.2},{"n":"voltage_l2","u":"V","v":230},'
+    '{"n":"energy_import","u":"kWh","v":18.5},{"n":"meter_status","vs":"ok"'
+)
+
+
+def sample(seq: int, device: str = "m1", t: float = 1764079200.5, body: str = BODY) -> StoredSample:
+    return StoredSample(seq, device, t, True, 4, body)
+
+
+class Broker:
+    """A retained store: what a fresh subscriber would see."""
+
+    def __init__(self) -> None:
+        self.retained: dict[str, bytes] = {}
+        self.log: list[str] = []
+
+    async def publish(self, topic: str, payload: bytes) -> None:
+        self.log.append(topic)
+        if payload:
+            self.retained[topic] = payload
+        else:
+            self.retained.pop(topic, None)
+
+    def json(self, topic: str) -> Any:
+        return json.loads(self.retained[topic])
+
+
+def devices(*ids: str) -> list[DeviceInfo]:
+    return [DeviceInfo(i, "modbus") for i in ids]
+
+
+def ha(tmp_path: Path, settings: HomeAssistantSettings, *ids: str) -> HomeAssistant:
+    return HomeAssistant(settings, BASE, "gw", tmp_path, devices(*ids))
+
+
+def test_state_is_flat() -> None:
+    payload, quantities = state_payload(sample(7, t=1764079200.51234))
+    assert json.loads(payload) == {
+        "voltage_l1": 231.2,
+        "voltage_l2": 230,
+        "energy_import": 18.5,
+        "meter_status": "ok",
+        "t": 1764079200.512,
+    }
+    assert quantities == {
+        "voltage_l1": "V",
+        "voltage_l2": "V",
+        "energy_import": "kWh",
+        "meter_status": None,
+    }
+
+
+def test_base_unit_is_resolved() -> None:
+    body = (
+        '"bu":"V","n":"voltage_l1","v":231.2},{"n":"voltage_l2","v":230},'
+        '{"bu":"A","n":"current_l1","v":1'
+    )
+    assert state_payload(sample(1, body=body))[1] == {
+        "voltage_l1": "V",
+        "voltage_l2": "V",
+        "current_l1": "A",
+    }
+
+
+def test_hostile_body_gives_an_empty_state() -> None:
+    payload, quantities = state_payload(sample(1, body='"n":'))
+    assert json.loads(payload) == {"t": 1764079200.5} and quantities == {}
+
+
+def test_discovery_payload_schema() -> None:
+    info = DeviceInfo("m1", "modbus", "Eastron", "SDM630")
+    message = device_discovery(BASE, "gw", info, state_payload(sample(1))[1])
+    assert message["device"] == {
+        "identifiers": ["citygate_gw_m1"],
+        "name": "m1",
+        "manufacturer": "Eastron",
+        "model": "SDM630",
+        "via_device": "citygate_gw",
+    }
+    assert message["origin"]["name"] == "citygate" and message["origin"]["sw_version"]
+    components = message["components"]
+    assert set(components) == {"voltage_l1", "voltage_l2", "energy_import", "meter_status"}
+    for quantity, c in components.items():
+        assert c["platform"] == "sensor"
+        assert c["unique_id"] == f"gw_m1_{quantity}"
+        assert c["state_topic"] == "city/gw/m1/state"
+        assert c["value_template"] == "{{ value_json." + quantity + " }}"
+        assert c["availability_mode"] == "all"
+        assert [a["topic"] for a in c["availability"]] == ["city/gw/status", "city/gw/m1/status"]
+        assert c["availability"][1]["value_template"] == "{{ value_json.state }}"
+    assert components["energy_import"]["state_class"] == "total_increasing"
+    assert components["energy_import"]["unit_of_measurement"] == "kWh"
+    assert "state_class" not in components["meter_status"]
+    gateway = gateway_discovery(BASE, "gw")
+    assert gateway["device"]["identifiers"] == ["citygate_gw"]
+    for c in gateway["components"].values():
+        assert c["entity_category"] == "diagnostic" and c["state_topic"] == "city/gw/metrics"
+
+
+def test_an_older_sample_never_becomes_the_state(tmp_path: Path) -> None:
+    async def main() -> Broker:
+        broker = Broker()
+        h = ha(tmp_path, ON, "m1")
+        h.acked(sample(10, t=100.0))
+        h.acked(sample(4, t=40.0))  # a backlog row, refused before and accepted now
+        await h.send_pending(broker.publish)
+        h.acked(sample(9, t=90.0))
+        await h.send_pending(broker.publish)
+        return broker
+
+    broker = asyncio.run(main())
+    assert broker.json("city/gw/m1/state")["t"] == 100.0
+    assert broker.log.count("city/gw/m1/state") == 1
+
+
+def test_discovery_once_known_and_again_when_quantities_change(tmp_path: Path) -> None:
+    async def main() -> Broker:
+        broker = Broker()
+        h = ha(tmp_path, ON, "m1", "m2")
+        await h.send_pending(broker.publish)
+        assert "homeassistant/device/gw/config" in broker.retained
+        assert "homeassistant/device/gw_m1/config" not in broker.retained  # no sample yet
+        h.acked(sample(1))
+        await h.send_pending(broker.publish)
+        h.acked(sample(2))  # the same quantities: no new discovery
+        await h.send_pending(broker.publish)
+        assert broker.log.count("homeassistant/device/gw_m1/config") == 1
+        h.acked(sample(3, body='"n":"frequency","u":"Hz","v":50'))
+        await h.send_pending(broker.publish)
+        return broker
+
+    broker = asyncio.run(main())
+    components = broker.json("homeassistant/device/gw_m1/config")["components"]
+    assert "frequency" in components and "voltage_l1" in components  # grows, never shrinks
+    assert "homeassistant/device/gw_m2/config" not in broker.retained
+
+
+def test_unconfigured_device_gets_no_discovery(tmp_path: Path) -> None:
+    """A BLE address merely heard is never a configured device: nothing is announced."""
+
+    async def main() -> Broker:
+        broker = Broker()
+        h = ha(tmp_path, ON, "thermo-1")
+        h.acked(sample(1, device="ble-a4c138000001"))
+        await h.send_pending(broker.publish)
+        return broker
+
+    assert set(asyncio.run(main()).retained) == {"homeassistant/device/gw/config"}
+
+
+def test_removed_device_and_restart_ghosts_are_cleared(tmp_path: Path) -> None:
+    async def main() -> Broker:
+        broker = Broker()
+        h = ha(tmp_path, ON, "m1", "m2")
+        h.acked(sample(1, "m1"))
+        h.acked(sample(2, "m2"))
+        await h.send_pending(broker.publish)
+        assert json.loads((tmp_path / STATE_FILE).read_text())["devices"].keys() == {"m1", "m2"}
+        h.update(ON, devices("m1"))  # a reload without m2
+        await h.send_pending(broker.publish)
+        assert "homeassistant/device/gw_m2/config" not in broker.retained
+        assert "city/gw/m2/state" not in broker.retained
+        # A new run (restart) knows from data_dir what the last one announced.
+        h.acked(sample(3, "m1"))
+        await h.send_pending(broker.publish)
+        again = ha(tmp_path, OFF, "m1")
+        await again.send_pending(broker.publish)
+        return broker
+
+    broker = asyncio.run(main())
+    assert broker.retained == {}
+    assert not (tmp_path / STATE_FILE).exists()
+
+
+def test_prefix_change_moves_discovery(tmp_path: Path) -> None:
+    async def main() -> Broker:
+        broker = Broker()
+        h = ha(tmp_path, ON, "m1")
+        h.acked(sample(1))
+        await h.send_pending(broker.publish)
+        h.update(HomeAssistantSettings(enabled=True, discovery_prefix="ha2"), devices("m1"))
+        await h.send_pending(broker.publish)
+        return broker
+
+    broker = asyncio.run(main())
+    assert set(broker.retained) == {
+        "ha2/device/gw/config",
+        "ha2/device/gw_m1/config",
+        "city/gw/m1/state",
+    }
+
+
+def test_online_resends_but_retained_birth_does_not(tmp_path: Path) -> None:
+    async def main() -> tuple[int, int]:
+        broker = Broker()
+        h = ha(tmp_path, ON, "m1")
+        h.acked(sample(1))
+        await h.send_pending(broker.publish)
+        h.deliver(Incoming("homeassistant/status", b"online", retain=True))
+        await h.send_pending(broker.publish)
+        before = broker.log.count("homeassistant/device/gw_m1/config")
+        h.deliver(Incoming("homeassistant/status", b"online", retain=False))
+        await h.send_pending(broker.publish)
+        return before, broker.log.count("homeassistant/device/gw_m1/config")
+
+    assert asyncio.run(main()) == (1, 2)

@@ -33,7 +33,38 @@ def shortest_float32(value: float) -> float:
     return result
 
 
+_POW10 = tuple(10.0**k for k in range(23))  # exact doubles
+
+
 def _shortest(value: float) -> float:
+    # Fast path for the usual magnitudes: the candidate decimal r / 10**k with an exact power
+    # of ten (k <= 22) is the double nearest to that decimal (one correctly rounded division),
+    # and it reads back as the same float32 when it lies within half a float32 ulp of the value
+    # (the difference of two doubles that close is exact). A candidate missed at a rounding
+    # boundary only sends the search on to the slow path below, which is always right.
+    exponent = math.frexp(value)[1]
+    if -20 < exponent < 27:
+        half_ulp = math.ldexp(1.0, exponent - 25)
+        p = math.floor(math.log10(abs(value)))
+        sure = p + 1 - math.floor(max(exponent - 24, -149) * _LOG10_2)
+        for digits in (sure - 1, sure):
+            k = digits - 1 - p
+            if digits < 1 or not 0 <= k <= 22:
+                break
+            scale = _POW10[k]
+            candidate = math.floor(value * scale + 0.5) / scale
+            gap = abs(candidate - value)
+            if gap < half_ulp or (gap == half_ulp and _even(value)):
+                return candidate
+    return _slow_shortest(value)
+
+
+def _even(value: float) -> bool:
+    """The float32 ``value`` has an even significand (ties round to it)."""
+    return not _F32.pack(value)[0] & 1
+
+
+def _slow_shortest(value: float) -> float:
     # With k significant digits the decimals are 10**(p-k+1) apart (p: the decimal exponent).
     # Once that spacing is at most the float32's ulp, the nearest k-digit decimal lies within
     # half an ulp and reads back to the value: k = sure. One digit fewer may work by luck; and

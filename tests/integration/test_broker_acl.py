@@ -38,7 +38,12 @@ from tests.support.wait import DEFAULT_TIMEOUT, until, wait_until
 pytestmark = pytest.mark.broker
 
 ACL_FILE = Path(__file__).resolve().parents[2] / "config" / "mosquitto-acl.example"
-PASSWORDS = {"gw-a": "gw-a-Secret-1", "gw-b": "gw-b-Secret-2", "operator": "operator-Secret-3"}
+PASSWORDS = {
+    "gw-a": "gw-a-Secret-1",
+    "gw-b": "gw-b-Secret-2",
+    "operator": "operator-Secret-3",
+    "homeassistant": "homeassistant-Secret-4",
+}
 NOT_AUTHORIZED = 0x87
 PROTOCOLS = {"5": mqtt.MQTTv5, "3.1.1": mqtt.MQTTv311}
 _CLIENT_NUMBERS = itertools.count()  # two clients with one id would throw each other out
@@ -167,6 +172,12 @@ def test_the_shipped_file_is_what_the_readme_describes() -> None:
         ["pattern", "write", "city/%u/#"],
         ["user", "operator"],
         ["topic", "write", "city/+/cmd/+"],
+        ["topic", "read", "city/#"],
+        ["pattern", "write", "homeassistant/device/+/config"],
+        ["pattern", "read", "homeassistant/status"],
+        ["user", "homeassistant"],
+        ["topic", "write", "homeassistant/status"],
+        ["topic", "read", "homeassistant/#"],
         ["topic", "read", "city/#"],
     ]
 
@@ -414,3 +425,27 @@ async def test_remote_commands_work_under_the_acl(
     assert not [r for r in caplog.records if "refuse" in r.getMessage()]
     assert not [r for r in caplog.records if "not delivered" in r.getMessage()]
     assert_no_errors(caplog)
+
+
+def test_home_assistant_discovery_under_the_acl(broker: Mosquitto, peers: list[Peer]) -> None:
+    """A gateway publishes device discovery and hears Home Assistant's birth message; Home
+    Assistant reads discovery and states; nothing else under the discovery prefix is writable."""
+    gw_a = Peer(broker.port, "gw-a")
+    hass = Peer(broker.port, "homeassistant")
+    peers += [gw_a, hass]
+    assert hass.subscribe("homeassistant/#") == [1]
+    assert hass.subscribe("city/#") == [1]
+    assert gw_a.subscribe("homeassistant/status") == [1]
+
+    assert hass.publish("homeassistant/status", b"online") == 0
+    gw_a.until_received("homeassistant/status", b"online")
+
+    discovery = ("homeassistant/device/gw-a_meter-1/config", b'{"device": {}}')
+    assert gw_a.publish(*discovery) == 0
+    assert gw_a.publish("homeassistant/sensor/x/config", b"{}") == NOT_AUTHORIZED
+    assert gw_a.publish("homeassistant/status", b"offline") == NOT_AUTHORIZED
+    state = ("city/gw-a/meter-1/state", b'{"voltage_l1": 230.2}')
+    assert gw_a.publish(*state) == 0
+    seen = hass.until_received(*state)
+    assert discovery in seen
+    assert ("homeassistant/status", b"offline") not in seen

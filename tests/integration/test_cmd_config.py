@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 
 from tests.faults.helpers import buffer_stats
-from tests.integration.test_commands import Requester, _subscribed
+from tests.integration.test_commands import Requester, subscribed
 from tests.support.broker import Mosquitto, Subscriber, free_port
 from tests.support.processes import AgentProcess, SimProcess, modbus_config, run_cli
 from tests.support.wait import wait_until as until
@@ -94,7 +94,7 @@ def rig(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Rig]:
     rig = Rig(broker, sim, config, tmp / "drafts", tmp / "var", agent, data)
     try:
         data.wait_for(lambda: len(_samples(rig, "meter-a")) >= 2, timeout=20)
-        until(lambda: _subscribed(broker.port), 10, "the agent's subscription")
+        until(lambda: subscribed(broker.port), 10, "the agent's subscription")
         yield rig
         assert agent.stop() == 0, agent.log
         # Every seq the buffer gave out reached the broker, through every swap and rollback.

@@ -13,9 +13,9 @@ from typing import Any
 
 import pytest
 
-from tests.integration.test_commands import GW, Requester, _subscribed
+from tests.integration.test_commands import GW, Requester, start_commanded_agent
 from tests.support.broker import Mosquitto, Subscriber
-from tests.support.processes import AgentProcess, run_cli
+from tests.support.processes import run_cli
 from tests.support.wait import until
 
 citygate_sim = pytest.importorskip("citygate_sim.modbus")
@@ -86,15 +86,6 @@ interval = "5s"
     return config
 
 
-async def start_agent(config: Path, broker: Mosquitto) -> AgentProcess:
-    agent = AgentProcess(config, metrics_interval=0.5)
-    await asyncio.to_thread(agent.wait_for_log, "broker mqtt://")
-    for _ in range(20):  # in a thread: the simulators are served from this event loop
-        if await asyncio.to_thread(_subscribed, broker.port):
-            return agent
-    raise AssertionError(f"the agent did not subscribe; log:\n{agent.log}")
-
-
 async def cmd(broker: Mosquitto, *args: str) -> tuple[int, dict[str, Any] | None, str]:
     # in a thread: the simulators are served from this event loop meanwhile
     result = await asyncio.to_thread(
@@ -117,7 +108,7 @@ async def test_scan_probes_the_agents_line_one_at_a_time(
 ) -> None:
     config = write_config(tmp_path, broker, rtu.port, tcp.port, scan=True)
     metrics = Subscriber(broker.port, f"city/{GW}/metrics").start()
-    agent = await start_agent(config, broker)
+    agent = await start_commanded_agent(config, broker, metrics_interval=0.5)
     requester = Requester(broker.port)
     try:
         first = asyncio.create_task(
@@ -217,7 +208,7 @@ async def test_scan_not_allowed_is_forbidden(
     rtu: Any, tcp: Any, tmp_path: Path, broker: Mosquitto
 ) -> None:
     config = write_config(tmp_path, broker, rtu.port, tcp.port, scan=False)
-    agent = await start_agent(config, broker)
+    agent = await start_commanded_agent(config, broker, metrics_interval=0.5)
     try:
         before = rtu.handler.request_count
         code, reply, _ = await cmd(broker, "--arg", "driver=modbus", "--arg", "serial=rs485")

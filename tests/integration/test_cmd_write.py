@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from tests.integration.test_commands import GW, _subscribed
+from tests.integration.test_commands import GW, start_commanded_agent
 from tests.support.broker import Mosquitto, Subscriber
 from tests.support.processes import AgentProcess, run_cli
 from tests.support.wait import until
@@ -94,15 +94,6 @@ interval = "500ms"
 """
     )
     return config
-
-
-async def start_agent(config: Path, broker: Mosquitto) -> AgentProcess:
-    agent = AgentProcess(config)
-    await asyncio.to_thread(agent.wait_for_log, "broker mqtt://")
-    for _ in range(20):  # in a thread: the simulators are served from this event loop
-        if await asyncio.to_thread(_subscribed, broker.port):
-            return agent
-    raise AssertionError(f"the agent did not subscribe; log:\n{agent.log}")
 
 
 async def write(broker: Mosquitto, name: str, value: str) -> tuple[int, dict[str, Any]]:
@@ -190,7 +181,7 @@ async def test_write_over_tcp_reads_back_and_the_next_poll_carries_it(
     tcp: Any, tmp_path: Path, broker: Mosquitto
 ) -> None:
     writes = count_writes(tcp)
-    agent = await start_agent(
+    agent = await start_commanded_agent(
         write_config(tmp_path, broker, f'host = "127.0.0.1"\nport = {tcp.port}'), broker
     )
     try:
@@ -222,7 +213,7 @@ profile = "eastron-sdm120"
 interval = "50ms"
 """
     writes = count_writes(rtu)
-    agent = await start_agent(
+    agent = await start_commanded_agent(
         write_config(tmp_path, broker, 'serial = "rs485"', busy_meter=line), broker
     )
     try:

@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import stat
@@ -124,7 +125,7 @@ def rig(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Rig]:
     try:
         agent.wait_for_log("broker mqtt://")
         data.wait_for(lambda: data.snapshot(f"{GW}/meter-townhall/status"), timeout=20)
-        until(lambda: _subscribed(broker.port), 10, "the agent's subscription")
+        until(lambda: subscribed(broker.port), 10, "the agent's subscription")
         yield Rig(broker, sim, config, tmp / "var", agent, data)
     finally:
         agent.stop()
@@ -134,7 +135,7 @@ def rig(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Rig]:
     assert "Traceback" not in agent.log
 
 
-def _subscribed(port: int) -> bool:
+def subscribed(port: int) -> bool:
     """A status request answered: the agent's subscription is in place."""
     requester = Requester(port)
     try:
@@ -147,6 +148,19 @@ def _subscribed(port: int) -> bool:
         return True
     finally:
         requester.stop()
+
+
+async def start_commanded_agent(
+    config: Path, broker: Mosquitto, metrics_interval: float | None = None
+) -> AgentProcess:
+    """`citygate run` on ``config``, once its command subscription answers (probed from a
+    thread: the tests' simulators are served from this event loop)."""
+    agent = AgentProcess(config, metrics_interval=metrics_interval)
+    await asyncio.to_thread(agent.wait_for_log, "broker mqtt://")
+    for _ in range(20):
+        if await asyncio.to_thread(subscribed, broker.port):
+            return agent
+    raise AssertionError(f"the agent did not subscribe; log:\n{agent.log}")
 
 
 def cmd(rig: Rig, *args: str) -> tuple[int, dict[str, Any] | None, str]:
@@ -276,7 +290,7 @@ def test_retained_and_duplicate_requests_also_after_restart(tmp_path: Path) -> N
     requester.send("status", {"id": "retained-1"}, retain=True)
     agent = AgentProcess(config)
     try:
-        until(lambda: _subscribed(broker.port), 15, "the agent's subscription")
+        until(lambda: subscribed(broker.port), 15, "the agent's subscription")
         agent.wait_for_log("retained request ignored")
         assert not requester.replies_to("retained-1")
         requester.send("status", b"", retain=True)  # cleared: a restart must not see it
@@ -293,7 +307,7 @@ def test_retained_and_duplicate_requests_also_after_restart(tmp_path: Path) -> N
         assert stat.S_IMODE(os.stat(store).st_mode) == 0o600
 
         agent = AgentProcess(config)
-        until(lambda: _subscribed(broker.port), 15, "the agent's subscription again")
+        until(lambda: subscribed(broker.port), 15, "the agent's subscription again")
         requester.send("read", request)
         assert requester.reply("dup-1", count=3) == first
         agent.wait_for_log('id "dup-1", device "meter-townhall": duplicate')

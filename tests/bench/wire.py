@@ -17,20 +17,16 @@ from __future__ import annotations
 
 import json
 import struct
-import threading
 import time
 from pathlib import Path
-from typing import Any
 
 import cbor2
-import paho.mqtt.client as mqtt
-from paho.mqtt.enums import CallbackAPIVersion
 
 from citygate.senml import resolve
 from tests.bench import rig
 from tests.bench.procs import scratch
 from tests.bench.report import PartResult
-from tests.support.broker import Mosquitto
+from tests.support.broker import DataCatcher, Mosquitto
 from tests.support.processes import SimProcess
 
 BEFORE_JSON_B = 37.5  # issue 13: what the peers' comparison measured for citygate
@@ -93,50 +89,21 @@ def _old_pack(records: list[dict[str, object]], base_name: str) -> bytes:
     return ("[" + ",".join(out) + "]").encode()
 
 
-class WireCounter:
-    """MQTT 5 subscriber to the data topics: PUBLISH bytes and readings, now and before."""
-
-    def __init__(self, port: int) -> None:
-        self.lock = threading.Lock()
-        self.bytes = self.readings = self.messages = self.old_bytes = 0
-        self.subscribed = threading.Event()
-        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
-        self.client.on_connect = lambda c, *_: c.subscribe("city/+/+/data", qos=1)
-        self.client.on_subscribe = lambda *_: self.subscribed.set()
-        self.client.on_message = self._on_message
-        self.client.connect("127.0.0.1", port)
-        self.client.loop_start()
-        if not self.subscribed.wait(20):
-            raise RuntimeError("no SUBACK")
-
-    def _on_message(self, client: Any, userdata: Any, msg: mqtt.MQTTMessage) -> None:
-        content_type = getattr(msg.properties, "ContentType", None)
-        raw = bytes(msg.payload)
+def wire_figures(messages: list[tuple[str, bytes, str | None]]) -> tuple[float, float, int]:
+    """Bytes per reading on the wire now and in the format before issue 13, and the readings,
+    of the data messages (topic, payload, content type) a subscriber caught."""
+    now = before = readings = 0
+    for topic, raw, content_type in messages:
         pack = cbor2.loads(raw) if content_type == "application/senml+cbor" else json.loads(raw)
         records = resolve(pack)
-        heads = [i for i, r in enumerate(pack) if -3 in r or "bt" in r]
-        for i in heads:
-            records[i]["bt"] = records[i]["t"]
+        for i, r in enumerate(pack):
+            if -3 in r or "bt" in r:
+                records[i]["bt"] = records[i]["t"]
         base_name = str(records[0]["n"]).rsplit("/", 1)[0] + "/"
-        old = _old_pack(records, base_name)
-        with self.lock:
-            self.messages += 1
-            self.readings += len(records)
-            self.bytes += publish_size(msg.topic, len(raw), content_type)
-            self.old_bytes += publish_size(msg.topic, len(old), None)
-
-    def reset(self) -> None:
-        with self.lock:
-            self.bytes = self.readings = self.messages = self.old_bytes = 0
-
-    def figures(self) -> tuple[float, float, int, int]:
-        with self.lock:
-            readings = max(1, self.readings)
-            return self.bytes / readings, self.old_bytes / readings, self.readings, self.messages
-
-    def stop(self) -> None:
-        self.client.disconnect()
-        self.client.loop_stop()
+        readings += len(records)
+        now += publish_size(topic, len(raw), content_type)
+        before += publish_size(topic, len(_old_pack(records, base_name)), None)
+    return now / max(1, readings), before / max(1, readings), readings
 
 
 def run(quick: bool) -> PartResult:
@@ -146,7 +113,7 @@ def run(quick: bool) -> PartResult:
         broker = Mosquitto(workdir / "mosquitto")
         broker.start()
         sim = SimProcess(dict.fromkeys(range(1, rig.METERS + 1), f"generic{rig.VALUES}"))
-        counter = WireCounter(broker.port)
+        counter = DataCatcher(broker.port)
         try:
             for label, meters, values in (
                 ("baseline 400 readings/s", 2, 20),
@@ -172,7 +139,9 @@ def run(quick: bool) -> PartResult:
                         time.sleep(1.5)  # warm up: connected, polling
                         counter.reset()
                         time.sleep(window_s)
-                        per_reading, before, readings, messages = counter.figures()
+                        caught = counter.snapshot()
+                        per_reading, before, readings = wire_figures(caught)
+                        messages = len(caught)
                     finally:
                         rig.stop_agent(spawned)
                     time.sleep(0.5)

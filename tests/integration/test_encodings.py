@@ -5,20 +5,16 @@ an identical agent hold."""
 from __future__ import annotations
 
 import json
-import threading
 from collections.abc import Iterator
 from decimal import Decimal
 from pathlib import Path
-from typing import Any
 
 import cbor2
-import paho.mqtt.client as mqtt
 import pytest
-from paho.mqtt.enums import CallbackAPIVersion
 
 from citygate.senml import resolve
 from tests.faults.helpers import make_agent, running, synthetic_config, until
-from tests.support.broker import Mosquitto
+from tests.support.broker import DataCatcher, Mosquitto
 
 pytestmark = pytest.mark.broker
 
@@ -29,36 +25,6 @@ def broker(tmp_path: Path) -> Iterator[Mosquitto]:
     b.start()
     yield b
     b.stop()
-
-
-class DataCatcher:
-    """An MQTT 5 subscriber keeping each data message's payload and content type."""
-
-    def __init__(self, port: int) -> None:
-        self.messages: list[tuple[str, bytes, str | None]] = []
-        self.lock = threading.Lock()
-        self.subscribed = threading.Event()
-        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
-        self.client.on_connect = lambda c, *_: c.subscribe("city/+/+/data", qos=1)
-        self.client.on_subscribe = lambda *_: self.subscribed.set()
-        self.client.on_message = self._on_message
-        self.client.connect("127.0.0.1", port)
-        self.client.loop_start()
-        if not self.subscribed.wait(20):
-            raise RuntimeError("no SUBACK")
-
-    def _on_message(self, client: Any, userdata: Any, msg: mqtt.MQTTMessage) -> None:
-        content_type = getattr(msg.properties, "ContentType", None)
-        with self.lock:
-            self.messages.append((msg.topic, bytes(msg.payload), content_type))
-
-    def stop(self) -> None:
-        self.client.disconnect()
-        self.client.loop_stop()
-
-    def snapshot(self) -> list[tuple[str, bytes, str | None]]:
-        with self.lock:
-            return list(self.messages)
 
 
 def plain(value: object) -> object:

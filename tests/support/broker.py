@@ -251,3 +251,38 @@ class Subscriber:
             what or "a condition on the messages received",
             explain=lambda: f"{len(self.snapshot())} messages received on {self.topic!r}",
         )
+
+
+class DataCatcher:
+    """An MQTT 5 subscriber to the data topics keeping each message's topic, payload and content
+    type (the MQTT 5 property)."""
+
+    def __init__(self, port: int) -> None:
+        self.messages: list[tuple[str, bytes, str | None]] = []
+        self.lock = threading.Lock()
+        self.subscribed = threading.Event()
+        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
+        self.client.on_connect = lambda c, *_: c.subscribe("city/+/+/data", qos=1)
+        self.client.on_subscribe = lambda *_: self.subscribed.set()
+        self.client.on_message = self._on_message
+        self.client.connect("127.0.0.1", port)
+        self.client.loop_start()
+        if not self.subscribed.wait(20):
+            raise RuntimeError("no SUBACK")
+
+    def _on_message(self, client: Any, userdata: Any, msg: mqtt.MQTTMessage) -> None:
+        content_type = getattr(msg.properties, "ContentType", None)
+        with self.lock:
+            self.messages.append((msg.topic, bytes(msg.payload), content_type))
+
+    def stop(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
+
+    def snapshot(self) -> list[tuple[str, bytes, str | None]]:
+        with self.lock:
+            return list(self.messages)
+
+    def reset(self) -> None:
+        with self.lock:
+            self.messages.clear()

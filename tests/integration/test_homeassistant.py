@@ -240,7 +240,12 @@ def test_state_only_moves_forward_across_an_outage(
         broker.start()
         watcher = Subscriber(broker.port, f"city/{GW}/+/state").start()
         wait_until(lambda: buffer_stats(data_dir).backlog_samples < 4, 30, "the backlog sent")
-        watcher.wait_for(lambda: len(watcher.snapshot()) >= 6, what="states after the outage")
+
+        def three_each() -> bool:
+            topics = [m.topic for m in watcher.snapshot()]
+            return len(set(topics)) == 2 and all(topics.count(t) >= 3 for t in set(topics))
+
+        watcher.wait_for(three_each, what="three states of each device after the outage")
     finally:
         watcher.stop()
         assert agent.stop() == 0, agent.log

@@ -47,6 +47,7 @@ import json
 import logging
 import math
 import operator
+import os
 import sqlite3
 import zlib
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -152,6 +153,12 @@ class _Row:
     @property
     def cost(self) -> int:
         return len(self.blob) + ROW_OVERHEAD
+
+
+# After a full disk, new samples are tried again only once this much room is back (free on the
+# file system plus free pages inside the file): a rollback or a checkpoint frees a few pages,
+# and trying on those would start a new "disk full" episode seconds later.
+RESUME_FREE_BYTES = 1 << 20
 
 
 class _DiskFull(Exception):
@@ -359,6 +366,17 @@ class Buffer:
                 db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
         return result
 
+    def _room_is_back(self) -> bool:
+        """At least RESUME_FREE_BYTES free on the file system and inside the file together."""
+        db = self._require_open()
+        try:
+            fs = os.statvfs(self.path.parent)
+            free_pages = int(db.execute("PRAGMA freelist_count").fetchone()[0])
+            page_size = int(db.execute("PRAGMA page_size").fetchone()[0])
+        except (OSError, sqlite3.Error):
+            return True  # cannot tell: let the write itself find out
+        return fs.f_bavail * fs.f_frsize + free_pages * page_size >= RESUME_FREE_BYTES
+
     def _note_disk_full(self) -> None:
         if not self._disk_full:
             self._disk_full = True
@@ -403,6 +421,10 @@ class Buffer:
         seqs: list[int | None] = [None] * len(samples)
         if not samples:
             return AppendResult(seqs, 0)
+        if self._disk_full and not self._room_is_back():
+            self._unsaved_dropped += len(samples)
+            self._disk_full_dropped += len(samples)
+            return AppendResult(seqs, len(samples), disk_full=True)
         try:
             self._seq.cover(self._counters.next_seq + len(rows))
             dropped = self._write(lambda db, c: self._insert(db, c, rows, seqs, len(invalid)))

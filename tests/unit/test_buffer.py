@@ -755,6 +755,32 @@ def test_a_full_disk_drops_and_counts_then_recovers(
         assert b.device_statuses() == {"meter-1": '{"state": "online"}'}
 
 
+def test_a_little_room_after_a_full_disk_is_not_tried(
+    small_fs: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """One episode, one pair of log lines: 64 KiB freed by something else is not "space is
+    back" (it would fill again at once); the 1 MiB RESUME_FREE_BYTES is."""
+    path = small_fs / "buffer.sqlite3"
+    with caplog.at_level(logging.INFO, "citygate.buffer"), opened(path, BufferSettings()) as b:
+        ballast = small_fs / "ballast"
+        _fill(ballast)
+        for batch in range(400):
+            if b.append([new(readings=20, salt=batch * 10 + i) for i in range(10)]).dropped:
+                break
+        else:
+            raise AssertionError("the disk never filled up")
+        size = ballast.stat().st_size
+        os.truncate(ballast, size - 65536)
+        result = b.append([new(salt=5000 + i) for i in range(3)])
+        assert result.seqs == [None] * 3
+        assert result.dropped == 3
+        assert "writing again" not in caplog.text
+        os.truncate(ballast, 0)
+        assert None not in b.append([new(salt=6000 + i) for i in range(3)]).seqs
+        assert caplog.text.count("disk full") == 1
+        assert caplog.text.count("writing again") == 1
+
+
 # ---------------------------------------------------------------------- async wrapper
 
 

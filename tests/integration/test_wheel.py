@@ -118,3 +118,21 @@ def test_installed_wheel_maps_the_folders(venv: tuple[Path, Path], tmp_path: Pat
     lines = run(python, "-c", probe, cwd=tmp_path).split("\n")
     assert lines[0] == str(site / "citygate" / "drivers" / "api.py")
     assert sorted(lines[1:-1]) == ["ble True", "mbus True", "modbus True"]
+
+
+@pytest.mark.parametrize("project", [ROOT, ROOT / "hardware-sim"], ids=["citygate", "citygate-sim"])
+def test_packaging_builds_without_deprecation_warnings(project: Path, tmp_path: Path) -> None:
+    """Issue 16: a fresh install printed pages of setuptools deprecations (``project.license``
+    as a table); the build's own verbose output must hold none."""
+    sources = tmp_path / "sources"
+    shutil.copytree(project, sources, ignore=shutil.ignore_patterns(
+        ".*", "__pycache__", "build", "*.egg-info", "tests", "plugin-template", "hardware-sim"
+    ))  # fmt: skip
+    done = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "-v", "--no-deps", "--no-build-isolation",
+         "--wheel-dir", str(tmp_path / "out"), str(sources)],
+        capture_output=True, text=True, timeout=300, check=False,
+    )  # fmt: skip
+    output = done.stdout + done.stderr
+    assert done.returncode == 0, output
+    assert "deprecat" not in output.lower(), output

@@ -481,7 +481,11 @@ class Agent:
             await self._restart_publisher(new)
         else:
             self.publisher.update_announcement(_announced(wanted.values()), new.gateway)
-        self.homeassistant.update(new.homeassistant, _ha_devices(wanted.values()))
+        self.homeassistant.update(
+            new.homeassistant,
+            _ha_devices(wanted.values()),
+            f"{new.mqtt.topic_prefix}/{new.gateway.id}",
+        )
         log.info(
             "reload: %d devices running; added %s, removed %s, restarted %s%s",
             len(wanted),

@@ -16,16 +16,23 @@ diagnostic sensors read from ``P/G/metrics``) and :func:`state_payload` (the fla
   becomes the new state, so a backlog replayed after an outage never moves the state back. Only
   that one sample is decoded, and the state is published by the session's task, not the data
   loop.
-* What was announced (device ids, their quantities and the prefix) is kept in
-  ``<data_dir>/homeassistant.json`` (written atomically, only when it changes). On start and on
-  reload, a device announced before but no longer configured (or every device, when
-  ``[homeassistant]`` is disabled) gets an empty retained config (Home Assistant deletes it)
-  and its retained state is cleared; the file then forgets it. This also removes the ghosts of
-  an earlier run: a restart with a device removed, or with Home Assistant disabled, clears them.
+* What was announced (device ids, their quantities, the discovery prefix and the topic base
+  ``P/G``) is kept in ``<data_dir>/homeassistant.json`` (written atomically, only when it
+  changes). On start and on reload, a device announced before but no longer configured (or every
+  device, when ``[homeassistant]`` is disabled) gets an empty retained config (Home Assistant
+  deletes it) and its retained state is cleared; the file then forgets it. This also removes the
+  ghosts of an earlier run: a restart with a device removed, or with Home Assistant disabled,
+  clears them.
+* A new ``mqtt.topic_prefix`` (reload or restart) moves the states: those under the old
+  ``P/G`` are cleared, the newest of each device is published under the new one at once, and
+  discovery is sent again with the new state and availability topics.
 * Discovery is sent after each connect and again when ``<prefix>/status`` says ``online`` (a
   retained ``online`` is ignored: it is an old birth message, and the connect sent discovery).
   The session's task subscribes to ``<prefix>/status``; a reload that changes the prefix or
-  enables Home Assistant subscribes to the new one at once.
+  enables Home Assistant subscribes to the new one at once. The broker's session (kept across
+  connections and restarts, agent/mqtt/session.py) keeps a subscription until it is undone, so
+  the one no longer wanted (another prefix, or Home Assistant disabled) is unsubscribed:
+  otherwise every birth message on it would arrive as an unsolicited message.
 """
 
 from __future__ import annotations
@@ -262,7 +269,7 @@ class HomeAssistant:
         facts: Callable[[str], Mapping[str, Any]] | None = None,
     ) -> None:
         self._settings = settings
-        self._base = topic_base
+        self._base = topic_base  # P/G of the states announced (the file's, until update)
         self._gateway_id = gateway_id
         self._path = data_dir / STATE_FILE
         self._facts = facts
@@ -272,14 +279,16 @@ class HomeAssistant:
         self._gateway_announced = False
         self._state_seq: dict[str, int] = {}  # the seq of each device's last state
         self._states: dict[str, bytes] = {}  # states waiting to be published
+        self._last_states: dict[str, bytes] = {}  # the newest state of each device
         self._dirty: set[str] = set()  # devices whose discovery must be (re)sent
         self._clear: dict[str, None] = {}  # topics to empty (retained), in order
         self._resend = True  # every discovery again (a connect, `online`)
         self._saved: bytes | None = None
         self._wake = asyncio.Event()
         self._subscribed: str | None = None  # the status filter subscribed on this connection
+        self._held: str | None = None  # the status filter the broker's session holds
         self._load()
-        self.update(settings, devices)
+        self.update(settings, devices, topic_base)
 
     # ------------------------------------------------------------------ state kept on disk
 
@@ -291,15 +300,18 @@ class HomeAssistant:
         except (OSError, ValueError) as exc:
             log.warning("homeassistant: cannot read %s (%s); starting afresh", self._path, exc)
             return
-        if not isinstance(data, dict) or not isinstance(data.get("prefix"), str):
+        if not isinstance(data, dict) or not _topic_part(data.get("prefix")):
             log.warning("homeassistant: %s is not what it should be; starting afresh", self._path)
             return
         self._announced_prefix = data["prefix"]
+        self._held = f"{data['prefix']}/status"  # the last run subscribed to it
+        if _topic_part(data.get("base")):
+            self._base = data["base"]
         self._gateway_announced = bool(data.get("gateway"))
         devices = data.get("devices")
         if isinstance(devices, dict):
             for device_id, quantities in devices.items():
-                if isinstance(device_id, str) and isinstance(quantities, dict):
+                if _topic_part(device_id) and "/" not in device_id and isinstance(quantities, dict):
                     self._quantities[device_id] = {
                         str(q): u if isinstance(u, str) else None
                         for q, u in list(quantities.items())[:MAX_QUANTITIES]
@@ -311,6 +323,7 @@ class HomeAssistant:
         else:
             document = {
                 "prefix": self._announced_prefix,
+                "base": self._base,
                 "gateway": self._gateway_announced,
                 "devices": self._quantities,
             }
@@ -339,10 +352,18 @@ class HomeAssistant:
         """``<prefix>/status``: Home Assistant's birth and last will."""
         return f"{self._settings.discovery_prefix}/status"
 
-    def update(self, settings: HomeAssistantSettings, devices: Sequence[DeviceInfo]) -> None:
-        """Start, or a reload: clear what is announced and no longer wanted."""
+    def update(
+        self,
+        settings: HomeAssistantSettings,
+        devices: Sequence[DeviceInfo],
+        topic_base: str | None = None,
+    ) -> None:
+        """Start, or a reload: clear what is announced and no longer wanted; a new
+        ``topic_base`` (``P/G``: ``mqtt.topic_prefix`` changed) moves the states."""
         self._settings = settings
         self._devices = {d.id: d for d in devices} if settings.enabled else {}
+        old_base = self._base
+        new_base = old_base if topic_base is None else topic_base
         old_prefix = self._announced_prefix
         if old_prefix is not None and old_prefix != settings.discovery_prefix:
             gone = list(self._quantities)  # all of them, from the old prefix
@@ -351,18 +372,28 @@ class HomeAssistant:
         if old_prefix is not None:
             for device_id in gone:
                 self._clear[discovery_topic(old_prefix, self._gateway_id, device_id)] = None
-                if device_id not in self._devices:
-                    self._clear[state_topic(self._base, device_id)] = None
             if self._gateway_announced and (
                 not settings.enabled or old_prefix != settings.discovery_prefix
             ):
                 self._clear[discovery_topic(old_prefix, self._gateway_id)] = None
+        # States: of a device no longer configured, and every one under a base given up.
+        for device_id in self._quantities:
+            if device_id not in self._devices or new_base != old_base:
+                self._clear[state_topic(old_base, device_id)] = None
         for device_id in gone:
             if device_id not in self._devices:
                 self._quantities.pop(device_id, None)
                 self._state_seq.pop(device_id, None)
                 self._states.pop(device_id, None)
+                self._last_states.pop(device_id, None)
             self._dirty.discard(device_id)
+        if new_base != old_base:
+            self._base = new_base
+            for device_id in self._devices:  # back to a base cleared by an earlier reload
+                self._clear.pop(state_topic(new_base, device_id), None)
+            # The newest state of each device on its new topic now, not at its next sample.
+            for device_id, payload in self._last_states.items():
+                self._states.setdefault(device_id, payload)
         self._resend = True
         self._wake.set()
 
@@ -378,6 +409,7 @@ class HomeAssistant:
         self._state_seq[device_id] = sample.seq
         payload, quantities = state_payload(sample)
         self._states[device_id] = payload
+        self._last_states[device_id] = payload
         known = self._quantities.setdefault(device_id, {})
         new = {q: u for q, u in quantities.items() if known.get(q, "\0") != u}
         if new and len(known) < MAX_QUANTITIES:
@@ -389,6 +421,8 @@ class HomeAssistant:
         """A message on ``<prefix>/status``: ``online`` (not retained) sends discovery again."""
         if incoming.retain or incoming.payload.strip() != b"online":
             return
+        if not self._settings.enabled or incoming.topic != self.topic_filter:
+            return  # on a filter being unsubscribed
         log.info("homeassistant: Home Assistant is online; sending discovery again")
         self._resend = True
         self._wake.set()
@@ -409,14 +443,27 @@ class HomeAssistant:
 
     async def _subscribe(self, client: Client, ack_timeout: float) -> None:
         wanted = self.topic_filter if self._settings.enabled else None
-        if wanted == self._subscribed:
-            return
-        if self._subscribed is not None:
+        held = self._held
+        if held is not None and held != wanted:
+            # Routed until the UNSUBACK: what the broker sent before it is not unsolicited.
+            reason = await client.unsubscribe(held, within=ack_timeout)
+            self._held = None
+            client.unroute(held)
+            if reason is not None and reason.is_failure:
+                log.warning(
+                    "homeassistant: the broker refused to unsubscribe from %s: %s",
+                    held,
+                    reason_text(reason),
+                )
+            else:
+                log.info("homeassistant: unsubscribed from %s", held)
+        if self._subscribed is not None and self._subscribed != wanted:
             client.unroute(self._subscribed)
-        self._subscribed = wanted
-        if wanted is None:
+            self._subscribed = None
+        if wanted is None or wanted == self._subscribed:
             return
         client.route(wanted, self.deliver)
+        self._subscribed = wanted
         reason = await client.subscribe(wanted, 1, within=ack_timeout)
         if reason.is_failure:
             log.warning(
@@ -425,6 +472,8 @@ class HomeAssistant:
                 wanted,
                 reason_text(reason),
             )
+        else:
+            self._held = wanted
 
     async def send_pending(self, publish: Publish) -> None:
         """Publish what is due: clears, discovery (gateway first), then states."""
@@ -478,6 +527,11 @@ def known_devices(
 ) -> list[DeviceInfo]:
     """DeviceInfo of each (id, driver, driver_config)."""
     return [device_info(i, drv, cfg) for i, drv, cfg in devices]
+
+
+def _topic_part(text: object) -> bool:
+    """Whether ``text`` (from the file) can start a topic name: published to, not matched."""
+    return isinstance(text, str) and 0 < len(text) <= 1024 and not set(text) & set("+#\0")
 
 
 def _template(quantity: str) -> str:

@@ -176,6 +176,7 @@ class Client:
         p.on_publish = self._on_publish
         p.on_message = self._on_message
         p.on_subscribe = self._on_subscribe
+        p.on_unsubscribe = self._on_unsubscribe
         p.on_socket_close = self._on_socket_close
         p.on_socket_register_write = self._on_socket_register_write
         p.on_socket_unregister_write = self._on_socket_unregister_write
@@ -327,9 +328,32 @@ class Client:
             self._subscribes.pop(mid, None)
         return codes[0]
 
+    async def unsubscribe(self, topic_filter: str, within: float) -> ReasonCode | None:
+        """Unsubscribe and wait up to ``within`` seconds for the UNSUBACK; its reason code
+        (MQTT 5; None for 3.1.1, whose UNSUBACK has none). Raises :class:`MqttError` when not
+        connected or not answered."""
+        rc, mid = self._paho.unsubscribe(topic_filter)
+        if rc != MQTTErrorCode.MQTT_ERR_SUCCESS or mid is None:
+            raise MqttError(f"unsubscribe failed: {paho.error_string(rc)}")
+        future: asyncio.Future[list[ReasonCode]] = self._loop.create_future()
+        self._subscribes[mid] = future  # one packet id space: SUBACK and UNSUBACK by mid
+        try:
+            async with asyncio.timeout(within):
+                codes = await asyncio.shield(future)
+        except TimeoutError:
+            raise MqttError(f"no UNSUBACK within {within:g} s") from None
+        finally:
+            self._subscribes.pop(mid, None)
+        return codes[0] if codes else None
+
     # ----------------------------------------------------------------- paho callbacks
 
     def _on_subscribe(
+        self, client: paho.Client, userdata: Any, mid: int, codes: list[ReasonCode], props: Any
+    ) -> None:
+        self._dispatch(self._subscribed, mid, codes)
+
+    def _on_unsubscribe(
         self, client: paho.Client, userdata: Any, mid: int, codes: list[ReasonCode], props: Any
     ) -> None:
         self._dispatch(self._subscribed, mid, codes)

@@ -18,6 +18,8 @@ import pytest
 
 from citygate import ha_classes
 from tests.faults.helpers import buffer_stats, modbus_devices, persistent_broker
+from tests.integration.test_broker_acl import ACL_FILE
+from tests.integration.test_mqtt_auth import secret_file, write_password_file
 from tests.support.broker import Mosquitto, Subscriber
 from tests.support.processes import AgentProcess, SimProcess, modbus_config
 from tests.support.wait import wait_until
@@ -53,17 +55,13 @@ def broker(tmp_path: Path) -> Iterator[Mosquitto]:
 
 
 def retained(port: int) -> dict[str, bytes]:
-    """The broker's retained store under ``homeassistant/#`` and ``city/#``."""
+    """The broker's retained store."""
     sub = Subscriber(port, "#").start()
     try:
         marker = f"test/marker/{time.monotonic_ns()}"
         publish.single(marker, b"x", qos=1, hostname="127.0.0.1", port=port)
         sub.wait_for(lambda: any(m.topic == marker for m in sub.snapshot()), what="the marker")
-        return {
-            m.topic: m.payload
-            for m in sub.snapshot()
-            if m.retain and m.topic.split("/")[0] in ("homeassistant", "city")
-        }
+        return {m.topic: m.payload for m in sub.snapshot() if m.retain}
     finally:
         sub.stop()
 
@@ -78,14 +76,16 @@ def write_config(tmp_path: Path, broker: Mosquitto, sim: SimProcess, count: int,
     )
 
 
-def discovery_topics(store: dict[str, bytes]) -> set[str]:
-    return {t for t in store if t.startswith("homeassistant/")}
+def discovery_topics(store: dict[str, bytes], prefix: str = "homeassistant") -> set[str]:
+    return {t for t in store if t.startswith(f"{prefix}/")}
 
 
-def check_discovery(store: dict[str, bytes], gw: str = GW) -> None:
+def check_discovery(
+    store: dict[str, bytes], gw: str = GW, prefix: str = "homeassistant", base: str = "city"
+) -> None:
     """Every discovery payload against Home Assistant's schema rules."""
     unique_ids: list[str] = []
-    for topic in discovery_topics(store):
+    for topic in discovery_topics(store, prefix):
         message = json.loads(store[topic])
         assert set(message) == {"device", "origin", "components"}, topic
         device = message["device"]
@@ -102,8 +102,8 @@ def check_discovery(store: dict[str, bytes], gw: str = GW) -> None:
                 allowed = ha_classes.allowed_state_classes(device_class)
                 assert c["state_class"] in allowed, (topic, key)
             for entry in c["availability"]:
-                assert entry["topic"].startswith(f"city/{gw}/")
-        if topic != f"homeassistant/device/{gw}/config":
+                assert entry["topic"].startswith(f"{base}/{gw}/")
+        if topic != f"{prefix}/device/{gw}/config":
             assert device["via_device"] == f"citygate_{gw}"
     assert len(unique_ids) == len(set(unique_ids)), "unique ids are not unique"
 
@@ -305,3 +305,178 @@ def test_demo_publishes_discovery_for_its_configured_devices(broker: Mosquitto) 
             if demo.poll() is None:
                 demo.kill()
     assert demo.returncode == 0
+
+
+ACL_PASSWORDS = {GW: "gw-e2e-Secret-1", "homeassistant": "homeassistant-Secret-4"}
+
+
+@pytest.fixture
+def acl_broker(tmp_path: Path) -> Iterator[Mosquitto]:
+    """A Mosquitto enforcing the shipped config/mosquitto-acl.example, with accounts for the
+    gateway (its username is its id) and Home Assistant."""
+    passwords = write_password_file(tmp_path / "mosquitto.passwd", ACL_PASSWORDS)
+    b = Mosquitto(
+        tmp_path / "mosquitto",
+        anonymous=False,
+        extra_conf=f"password_file {passwords}\nacl_file {ACL_FILE}\n",
+    )
+    b.start()
+    yield b
+    b.stop()
+
+
+def test_end_to_end_under_the_reference_acl(
+    tmp_path: Path, acl_broker: Mosquitto, sim: SimProcess
+) -> None:
+    """`citygate run` logged in as its gateway id under the shipped ACL; Home Assistant's
+    account reads everything it needs, the gateway hears its birth message, and the broker
+    refuses nothing."""
+    port = acl_broker.port
+    secret = secret_file(tmp_path / "mqtt-password", ACL_PASSWORDS[GW])
+    config = modbus_config(
+        tmp_path / "gateway.toml",
+        broker_port=port,
+        data_dir=tmp_path / "var",
+        devices=modbus_devices(sim.port, 2, "100ms"),
+        extra=f'username = "{GW}"\npassword_file = "{secret}"\n\n{HA_ON}',
+    )
+    hass = Subscriber(port, "#", "homeassistant", ACL_PASSWORDS["homeassistant"]).start()
+    configs = {
+        f"homeassistant/device/{GW}/config",
+        f"homeassistant/device/{GW}_meter-0/config",
+        f"homeassistant/device/{GW}_meter-1/config",
+    }
+    states = {f"city/{GW}/meter-0/state", f"city/{GW}/meter-1/state"}
+    agent = AgentProcess(config, metrics_interval=0.3)
+    try:
+        check_under_the_acl(agent, hass, configs, states, port)
+    finally:
+        hass.stop()
+    assert "not authorized" not in agent.log.lower(), agent.log
+    assert "refuse" not in agent.log, agent.log
+    assert "Traceback" not in agent.log
+
+
+def check_under_the_acl(
+    agent: AgentProcess, hass: Subscriber, configs: set[str], states: set[str], port: int
+) -> None:
+    def topics(name: str) -> list[str]:
+        return [m.topic for m in hass.snapshot() if m.topic == name or name == "*"]
+
+    def metrics() -> list[dict[str, Any]]:
+        return [json.loads(m.payload) for m in hass.snapshot() if m.topic.endswith("/metrics")]
+
+    try:
+        hass.wait_for(
+            lambda: configs <= set(topics("*")) and all(len(topics(t)) >= 3 for t in states),
+            what="discovery of every device and states updating",
+        )
+        latest = {m.topic: m.payload for m in hass.snapshot()}
+        check_discovery({t: latest[t] for t in configs})
+        for device in ("meter-0", "meter-1"):
+            meter = json.loads(latest[f"homeassistant/device/{GW}_{device}/config"])
+            state = json.loads(latest[f"city/{GW}/{device}/state"])
+            assert set(state) - {"t"} == set(meter["components"])
+            times = [json.loads(m.payload)["t"] for m in hass.snapshot(f"{device}/state")]
+            assert times == sorted(times) and len(set(times)) >= 3, times
+        assert latest[f"city/{GW}/status"] == b"online"
+
+        # Home Assistant's birth message (its account may write it; the gateway may read it).
+        announced = len([t for t in topics("*") if t in configs])
+        publish.single(
+            "homeassistant/status",
+            b"online",
+            qos=1,
+            hostname="127.0.0.1",
+            port=port,
+            auth={"username": "homeassistant", "password": ACL_PASSWORDS["homeassistant"]},
+        )
+        hass.wait_for(
+            lambda: len([t for t in topics("*") if t in configs]) >= announced + len(configs),
+            what="discovery sent again after the birth message",
+        )
+        seen = len(metrics())
+        hass.wait_for(lambda: len(metrics()) > seen + 1, what="two more metrics messages")
+    finally:
+        assert agent.stop() == 0, agent.log
+    # Availability follows the gateway: `offline` at the stop.
+    hass.wait_for(
+        lambda: [m.payload for m in hass.snapshot(f"{GW}/status")][-1:] == [b"offline"],
+        what="the gateway's offline status",
+    )
+    assert metrics() and all(m["refused_samples"] == 0 for m in metrics())
+    assert all(m["unsolicited_messages"] == 0 for m in metrics())
+
+
+def test_reload_moves_home_assistant_to_new_prefixes(
+    tmp_path: Path, broker: Mosquitto, sim: SimProcess
+) -> None:
+    """A reload that changes `mqtt.topic_prefix` and the discovery prefix moves discovery and
+    states without a restart; the subscription to the old prefix's birth messages is undone
+    (the broker's session keeps it across the publisher's reconnect), and so is the new one
+    when Home Assistant is disabled: no birth message then counts as unsolicited."""
+    config = write_config(tmp_path, broker, sim, 1, HA_ON)
+    agent = AgentProcess(config, metrics_interval=0.3)
+    metrics = Subscriber(broker.port, f"town/{GW}/metrics").start()
+
+    def unsolicited_after(*birth_topics: str) -> int:
+        for topic in birth_topics:
+            publish.single(topic, b"online", qos=1, hostname="127.0.0.1", port=broker.port)
+        seen = len(metrics.snapshot())
+        metrics.wait_for(lambda: len(metrics.snapshot()) > seen + 1, what="metrics")
+        return int(json.loads(metrics.snapshot()[-1].payload)["unsolicited_messages"])
+
+    def ha_store() -> dict[str, bytes]:
+        return {
+            t: p
+            for t, p in retained(broker.port).items()
+            if t.startswith(("homeassistant/", "hass/")) or t.endswith("/state")
+        }
+
+    try:
+        states_ready(broker.port, 1)
+        write_config(
+            tmp_path,
+            broker,
+            sim,
+            1,
+            f'topic_prefix = "town"\n\n{HA_ON}discovery_prefix = "hass"\n',
+        )
+        agent.signal(signal.SIGHUP)
+        moved = {
+            f"hass/device/{GW}/config",
+            f"hass/device/{GW}_meter-0/config",
+            f"town/{GW}/meter-0/state",
+        }
+        holder: dict[str, dict[str, bytes]] = {}
+
+        def all_moved() -> bool:
+            holder["store"] = ha_store()
+            return set(holder["store"]) == moved
+
+        wait_until(all_moved, 30, f"only {sorted(moved)} retained")
+        store = holder["store"]
+        check_discovery(store, prefix="hass", base="town")
+        meter = json.loads(store[f"hass/device/{GW}_meter-0/config"])
+        assert {c["state_topic"] for c in meter["components"].values()} == {
+            f"town/{GW}/meter-0/state"
+        }
+        gateway = json.loads(store[f"hass/device/{GW}/config"])
+        assert {c["state_topic"] for c in gateway["components"].values()} == {f"town/{GW}/metrics"}
+
+        live = Subscriber(broker.port, "hass/device/#").start()
+        try:
+            assert unsolicited_after("homeassistant/status", "hass/status") == 0
+            live.wait_for(lambda: len(live.snapshot()) >= 2, what="discovery sent again")
+        finally:
+            live.stop()
+
+        write_config(tmp_path, broker, sim, 1, f'topic_prefix = "town"\n\n{HA_OFF}')
+        agent.signal(signal.SIGHUP)
+        wait_until(lambda: not ha_store(), 30, "every discovery and state cleared")
+        assert unsolicited_after("hass/status") == 0
+    finally:
+        metrics.stop()
+        assert agent.stop() == 0, agent.log
+    assert "homeassistant: unsubscribed from homeassistant/status" in agent.log
+    assert "Traceback" not in agent.log

@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
+
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.reasoncodes import ReasonCode
 
 from citygate.buffer import StoredSample
 from citygate.config import HomeAssistantSettings
@@ -17,7 +21,7 @@ from citygate.homeassistant import (
     gateway_discovery,
     state_payload,
 )
-from citygate.mqtt.client import Incoming
+from citygate.mqtt.client import Client, Incoming
 
 BASE = "city/gw"
 ON = HomeAssistantSettings(enabled=True)
@@ -229,3 +233,140 @@ def test_online_resends_but_retained_birth_does_not(tmp_path: Path) -> None:
         return before, broker.log.count("homeassistant/device/gw_m1/config")
 
     assert asyncio.run(main()) == (1, 2)
+
+
+def test_topic_prefix_change_moves_states_and_discovery(tmp_path: Path) -> None:
+    """A reload with another ``mqtt.topic_prefix``: discovery points at the new state and
+    availability topics, the newest state is on the new topic at once, the old one is cleared."""
+
+    async def main() -> Broker:
+        broker = Broker()
+        h = ha(tmp_path, ON, "m1")
+        h.acked(sample(1))
+        await h.send_pending(broker.publish)
+        h.update(ON, devices("m1"), "town/gw")
+        await h.send_pending(broker.publish)
+        return broker
+
+    broker = asyncio.run(main())
+    assert set(broker.retained) == {
+        "homeassistant/device/gw/config",
+        "homeassistant/device/gw_m1/config",
+        "town/gw/m1/state",
+    }
+    assert broker.json("town/gw/m1/state")["t"] == 1764079200.5
+    for c in broker.json("homeassistant/device/gw_m1/config")["components"].values():
+        assert c["state_topic"] == "town/gw/m1/state"
+        assert [a["topic"] for a in c["availability"]] == ["town/gw/status", "town/gw/m1/status"]
+    for c in broker.json("homeassistant/device/gw/config")["components"].values():
+        assert c["state_topic"] == "town/gw/metrics"
+
+
+def test_restart_with_another_topic_prefix_clears_the_old_states(tmp_path: Path) -> None:
+    async def main() -> Broker:
+        broker = Broker()
+        h = ha(tmp_path, ON, "m1")
+        h.acked(sample(1))
+        await h.send_pending(broker.publish)
+        again = HomeAssistant(ON, "town/gw", "gw", tmp_path, devices("m1"))
+        again.acked(sample(2))
+        await again.send_pending(broker.publish)
+        return broker
+
+    broker = asyncio.run(main())
+    assert "city/gw/m1/state" not in broker.retained
+    assert "town/gw/m1/state" in broker.retained
+
+
+class FakeClient:
+    """The subscription side of citygate.mqtt.client.Client: what was asked of it."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, str]] = []
+        self.routes: set[str] = set()
+
+    def route(self, topic_filter: str, sink: Any) -> None:
+        self.routes.add(topic_filter)
+
+    def unroute(self, topic_filter: str) -> None:
+        self.routes.discard(topic_filter)
+
+    async def subscribe(self, topic_filter: str, qos: int, within: float) -> ReasonCode:
+        self.calls.append(("subscribe", topic_filter))
+        return ReasonCode(PacketTypes.SUBACK, identifier=1)
+
+    async def unsubscribe(self, topic_filter: str, within: float) -> ReasonCode:
+        self.calls.append(("unsubscribe", topic_filter))
+        return ReasonCode(PacketTypes.UNSUBACK, identifier=0)
+
+
+async def one_connection(h: HomeAssistant, client: FakeClient, *changes: Any) -> None:
+    """Run ``h`` over ``client``; each of ``changes`` (an update's arguments) once the
+    previous one has been carried out (nothing left to send)."""
+    broker = Broker()
+    task = asyncio.create_task(h.run(cast(Client, client), broker.publish, 1.0))
+    try:
+        for change in (None, *changes):
+            if change is not None:
+                h.update(*change)
+            for _ in range(100):
+                await asyncio.sleep(0)
+            assert not task.done()
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+def test_subscription_given_up_is_unsubscribed(tmp_path: Path) -> None:
+    """The broker's session keeps a subscription: one no longer wanted (another discovery
+    prefix, Home Assistant disabled) is unsubscribed, or Home Assistant's birth messages on it
+    would arrive as unsolicited messages."""
+    client = FakeClient()
+    h = ha(tmp_path, ON, "m1")
+    hass = HomeAssistantSettings(enabled=True, discovery_prefix="hass")
+    asyncio.run(one_connection(h, client, (hass, devices("m1")), (OFF, devices("m1"))))
+    assert client.calls == [
+        ("subscribe", "homeassistant/status"),
+        ("unsubscribe", "homeassistant/status"),
+        ("subscribe", "hass/status"),
+        ("unsubscribe", "hass/status"),
+    ]
+    assert client.routes == set()
+
+
+def test_subscription_of_an_earlier_run_is_unsubscribed(tmp_path: Path) -> None:
+    """The broker's session outlives the process: a restart with Home Assistant disabled
+    (or another discovery prefix) unsubscribes what the last run subscribed to."""
+
+    async def first_run() -> None:
+        h = ha(tmp_path, ON, "m1")
+        h.acked(sample(1))
+        await one_connection(h, FakeClient())
+
+    asyncio.run(first_run())
+    client = FakeClient()
+    asyncio.run(one_connection(ha(tmp_path, OFF, "m1"), client))
+    assert client.calls == [("unsubscribe", "homeassistant/status")]
+    assert not (tmp_path / STATE_FILE).exists()
+
+
+def test_a_file_with_wildcard_topics_is_not_trusted(tmp_path: Path) -> None:
+    """A damaged homeassistant.json cannot make the gateway publish to a wildcard (paho would
+    raise and end the session at every connect): it is ignored."""
+    (tmp_path / STATE_FILE).write_text(
+        json.dumps({"prefix": "ha/#", "base": "city/+", "gateway": True, "devices": {"m1": {}}})
+    )
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / STATE_FILE).write_text(
+        json.dumps({"prefix": "ha", "devices": {"m#": {}, "a/b": {}, "m1": {}}})
+    )
+
+    async def main() -> Broker:
+        broker = Broker()
+        await ha(tmp_path, OFF, "m1").send_pending(broker.publish)
+        assert broker.log == []
+        await ha(tmp_path / "other", OFF, "m1").send_pending(broker.publish)
+        return broker
+
+    assert asyncio.run(main()).log == ["ha/device/gw_m1/config", "city/gw/m1/state"]

@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from citygate.drivers.api import Value
 
 
-@dataclass(frozen=True, slots=True)
-class Reading:
-    """One value of one quantity in its canonical unit (None: no unit, a string)."""
+class Reading(NamedTuple):
+    """One value of one quantity in its canonical unit (None: no unit, a string).
+
+    A named tuple rather than a frozen dataclass: one is made per value read, in less than
+    half the time (issue 13's CPU per reading).
+    """
 
     name: str
     unit: str | None

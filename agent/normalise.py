@@ -8,8 +8,8 @@ passed through unchanged, with one warning per device and unit.
 from __future__ import annotations
 
 import logging
-import math
 from collections.abc import Sequence
+from math import isfinite
 
 from citygate.drivers.api import CONVERSIONS, Measurement
 from citygate.model import Reading
@@ -29,27 +29,31 @@ class Normaliser:
 
     def __call__(self, measurements: Sequence[Measurement]) -> tuple[Reading, ...]:
         readings: list[Reading] = []
+        append = readings.append
+        conversions = CONVERSIONS
         for m in measurements:
             value = m.value
             unit = m.unit
-            if type(value) is float and not math.isfinite(value):
+            if type(value) is float and not isfinite(value):
                 self.invalid_readings += 1
                 continue
             if unit is not None:
-                conversion = CONVERSIONS.get(unit)
+                conversion = conversions.get(unit)
                 if conversion is None:
-                    if unit not in self._warned_units:
-                        self._warned_units.add(unit)
-                        log.warning(
-                            "%s: unit %r of %s is not a known unit; passed through unchanged",
-                            self._device_id,
-                            unit,
-                            m.name,
-                        )
+                    self._unknown_unit(unit, m.name)
                 else:
-                    canonical_unit, factor = conversion
+                    unit, factor = conversion
                     if factor != 1.0 and isinstance(value, int | float) and type(value) is not bool:
                         value = value * factor
-                    unit = canonical_unit
-            readings.append(Reading(m.name, unit, value))
+            append(Reading(m.name, unit, value))
         return tuple(readings)
+
+    def _unknown_unit(self, unit: str, name: str) -> None:
+        if unit not in self._warned_units:
+            self._warned_units.add(unit)
+            log.warning(
+                "%s: unit %r of %s is not a known unit; passed through unchanged",
+                self._device_id,
+                unit,
+                name,
+            )

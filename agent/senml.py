@@ -30,7 +30,9 @@ from typing import Protocol
 from citygate import cbor
 from citygate.model import Reading
 
+_CACHE_LIMIT = 4096  # names and units come from configs and profiles; a bound all the same
 _prefix_cache: dict[tuple[str, str | None], str] = {}
+_float_heads: dict[str, str] = {}
 
 
 def _prefix(name: str, unit: str | None) -> str:
@@ -40,8 +42,21 @@ def _prefix(name: str, unit: str | None) -> str:
         prefix = '"n":' + json.dumps(name)
         if unit is not None:
             prefix += ',"u":' + json.dumps(unit)
+        if len(_prefix_cache) >= _CACHE_LIMIT:
+            _prefix_cache.clear()
         _prefix_cache[key] = prefix
     return prefix
+
+
+def _float_head(name: str) -> str:
+    """``"n":NAME,"v":`` for a float in the base unit (or with no unit), cached."""
+    head = _float_heads.get(name)
+    if head is None:
+        head = _prefix(name, None) + ',"v":'
+        if len(_float_heads) >= _CACHE_LIMIT:
+            _float_heads.clear()
+        _float_heads[name] = head
+    return head
 
 
 _BASE_UNIT_HEAD = '"bu":'
@@ -66,29 +81,47 @@ def _value_field(value: object) -> str:
     return ',"vs":' + json.dumps(str(value))
 
 
+def _base_unit_head(unit: str) -> str:
+    head = _base_unit_heads.get(unit)
+    if head is None:
+        head = _BASE_UNIT_HEAD + json.dumps(unit) + ","
+        if len(_base_unit_heads) >= _CACHE_LIMIT:
+            _base_unit_heads.clear()
+        _base_unit_heads[unit] = head
+    return head
+
+
 def encode_body(readings: Sequence[Reading]) -> str:
     """The records of one sample, as stored in the buffer (see module doc)."""
     units = [r.unit for r in readings]
     if None in units:  # a unitless record would inherit a bu: units stay on every record
-        return "},{".join(_prefix(r.name, r.unit) + _value_field(r.value) for r in readings)
+        return "},{".join([_prefix(r.name, r.unit) + _value_field(r.value) for r in readings])
     parts: list[str] = []
+    append = parts.append
+    float_heads = _float_heads
     base_unit: str | None = None
     count = len(readings)
+    # Per reading, the usual case (a float in the unit in force) is one cached head and a repr.
     for i, r in enumerate(readings):
-        unit = r.unit
-        head = ""
+        unit = units[i]
         if unit != base_unit:
             run = i + 1
             while run < count and units[run] == unit:
                 run += 1
-            if run - i >= 2:  # two records without "u" pay for one "bu"
-                assert unit is not None
-                base_unit = unit
-                head = _base_unit_heads.get(unit) or _base_unit_heads.setdefault(
-                    unit, _BASE_UNIT_HEAD + json.dumps(unit) + ","
-                )
-        shown = None if unit == base_unit else unit
-        parts.append(head + _prefix(r.name, shown) + _value_field(r.value))
+            if run - i < 2:  # a lone record keeps its "u"
+                append(_prefix(r.name, unit) + _value_field(r.value))
+                continue
+            # two records without "u" pay for one "bu"
+            assert unit is not None
+            base_unit = unit
+            append(_base_unit_head(unit) + _prefix(r.name, None) + _value_field(r.value))
+            continue
+        value = r.value
+        if type(value) is float:
+            head = float_heads.get(r.name)
+            append((head or _float_head(r.name)) + repr(value))
+        else:
+            append(_prefix(r.name, None) + _value_field(value))
     return "},{".join(parts)
 
 

@@ -7,9 +7,29 @@ import struct
 
 _F32 = struct.Struct("<f")
 _LOG10_2 = math.log10(2.0)
-_MIN_EXPONENT = -148  # frexp exponent of the smallest float32 normal is -125; subnormal ulp 2**-149
-_CACHE_LIMIT = 4096
-_cache: dict[float, float] = {}
+_POW10 = tuple(10.0**k for k in range(23))  # exact doubles
+
+
+def _fast_entry(exponent: int) -> tuple[float, float, float] | None:
+    # The candidate decimals of the values with frexp exponent ``exponent``: their float32 ulp is
+    # 2**(exponent-24), so the nearest decimal with k = -floor(log10(ulp)) decimals reads back
+    # (one digit more than needed at most), and k - 1 decimals may. Both scales must be exact
+    # powers of ten (k <= 22) and k - 1 >= 0.
+    k = -math.floor((exponent - 24) * _LOG10_2)
+    if not 1 <= k <= 22:
+        return None
+    return (_POW10[k - 1], _POW10[k], math.ldexp(1.0, exponent - 25))
+
+
+# frexp exponent -> (scale for one decimal fewer, scale that always works, half a float32 ulp)
+# for the magnitudes from 2**-20 to 2**23. Exponent 0 is kept apart: frexp gives it to zero,
+# NaN and the infinities as well as to [0.5, 1), so _other checks for those first.
+_FAST: dict[int, tuple[float, float, float]] = {
+    exponent: entry
+    for exponent in range(-19, 24)
+    if exponent != 0 and (entry := _fast_entry(exponent)) is not None
+}
+_FAST_ZERO = _fast_entry(0)
 
 
 def shortest_float32(value: float) -> float:
@@ -18,41 +38,48 @@ def shortest_float32(value: float) -> float:
     A float32 register holding 196.6 unpacks to 196.60000610351562; this returns 196.6, whose
     ``repr`` is what a SenML consumer reads, and which gives the register's exact float32 back
     when converted to single precision. ``value`` must be a float32 widened to float64; NaN,
-    infinities and zeros come back as they are. Meter values repeat from poll to poll, so the
-    answers are cached (bounded).
+    infinities and zeros come back as they are.
     """
-    known = _cache.get(value)
-    if known is not None:
-        return known
+    # Fast path for the usual magnitudes (one look-up by binary exponent, no log10, no cache):
+    # the candidate decimal r / 10**k with an exact power of ten is the double nearest to that
+    # decimal (one correctly rounded division), and it reads back as the same float32 when it
+    # lies within half a float32 ulp of the value (the difference of two doubles that close is
+    # exact). The candidate with one decimal fewer is tried first: if any shorter decimal reads
+    # back, so does it (see _slow_shortest). A candidate missed at a rounding boundary only
+    # sends the search on to the slow path, which is always right. x // 1.0 is floor(x) as a
+    # float, without the detour through an int.
+    fast = _FAST.get(math.frexp(value)[1])
+    if fast is None:
+        return _other(value)
+    coarse, fine, half_ulp = fast
+    candidate = (value * coarse + 0.5) // 1.0 / coarse
+    gap = candidate - value
+    if -half_ulp < gap < half_ulp:
+        return candidate
+    if abs(gap) == half_ulp and _even(value):
+        return candidate
+    candidate = (value * fine + 0.5) // 1.0 / fine
+    gap = candidate - value
+    if -half_ulp < gap < half_ulp:
+        return candidate
+    return _tie(value, candidate, half_ulp)
+
+
+def _tie(value: float, candidate: float, half_ulp: float) -> float:
+    """The fast path's last candidate, exactly half an ulp away or missed."""
+    if abs(candidate - value) == half_ulp and _even(value):
+        return candidate
+    return _slow_shortest(value)
+
+
+def _other(value: float) -> float:
+    """Zeros, NaN, infinities, [0.5, 1) and magnitudes outside the fast path's table."""
     if not math.isfinite(value) or value == 0.0:
         return value
-    result = _shortest(value)
-    if len(_cache) >= _CACHE_LIMIT:
-        _cache.clear()
-    _cache[value] = result
-    return result
-
-
-_POW10 = tuple(10.0**k for k in range(23))  # exact doubles
-
-
-def _shortest(value: float) -> float:
-    # Fast path for the usual magnitudes: the candidate decimal r / 10**k with an exact power
-    # of ten (k <= 22) is the double nearest to that decimal (one correctly rounded division),
-    # and it reads back as the same float32 when it lies within half a float32 ulp of the value
-    # (the difference of two doubles that close is exact). A candidate missed at a rounding
-    # boundary only sends the search on to the slow path below, which is always right.
-    exponent = math.frexp(value)[1]
-    if -20 < exponent < 27:
-        half_ulp = math.ldexp(1.0, exponent - 25)
-        p = math.floor(math.log10(abs(value)))
-        sure = p + 1 - math.floor(max(exponent - 24, -149) * _LOG10_2)
-        for digits in (sure - 1, sure):
-            k = digits - 1 - p
-            if digits < 1 or not 0 <= k <= 22:
-                break
-            scale = _POW10[k]
-            candidate = math.floor(value * scale + 0.5) / scale
+    if math.frexp(value)[1] == 0 and _FAST_ZERO is not None:
+        coarse, fine, half_ulp = _FAST_ZERO
+        for scale in (coarse, fine):
+            candidate = (value * scale + 0.5) // 1.0 / scale
             gap = abs(candidate - value)
             if gap < half_ulp or (gap == half_ulp and _even(value)):
                 return candidate

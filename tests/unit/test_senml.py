@@ -152,3 +152,46 @@ def test_numbers_take_their_shortest_exact_form() -> None:
     float32 = struct.unpack(">f", struct.pack(">f", 123.456789))[0]
     assert len(encode_number(shortest_float32(float32))) <= 8
     assert encode({"a": [1, True, "x"]}).hex() == "a161618301f56178"
+
+
+def value_text(value: Value) -> str:
+    if type(value) is bool:
+        return ',"vb":true' if value else ',"vb":false'
+    if type(value) is float:
+        return f',"v":{value!r}'
+    if type(value) is int:
+        return f',"v":{value}'
+    return f',"vs":{json.dumps(str(value))}'
+
+
+def reference_body(readings: list[Reading]) -> str:
+    """The module docstring's rule, written plainly (no caches, no fast path)."""
+    units = [r.unit for r in readings]
+    records: list[str] = []
+    base: str | None = None
+    for i, r in enumerate(readings):
+        head = ""
+        if None not in units and r.unit != base and units[i : i + 2] == [r.unit, r.unit]:
+            base, head = r.unit, f'"bu":{json.dumps(r.unit)},'
+        shown = "" if r.unit in (base, None) else f',"u":{json.dumps(r.unit)}'
+        records.append(f'{head}"n":{json.dumps(r.name)}{shown}{value_text(r.value)}')
+    return "},{".join(records)
+
+
+@st.composite
+def meter_samples(draw: st.DrawFn) -> list[Reading]:
+    """Runs of readings in one unit, as meters list them, now and then another kind."""
+    found: list[Reading] = []
+    for run in range(draw(st.integers(1, 6))):
+        unit = draw(st.sampled_from(["W", "V", "A", None]))
+        for i in range(draw(st.integers(1, 5))):
+            value: Value = draw(st.one_of(FLOATS, FLOATS, st.integers(), st.booleans()))
+            found.append(Reading(f"q{run}_{i}", unit, value))
+    return found
+
+
+@given(st.one_of(readings(), meter_samples()))
+@example([Reading("a", "V", 1.0), Reading("b", "V", 2.0), Reading("c", "A", 3.0)])
+@example([Reading("a", "V", 1.0), Reading("b", "A", True), Reading("c", "A", 3)])
+def test_the_body_is_the_plain_rule_byte_for_byte(readings: list[Reading]) -> None:
+    assert encode_body(readings) == reference_body(readings)

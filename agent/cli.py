@@ -27,6 +27,7 @@ from citygate.drivers.api import (
     Measurement,
     PollDriver,
     PushDriver,
+    ReportsStatus,
     ScanCommand,
     ScanConfig,
     SerialLine,
@@ -271,6 +272,8 @@ def _read(path: Path, device_id: str, as_json: bool) -> int:
                 task.cancel()
         return measurements
 
+    meter: dict[str, Any] = {}  # the driver's identity facts (status "meter"), if any
+
     async def read_once() -> list[Any]:
         from citygate.lines import LineOwner
         from citygate.normalise import Normaliser
@@ -305,6 +308,8 @@ def _read(path: Path, device_id: str, as_json: bool) -> int:
                         measurements = await driver.poll()
                 else:
                     measurements = await first_sample(driver, hub)
+                if isinstance(driver, ReportsStatus):
+                    meter.update(driver.status_facts().get("meter") or {})
         finally:
             for owner in lines.values():
                 owner.close()
@@ -337,6 +342,7 @@ def _read(path: Path, device_id: str, as_json: bool) -> int:
                     "readings": [
                         {"name": r.name, "value": r.value, "unit": r.unit} for r in readings
                     ],
+                    **({"meter": meter} if meter else {}),
                 },
                 indent=2,
             )
@@ -347,6 +353,8 @@ def _read(path: Path, device_id: str, as_json: bool) -> int:
     for r in readings:
         value = f"{r.value:.6g}" if isinstance(r.value, float) else str(r.value)
         print(f"  {r.name:<{width}}  {value:>14}  {r.unit or ''}")
+    if meter:
+        print("meter: " + ", ".join(f"{key} {value}" for key, value in meter.items()))
     return EXIT_OK
 
 

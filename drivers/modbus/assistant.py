@@ -2,14 +2,16 @@
 
 Given the raw words of consecutive registers, show them in hex and decoded as
 every numeric type under every order at every start address where the value
-fits, so a technician can spot the plausible reading and write the register
-table. Floats a meter would never report are marked, in parentheses:
-NaN, ±inf, |x| > 1e12, and non-zero |x| < 1e-12 (denormals and the tiny values a
-wrong order typically gives).
+fits, and all of them as one ``string`` under every order, so a technician can
+spot the plausible reading and write the register table. Floats a meter would
+never report are marked, in parentheses: NaN, ±inf, |x| > 1e12, and non-zero
+|x| < 1e-12 (denormals and the tiny values a wrong order typically gives); so is
+a text that is not printable ASCII, shown with its bytes escaped.
 """
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Sequence
 from typing import Any, Final
@@ -18,15 +20,21 @@ from citygate.drivers.modbus.decode import (
     BYTE_ORDERS,
     FLOAT_TYPES,
     REGISTER_WIDTH,
+    ByteOrder,
     DataType,
+    decode_text,
     decode_value,
+    string_bytes,
 )
 
 __all__ = ["ASSISTANT_TYPES", "assistant_json", "format_assistant", "is_plausible"]
 
 ASSISTANT_TYPES: Final[tuple[DataType, ...]] = (
-    "int16", "uint16", "int32", "uint32", "int64", "uint64", "float32", "float64",
+    "int16", "uint16", "int32", "uint32", "int48", "uint48", "int64", "uint64",
+    "float32", "float64",
 )  # fmt: skip
+"""The numeric types shown at every start address; ``string`` is shown once, over
+all the registers read."""
 
 _IMPLAUSIBLE_NOTE: Final = (
     "(…) implausible for a meter: NaN, infinite, |x| > 1e12 or non-zero |x| < 1e-12"
@@ -60,6 +68,8 @@ def assistant_json(words: Sequence[int], address: int) -> dict[str, Any]:
 
     ``decodings`` holds one entry per type and start address; each order maps
     to ``{"value": number or None (NaN, inf), "text": str, "plausible": bool}``.
+    The last entry is type ``string`` over all the registers: ``value`` is the
+    text, or None when it is not printable ASCII (``text`` then escapes it).
     """
     _check(words, address)
     registers = [
@@ -82,7 +92,25 @@ def assistant_json(words: Sequence[int], address: int) -> dict[str, Any]:
                     "plausible": plausible,
                 }
             decodings.append({"type": data_type, "address": address + start, "orders": values})
+    if words:
+        decodings.append(
+            {
+                "type": "string",
+                "address": address,
+                "count": len(words),
+                "orders": {order: _string(words, order) for order in BYTE_ORDERS},
+            }
+        )
     return {"address": address, "count": len(words), "registers": registers, "decodings": decodings}
+
+
+def _string(words: Sequence[int], order: ByteOrder) -> dict[str, Any]:
+    data = string_bytes(words, order)
+    text = decode_text(data)
+    if text is None:
+        shown = "".join(chr(b) if 0x20 <= b < 0x7F else f"\\x{b:02x}" for b in data)
+        return {"value": None, "text": f'"{shown}"', "plausible": False}
+    return {"value": text, "text": json.dumps(text), "plausible": True}
 
 
 def format_assistant(words: Sequence[int], address: int) -> str:
@@ -94,7 +122,7 @@ def format_assistant(words: Sequence[int], address: int) -> str:
         f"0x{entry['address']:04X}   {entry['hex']}  {entry['value']:>7}"
         for entry in report["registers"]
     ]
-    for data_type in ASSISTANT_TYPES:
+    for data_type in (*ASSISTANT_TYPES, "string"):
         rows: list[list[str]] = [[data_type, *BYTE_ORDERS]]
         for decoding in report["decodings"]:
             if decoding["type"] != data_type:

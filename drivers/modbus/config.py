@@ -25,6 +25,7 @@ from citygate.drivers.modbus.profile import (
     REGISTER_FIELDS,
     Profile,
     find_profile,
+    is_identity,
     load_profile,
     merge_registers,
     parse_registers,
@@ -76,11 +77,15 @@ class ModbusConfig:
 
     ``plan`` is the device's: the driver narrows it in place when the meter
     refuses reads across unused registers, so every driver created from this
-    config (after a reconnect too) reads the narrowed requests.
+    config (after a reconnect too) reads the narrowed requests. ``registers``
+    are the sampled registers, read by ``plan``; ``identity`` the identity
+    registers (serial number, model, …), read once per connection by ``identity_plan``.
     """
 
     registers: tuple[RegisterSpec, ...]
     plan: ReadPlan = field(compare=False)  # narrowed at run time: not part of the config
+    identity: tuple[RegisterSpec, ...] = ()
+    identity_plan: ReadPlan = field(default_factory=lambda: ReadPlan(()), compare=False)
     host: str | None = None
     port: int = 502
     serial: SerialLineConfig | None = None
@@ -158,25 +163,39 @@ def configure(options: Mapping[str, Any], context: DeviceContext) -> ModbusConfi
             )
         )
 
+    sampled = tuple(spec for spec in registers if not is_identity(spec))
+    identity = tuple(spec for spec in registers if is_identity(spec))
+    if registers and not sampled and not issues:
+        issues.append(
+            ConfigIssue(
+                (),
+                "no registers to sample: serial_number, model, firmware_version and"
+                " manufacturer are identity registers, read once and not published as readings",
+            )
+        )
     max_gap = _limit(options, "max_gap", profile, DEFAULT_MAX_GAP)
     max_registers = _limit(options, "max_registers", profile, DEFAULT_MAX_REGISTERS)
     plan: ReadPlan | None = None
+    identity_plan: ReadPlan | None = None
     if not issues:
         try:
+            # On a serial line every request costs wire time: read gaps only when cheaper.
+            cost = RTU_REQUEST_COST if serial is not None else None
             plan = ReadPlan.build(
-                registers,
-                max_gap=max_gap,
-                max_registers=max_registers,
-                # On a serial line every request costs wire time: read gaps only when cheaper.
-                request_cost=RTU_REQUEST_COST if serial is not None else None,
+                sampled, max_gap=max_gap, max_registers=max_registers, request_cost=cost
+            )
+            identity_plan = ReadPlan.build(
+                identity, max_gap=max_gap, max_registers=max_registers, request_cost=cost
             )
         except ValueError as exc:
             issues.append(ConfigIssue(("max_registers",), str(exc)))
-    if issues or plan is None:
+    if issues or plan is None or identity_plan is None:
         raise DriverConfigError(issues)
     return ModbusConfig(
-        registers=registers,
+        registers=sampled,
         plan=plan,
+        identity=identity,
+        identity_plan=identity_plan,
         host=host,
         port=int(_option(options, "port", 502)),
         serial=serial,

@@ -17,16 +17,29 @@ big-endian (the wire image) or little-endian (bytes swapped within each word)::
 
     ABCD  '>' on the wire image        BADC  '>' on the swapped image
     DCBA  '<' on the wire image        CDAB  '<' on the swapped image
+
+The same four definitions hold for any number of registers. ``int48``/``uint48``
+(3 registers, which ``struct`` has no code for) are unpacked as their 6 bytes
+from the same images and read as one integer, big-endian for '>' lanes,
+little-endian for '<' lanes: CDAB is the low register first, DCBA the exact
+reverse of ABCD. A ``string`` of ``count`` registers is 2 ASCII bytes per
+register, in the same byte sequence (ABCD: the first character is the high byte
+of the first register; BADC: the low byte; CDAB: the registers in reverse order;
+DCBA: the whole text reversed). Trailing NULs and spaces are dropped; a text
+with any other byte outside printable ASCII (0x20–0x7E) is invalid: the decoder
+gives NaN for it, so the runtime drops and counts it like any invalid reading
+(:func:`decode_value` raises :class:`DecodeError`), never a garbled string.
 """
 
 from __future__ import annotations
 
+import math
 import random
 import struct
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Final, Literal, get_args
+from typing import Any, Final, Literal, get_args
 
 from citygate.drivers.api import DecodeError, Measurement, Value, canonical, shortest_float32
 
@@ -37,21 +50,26 @@ __all__ = [
     "FLOAT_TYPES",
     "REGISTER_WIDTH",
     "TABLES",
+    "TEXT_TYPES",
     "BlockDecoder",
     "ByteOrder",
     "DataType",
     "RegisterSpec",
     "Table",
     "bench_decode",
+    "decode_text",
     "decode_value",
     "encode_value",
     "raw_range",
+    "register_width",
+    "string_bytes",
 ]
 
 Table = Literal["input", "holding", "coil", "discrete"]
 DataType = Literal[
-    "int16", "uint16", "int32", "uint32", "int64", "uint64", "float32", "float64", "bool"
-]
+    "int16", "uint16", "int32", "uint32", "int48", "uint48", "int64", "uint64",
+    "float32", "float64", "bool", "string",
+]  # fmt: skip
 ByteOrder = Literal["ABCD", "CDAB", "BADC", "DCBA"]
 
 TABLES: Final[tuple[Table, ...]] = get_args(Table)
@@ -59,19 +77,26 @@ DATA_TYPES: Final[tuple[DataType, ...]] = get_args(DataType)
 BYTE_ORDERS: Final[tuple[ByteOrder, ...]] = get_args(ByteOrder)
 BIT_TABLES: Final[frozenset[Table]] = frozenset({"coil", "discrete"})
 FLOAT_TYPES: Final[frozenset[DataType]] = frozenset({"float32", "float64"})
+TEXT_TYPES: Final[frozenset[DataType]] = frozenset({"string"})
+"""Types whose width is the register's ``count`` and whose value is a str."""
 
 REGISTER_WIDTH: Final[dict[DataType, int]] = {
     "int16": 1, "uint16": 1, "bool": 1,
     "int32": 2, "uint32": 2, "float32": 2,
+    "int48": 3, "uint48": 3,
     "int64": 4, "uint64": 4, "float64": 4,
 }  # fmt: skip
-"""Registers one value of each type occupies (on a register table)."""
+"""Registers one value of each fixed-width type occupies (on a register table);
+a ``string`` spans its ``count``."""
 
 _STRUCT_CODE: Final[dict[DataType, str]] = {
     "int16": "h", "uint16": "H", "bool": "H",
     "int32": "i", "uint32": "I", "float32": "f",
+    "int48": "6s", "uint48": "6s",
     "int64": "q", "uint64": "Q", "float64": "d",
 }  # fmt: skip
+_BYTES_TYPES: Final[frozenset[DataType]] = frozenset({"int48", "uint48", "string"})
+"""Types unpacked as raw bytes and converted after (:func:`_converter`)."""
 
 # (reads the swapped image, struct endianness) per order, for multi-register and 16-bit values
 _WIDE_LAYOUT: Final[dict[ByteOrder, tuple[bool, str]]] = {
@@ -103,11 +128,15 @@ class RegisterSpec:
     writable: bool = False
     minimum: float | None = None
     maximum: float | None = None
+    count: int | None = None
+    """Registers a ``string`` spans (None for every other type)."""
 
     @property
     def width(self) -> int:
         """Addresses the value occupies in its table (one per bit on bit tables)."""
-        return 1 if self.table in BIT_TABLES else REGISTER_WIDTH[self.type]
+        if self.table in BIT_TABLES:
+            return 1
+        return register_width(self.type, self.count)
 
     @property
     def end(self) -> int:
@@ -115,9 +144,53 @@ class RegisterSpec:
         return self.address + self.width
 
 
+def register_width(data_type: DataType, count: int | None = None) -> int:
+    """Registers a value of ``data_type`` spans: ``count`` for a string (at least 1)."""
+    if data_type in TEXT_TYPES:
+        return max(1, count or 1)
+    return REGISTER_WIDTH[data_type]
+
+
 def _layout(data_type: DataType, order: ByteOrder) -> tuple[bool, str]:
-    table = _WIDE_LAYOUT if REGISTER_WIDTH[data_type] > 1 else _NARROW_LAYOUT
-    return table[order]
+    wide = data_type in TEXT_TYPES or REGISTER_WIDTH[data_type] > 1
+    return (_WIDE_LAYOUT if wide else _NARROW_LAYOUT)[order]
+
+
+def _struct_code(spec: RegisterSpec) -> str:
+    if spec.type in TEXT_TYPES:
+        return f"{2 * spec.width}s"
+    return _STRUCT_CODE[spec.type]
+
+
+_PRINTABLE: Final = bytes(range(0x20, 0x7F))
+
+
+def decode_text(data: bytes) -> str | None:
+    """The text of a string register's bytes (in reading order): trailing NULs and
+    spaces dropped; None if another byte lies outside printable ASCII."""
+    text = data.rstrip(b"\x00 ")
+    if text.translate(None, _PRINTABLE):
+        return None
+    return text.decode("ascii")
+
+
+def _converter(spec: RegisterSpec) -> Callable[[bytes], Value] | None:
+    """For the types unpacked as bytes: bytes (from the spec's lane) → raw value."""
+    if spec.type not in _BYTES_TYPES:
+        return None
+    little = _layout(spec.type, spec.order)[1] == "<"
+    if spec.type in TEXT_TYPES:
+        if little:
+            return lambda data: _text_or_nan(data[::-1])
+        return _text_or_nan
+    signed = spec.type == "int48"
+    byteorder: Literal["little", "big"] = "little" if little else "big"
+    return lambda data: int.from_bytes(data, byteorder, signed=signed)
+
+
+def _text_or_nan(data: bytes) -> Value:
+    text = decode_text(data)
+    return math.nan if text is None else text
 
 
 # post-processing kinds: value as unpacked, multiply-add, non-zero test; for float32 the
@@ -134,6 +207,8 @@ _Post = tuple[str, str | None, int, float, float]  # name, unit, kind, factor, a
 def _post(spec: RegisterSpec) -> _Post:
     if spec.type == "bool":
         return (spec.name, None, _NON_ZERO, 1.0, 0.0)
+    if spec.type in TEXT_TYPES:
+        return (spec.name, None, _AS_IS, 1.0, 0.0)
     unit, factor = canonical(spec.unit) if spec.unit is not None else (None, 1.0)
     multiplier = float(spec.scale) * factor
     addend = float(spec.offset) * factor
@@ -163,6 +238,7 @@ class BlockDecoder:
     """
 
     __slots__ = (
+        "_converters",
         "_groups",
         "_pack_swapped",
         "_pack_wire",
@@ -191,6 +267,7 @@ class BlockDecoder:
         self._pack_swapped: struct.Struct | None = None
         self._groups: tuple[tuple[struct.Struct, bool, int], ...] = ()
         self._permutation: tuple[int, ...] | None = None
+        self._converters: tuple[Callable[[bytes], Value] | None, ...] | None = None
         if table in BIT_TABLES:
             self._posts = tuple(_post(spec) for spec in ordered)
             return
@@ -218,7 +295,7 @@ class BlockDecoder:
             for spec in members:
                 if spec.address > cursor:
                     parts.append(f"{2 * (spec.address - cursor)}x")
-                parts.append(_STRUCT_CODE[spec.type])
+                parts.append(_struct_code(spec))
                 cursor = spec.end
             layout = struct.Struct("".join(parts))
             groups.append((layout, swapped, 2 * (members[0].address - self.address)))
@@ -231,6 +308,9 @@ class BlockDecoder:
         if permutation != tuple(range(len(ordered))):
             self._permutation = permutation
         self._posts = tuple(_post(spec) for spec in ordered)
+        converters = tuple(_converter(spec) for spec in ordered)
+        if any(converters):
+            self._converters = converters
 
     def describe(self) -> str:
         """``input registers 0x0000–0x0047``: the request, for messages."""
@@ -247,7 +327,8 @@ class BlockDecoder:
                 f" expected {self.count}"
             )
         if self.table in BIT_TABLES:
-            raws: Sequence[float] = [values[spec.address - self.address] for spec in self.registers]
+            # Any: a raw is a number (the post-processing below) or, for a string, a str
+            raws: Sequence[Any] = [values[spec.address - self.address] for spec in self.registers]
         else:
             try:
                 wire = self._pack_wire.pack(*values)
@@ -260,12 +341,17 @@ class BlockDecoder:
                 layout, use_swapped, start = self._groups[0]
                 raws = layout.unpack_from(swapped if use_swapped else wire, start)
             else:
-                unpacked: list[float] = []
+                unpacked: list[Any] = []
                 for layout, use_swapped, start in self._groups:
                     unpacked.extend(layout.unpack_from(swapped if use_swapped else wire, start))
                 raws = unpacked
                 if self._permutation is not None:
                     raws = [unpacked[index] for index in self._permutation]
+            if self._converters is not None:
+                raws = [
+                    raw if convert is None else convert(raw)
+                    for convert, raw in zip(self._converters, raws, strict=True)
+                ]
         measurements: list[Measurement] = []
         append = measurements.append
         for (name, unit, kind, multiplier, addend), raw in zip(self._posts, raws, strict=True):
@@ -282,15 +368,38 @@ class BlockDecoder:
         return measurements
 
 
+def string_bytes(words: Sequence[int], order: ByteOrder = "ABCD") -> bytes:
+    """The bytes of a string's registers in reading order (first character first)."""
+    return _image(words, "string", order)
+
+
+def _image(words: Sequence[int], data_type: DataType, order: ByteOrder) -> bytes:
+    """The value's bytes, most significant (or first character) first."""
+    swapped, endian = _layout(data_type, order)
+    image = struct.pack(f"{'<' if swapped else '>'}{len(words)}H", *words)
+    return image[::-1] if endian == "<" else image
+
+
 def decode_value(words: Sequence[int], data_type: DataType, order: ByteOrder = "ABCD") -> Value:
-    """Decode one raw value (no scale, no unit) from exactly the words it spans.
+    """Decode one raw value (no scale, no unit) from exactly the words it spans
+    (a string: any number of words, one or more).
 
     The slow, simple path for the byte-order assistant; the same layouts as
-    :class:`BlockDecoder`.
+    :class:`BlockDecoder`. Raises ValueError for the wrong number of words and
+    :class:`DecodeError` for a string that is not printable ASCII.
     """
+    if data_type in TEXT_TYPES:
+        if not words:
+            raise ValueError("a string needs at least one register")
+        text = decode_text(_image(words, data_type, order))
+        if text is None:
+            raise DecodeError("not printable ASCII text")
+        return text
     width = REGISTER_WIDTH[data_type]
     if len(words) != width:
         raise ValueError(f"{data_type} needs {width} registers, got {len(words)}")
+    if data_type in _BYTES_TYPES:
+        return int.from_bytes(_image(words, data_type, order), "big", signed=data_type == "int48")
     swapped, endian = _layout(data_type, order)
     image = struct.pack(f"{'<' if swapped else '>'}{width}H", *words)
     raw: Value = struct.unpack(endian + _STRUCT_CODE[data_type], image)[0]
@@ -300,8 +409,9 @@ def decode_value(words: Sequence[int], data_type: DataType, order: ByteOrder = "
 
 
 def raw_range(data_type: DataType) -> tuple[int, int] | None:
-    """The raw values an integer type holds (``(low, high)``); None for floats and bool."""
-    if data_type in FLOAT_TYPES or data_type == "bool":
+    """The raw values an integer type holds (``(low, high)``); None for floats, bool
+    and string."""
+    if data_type in FLOAT_TYPES or data_type in TEXT_TYPES or data_type == "bool":
         return None
     bits = 16 * REGISTER_WIDTH[data_type]
     if data_type.startswith("u"):
@@ -321,6 +431,8 @@ def encode_value(
     """
     if data_type == "bool":
         return [1 if raw else 0]
+    if data_type in TEXT_TYPES:
+        raise ValueError("a string register is not written")
     limits = raw_range(data_type)
     if limits is not None:
         if isinstance(raw, float):
@@ -331,11 +443,15 @@ def encode_value(
         if not low <= raw <= high:
             raise ValueError(f"{raw} is outside {data_type}'s range {low}…{high}")
     swapped, endian = _layout(data_type, order)
+    width = REGISTER_WIDTH[data_type]
     try:
-        image = struct.pack(endian + _STRUCT_CODE[data_type], raw)
+        if data_type in _BYTES_TYPES:
+            big = int(raw).to_bytes(2 * width, "big", signed=data_type == "int48")
+            image = big[::-1] if endian == "<" else big
+        else:
+            image = struct.pack(endian + _STRUCT_CODE[data_type], raw)
     except (OverflowError, struct.error):
         raise ValueError(f"{raw!r} is outside {data_type}'s range") from None
-    width = REGISTER_WIDTH[data_type]
     return list(struct.unpack(f"{'<' if swapped else '>'}{width}H", image))
 
 

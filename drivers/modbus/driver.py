@@ -43,6 +43,16 @@ the driver splits it into its gap-free runs (:func:`~citygate.drivers.modbus.pla
 reads them at once and keeps them in the device's plan from then on, logging
 one info line per device. A 02 to a gap-free request is a DeviceError.
 
+Identity registers (``serial_number``, ``model``, ``firmware_version``,
+``manufacturer``: :data:`~citygate.drivers.modbus.profile.IDENTITY_NAMES`) are
+not sampled: they are read once per connection, before the first poll's
+registers (a driver is created anew after the device was offline, and a TCP
+connection reopened by a poll reads them again), logged in one info line and
+reported by :meth:`ModbusTcpDriver.status_facts` as ``{"meter": {name: text}}``
+(numbers become their decimal text). A Modbus exception or a malformed reply to
+an identity read loses only the values of that request, with one warning line;
+a transport error fails the poll as any read does.
+
 Why not pymodbus (issue 11): the client this replaced drove pymodbus 3.16's
 ``AsyncModbusTcpClient`` through its internals (``ctx.max_buffer_size``,
 ``ctx.response_future``, a ``trace_packet`` filter) and still logged
@@ -58,10 +68,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 from collections import Counter
 from collections.abc import Awaitable, Callable, Mapping
 from types import TracebackType
-from typing import TYPE_CHECKING, Final, Self, TypeVar
+from typing import TYPE_CHECKING, Any, Final, Self, TypeVar
 
 from citygate.drivers.api import (
     DecodeError,
@@ -81,7 +92,7 @@ from citygate.drivers.api import (
 )
 from citygate.drivers.modbus import frame as tcp
 from citygate.drivers.modbus.config import FIELDS, ModbusConfig, configure
-from citygate.drivers.modbus.decode import BIT_TABLES, Table
+from citygate.drivers.modbus.decode import BIT_TABLES, BlockDecoder, Table
 from citygate.drivers.modbus.frame import (
     MbapDecoder,
     MbapFrame,
@@ -402,6 +413,12 @@ class ModbusTcpDriver:
             config.host, config.port, config.unit, config.timeout, config.retries, self.device_id
         )
         self._busy = asyncio.Lock()  # one exchange at a time: polls and writes take turns
+        self._identity_read = False  # on this connection
+        self._meter: dict[str, str] = {}
+
+    def status_facts(self) -> dict[str, Any]:
+        """``{"meter": {"serial_number": …, "model": …}}`` once identity registers were read."""
+        return {"meter": dict(self._meter)} if self._meter else {}
 
     @property
     def stray_replies(self) -> Mapping[str, int]:
@@ -433,8 +450,12 @@ class ModbusTcpDriver:
         async with self._busy:
             if not session.connected:
                 await session.connect()
+                self._identity_read = False  # maybe another meter now: read it again
             session.begin_poll()
             try:
+                if not self._identity_read:
+                    self._meter = await _read_identity(self.config, self.device_id, self._read)
+                    self._identity_read = True
                 return await _read_plan(self.config, self.device_id, self._read)
             finally:
                 session.end_poll()
@@ -485,6 +506,70 @@ async def _read_plan(
         if split:
             _log_split(device_id, split, first=splits_before == 0)
     return plan.decode(replies)
+
+
+async def _read_identity(
+    config: ModbusConfig,
+    device_id: str,
+    read: Callable[[ReadRequest], Awaitable[list[int] | list[bool]]],
+) -> dict[str, str]:
+    """Read the identity registers once: their values as text, by name.
+
+    A DeviceError or DecodeError loses the registers of that request only (a
+    request bridging a gap is retried as its gap-free parts first); a
+    TransportError is raised.
+    """
+    meter: dict[str, str] = {}
+    lost: list[str] = []
+    problems: list[str] = []
+    pending = list(config.identity_plan.requests)
+    while pending:
+        request = pending.pop(0)
+        try:
+            reply = await read(request)
+            measurements = BlockDecoder(
+                request.table, request.address, request.count, request.registers
+            ).decode(reply)
+        except (DeviceError, DecodeError) as exc:
+            parts = split_at_gaps(request)
+            if len(parts) > 1:
+                pending[:0] = parts
+                continue
+            lost.extend(spec.name for spec in request.registers)
+            problems.append(str(exc))
+            continue
+        for measurement in measurements:
+            text = _identity_text(measurement.value)
+            if text is None:
+                lost.append(measurement.name)
+                problems.append(f"{measurement.name} is not printable text")
+            else:
+                meter[measurement.name] = text
+    if meter:
+        _log.info(
+            "%s: meter %s",
+            device_id,
+            ", ".join(f"{name} {text!r}" for name, text in meter.items()),
+        )
+    if lost:
+        _log.warning(
+            "%s: identity registers %s not read (%s); not tried again until a reconnect",
+            device_id,
+            ", ".join(lost),
+            "; ".join(problems),
+        )
+    return meter
+
+
+def _identity_text(value: Value) -> str | None:
+    """An identity value as text: numbers in decimal; None for an invalid one (NaN)."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float):
+        return f"{value:.12g}" if math.isfinite(value) else None
+    return str(value)
 
 
 def _log_split(device_id: str, split: list[tuple[ReadRequest, int]], *, first: bool) -> None:
@@ -598,6 +683,12 @@ class ModbusRtuDriver:
         self.device_id = device_id if device_id is not None else config.where
         self._line = line
         self._session: RtuSession | None = None
+        self._identity_read = False
+        self._meter: dict[str, str] = {}
+
+    def status_facts(self) -> dict[str, Any]:
+        """``{"meter": {…}}`` once identity registers were read; see :class:`ModbusTcpDriver`."""
+        return {"meter": dict(self._meter)} if self._meter else {}
 
     async def __aenter__(self) -> Self:
         if self._line is None:
@@ -609,6 +700,7 @@ class ModbusRtuDriver:
         self._session = RtuSession(
             self._line, self.config.unit, self.config.timeout, self.config.retries
         )
+        self._identity_read = False
         return self
 
     async def __aexit__(
@@ -629,6 +721,9 @@ class ModbusRtuDriver:
             async def read(request: ReadRequest) -> list[int] | list[bool]:
                 return await session.read(wire, request.table, request.address, request.count)
 
+            if not self._identity_read:
+                self._meter = await _read_identity(self.config, self.device_id, read)
+                self._identity_read = True
             return await _read_plan(self.config, self.device_id, read)
 
     async def write(self, name: str, value: float | int | bool) -> Value:
@@ -739,11 +834,21 @@ class ModbusFactory:
             return ModbusRtuDriver(config, context.device_id, context.lines.get(config.serial.id))
         return ModbusTcpDriver(config, context.device_id)
 
+    def expected_readings(self, config: ModbusConfig) -> int:
+        """Readings per sample (``citygate check`` sizing): one per register, but the
+        identity registers, which go to the device status instead."""
+        from citygate.drivers.modbus.profile import is_identity  # noqa: PLC0415
+
+        return sum(1 for register in config.registers if not is_identity(register))
+
 
 factory: Final = ModbusFactory()
 """The entry point ``citygate.drivers: modbus``."""
 
 if TYPE_CHECKING:
+    from citygate.drivers.api import ReportsStatus
+
     _: DriverFactory = factory
+    _status: ReportsStatus = ModbusTcpDriver(ModbusConfig((), ReadPlan(())))
     _tcp: WritableDriver = ModbusTcpDriver(ModbusConfig((), ReadPlan(())))
     _rtu: WritableDriver = ModbusRtuDriver(ModbusConfig((), ReadPlan(())))

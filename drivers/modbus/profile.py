@@ -43,18 +43,20 @@ from citygate.drivers.modbus.decode import (
     BIT_TABLES,
     BYTE_ORDERS,
     DATA_TYPES,
-    REGISTER_WIDTH,
     TABLES,
+    TEXT_TYPES,
     ByteOrder,
     DataType,
     RegisterSpec,
     Table,
+    register_width,
 )
 
 #: The largest profile file read (the biggest built-in one is a few KiB).
 PROFILE_MAX_BYTES = 1024 * 1024
 
 __all__ = [
+    "IDENTITY_NAMES",
     "NAME_PATTERN",
     "PROFILE_FIELDS",
     "PROFILE_MAX_BYTES",
@@ -65,6 +67,7 @@ __all__ = [
     "builtin_profiles",
     "close_matches",
     "find_profile",
+    "is_identity",
     "load_profile",
     "merge_registers",
     "parse_registers",
@@ -72,6 +75,24 @@ __all__ = [
 
 NAME_PATTERN: Final = r"[a-z][a-z0-9_]*"
 """Quantity names are snake_case (quantities.md)."""
+
+IDENTITY_NAMES: Final[tuple[str, ...]] = (
+    "manufacturer",
+    "model",
+    "serial_number",
+    "firmware_version",
+)
+"""Register names that identify the meter: read once when the device comes online
+(again after a reconnect), reported in its status as ``"meter"``, never sampled."""
+
+MAX_STRING_REGISTERS: Final = 125
+"""The most registers a ``string`` may span: one read (FC 03/04)."""
+
+
+def is_identity(spec: RegisterSpec) -> bool:
+    """True for an identity register (:data:`IDENTITY_NAMES`)."""
+    return spec.name in IDENTITY_NAMES
+
 
 REGISTER_FIELDS: Final[dict[str, Field]] = {
     "name": Field(
@@ -89,6 +110,13 @@ REGISTER_FIELDS: Final[dict[str, Field]] = {
         None,
         "value type; default uint16 on input/holding, bool on coil/discrete",
         choices=DATA_TYPES,
+    ),
+    "count": Field(
+        "int",
+        None,
+        "for type string only: registers it spans (2 ASCII bytes each)",
+        minimum=1,
+        maximum=MAX_STRING_REGISTERS,
     ),
     "order": Field(
         "str", None, "byte/word order of register values; default ABCD", choices=BYTE_ORDERS
@@ -285,18 +313,32 @@ def _register(checker: _Checker, raw: object, path: Path_) -> RegisterSpec | Non
         )
     if bits and checked["order"] is not None:
         checker.issue((*path, "order"), "order has no meaning for coils and discrete inputs", "key")
-    if data_type == "bool":
+    count: int | None = checked["count"]
+    if data_type in TEXT_TYPES and not bits and count is None:
+        checker.issue(
+            path,
+            f'a {data_type} register needs "count": the registers it spans (2 characters each)',
+            "key",
+        )
+    elif data_type not in TEXT_TYPES and count is not None:
+        checker.issue(
+            (*path, "count"),
+            f'"count" is for type "string" only; a {data_type} spans a fixed number of registers',
+            "key",
+        )
+    if data_type in ("bool", *TEXT_TYPES):
+        what = f"a {data_type} value"
         if scale != 1.0:
-            checker.issue((*path, "scale"), "a bool value takes no scale", "key")
+            checker.issue((*path, "scale"), f"{what} takes no scale", "key")
         if offset != 0.0:
-            checker.issue((*path, "offset"), "a bool value takes no offset", "key")
+            checker.issue((*path, "offset"), f"{what} takes no offset", "key")
         if unit is not None:
-            checker.issue((*path, "unit"), "a bool value takes no unit", "key")
+            checker.issue((*path, "unit"), f"{what} takes no unit", "key")
     elif scale == 0.0:
         checker.issue((*path, "scale"), "scale must not be 0")
     if unit is not None and unit not in CONVERSIONS:
         checker.issue((*path, "unit"), _unit_issue(unit))
-    width = 1 if bits else REGISTER_WIDTH[data_type]
+    width = 1 if bits else register_width(data_type, count)
     address: int = checked["address"]
     if address + width > 65536:
         checker.issue(
@@ -321,6 +363,7 @@ def _register(checker: _Checker, raw: object, path: Path_) -> RegisterSpec | Non
         writable,
         minimum,
         maximum,
+        count if data_type in TEXT_TYPES else None,
     )
 
 
@@ -340,6 +383,13 @@ def _check_writable(
             (*path, "writable"),
             f"{what} are read-only: only holding registers and coils can be written",
         )
+        return
+    if data_type in TEXT_TYPES:
+        if writable:
+            checker.issue((*path, "writable"), "a string register cannot be written", "key")
+        for key, given in (("min", minimum), ("max", maximum)):
+            if given is not None:
+                checker.issue((*path, key), f"a string value takes no {key}", "key")
         return
     limits = [key for key, given in (("min", minimum), ("max", maximum)) if given is not None]
     if data_type == "bool":

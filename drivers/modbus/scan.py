@@ -38,7 +38,7 @@ from citygate.drivers.modbus.driver import (
     read_raw_serial,
 )
 from citygate.drivers.modbus.plan import ReadPlan
-from citygate.drivers.modbus.profile import Profile, builtin_profiles, load_profile
+from citygate.drivers.modbus.profile import Profile, builtin_profiles, is_identity, load_profile
 
 __all__ = ["FoundUnit", "ModbusScan", "command", "probe_units", "recognise", "snippet"]
 
@@ -99,7 +99,8 @@ async def _fits(
     timeout: float,  # noqa: ASYNC109 - per request
 ) -> bool:
     plan = ReadPlan.build(
-        profile.registers,
+        # identity registers say nothing about the fit, and a meter may lack them
+        [spec for spec in profile.registers if not is_identity(spec)],
         max_gap=profile.max_gap if profile.max_gap is not None else 16,
         max_registers=profile.max_registers or 125,
     )

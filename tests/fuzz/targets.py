@@ -43,9 +43,10 @@ from citygate.drivers.mbus.link import Ack, Discarded, Frame, FrameDecoder, Need
 from citygate.drivers.modbus.decode import (
     BYTE_ORDERS,
     DATA_TYPES,
-    REGISTER_WIDTH,
+    TEXT_TYPES,
     BlockDecoder,
     RegisterSpec,
+    register_width,
 )
 from citygate.drivers.modbus.frame import (
     MbapDecoder,
@@ -230,17 +231,23 @@ def tcp_input(function: int, count: int, chunk: int, stream: bytes) -> bytes:
 
 @functools.cache
 def _block_decoders(count: int) -> tuple[BlockDecoder, ...]:
-    """Decoders over ``count`` registers: every type in every order, packed and overlapping."""
+    """Decoders over ``count`` registers: every type in every order, packed and overlapping
+    (strings of 1 to 5 registers, unscaled)."""
     decoders = []
     for order in BYTE_ORDERS:
         specs: list[RegisterSpec] = []
         address = 0
         for index, data_type in enumerate(DATA_TYPES * 2):
-            width = REGISTER_WIDTH[data_type]
+            text = data_type in TEXT_TYPES
+            width = register_width(data_type, 1 + index % 5)
             if address + width > count:
                 break
             specs.append(
-                RegisterSpec(f"v{index}", address, "holding", data_type, order, 0.1, -3.0, "kW")
+                RegisterSpec(f"v{index}", address, "holding", data_type, order, count=width)
+                if text
+                else RegisterSpec(
+                    f"v{index}", address, "holding", data_type, order, 0.1, -3.0, "kW"
+                )
             )
             address += 1 if index % 3 == 0 else width  # some overlap, some pack
         decoders.append(BlockDecoder("holding", 0, count, specs))

@@ -57,7 +57,7 @@ def test_spec_examples(request_pdu: str, response_pdu: str) -> None:
         pytest.param("10 03E8 0000 00", "90 03", id="write multiple: quantity 0"),
         pytest.param("10 03E8 007C F8" + "00" * 248, "90 03", id="write 124 registers"),
         pytest.param("10 FFFF 0002 04 00000000", "90 02", id="write past the address space"),
-        pytest.param("10 0467 0002 04 00000000", "90 02", id="write running past the block"),
+        pytest.param("10 0487 0002 04 00000000", "90 02", id="write running past the block"),
         pytest.param("0F 0000 0008 02 FF00", "8F 03", id="write coils: byte count wrong"),
         pytest.param("0F 003F 0002 01 03", "8F 02", id="write coils running into coil 64"),
         pytest.param("0F 0000 07B1 F7" + "00" * 247, "8F 03", id="write 1969 coils"),

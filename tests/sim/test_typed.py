@@ -6,7 +6,15 @@ import struct
 
 import pytest
 
-from citygate_sim.modbus import RequestHandler, TypedMeter, ValueType, WordOrder, typed_address
+from citygate_sim.modbus import (
+    TYPED_TEXT,
+    TYPED_TEXT_ADDRESS,
+    RequestHandler,
+    TypedMeter,
+    ValueType,
+    WordOrder,
+    typed_address,
+)
 
 # The values documented in hardware-sim/README.md ("typed" table).
 DOCUMENTED: dict[str, tuple[str, float]] = {
@@ -95,4 +103,44 @@ def test_slot_padding_is_mapped_so_the_block_reads_in_one_go() -> None:
     data = read(handler, 3, 1000, 125)
     assert data[2:8] == bytes(6)  # int16 ABCD then three padding registers of 0
     assert read(handler, 4, 1003, 125)[-2:] == read(handler, 4, 1127, 1)
-    assert handler.handle_request(1, struct.pack(">BHH", 3, 1127, 2)) == bytes.fromhex("83 02")
+    # the typed block ends after the 48-bit types, at 1160
+    assert read(handler, 4, 1035, 125)[-2:] == read(handler, 4, 1159, 1)
+    assert handler.handle_request(1, struct.pack(">BHH", 3, 1159, 2)) == bytes.fromhex("83 02")
+
+
+# 48-bit integers and the string block (drivers/modbus README: CDAB reverses the
+# registers, BADC swaps the bytes of each, DCBA reverses the whole value).
+@pytest.mark.parametrize("function", [3, 4], ids=["holding", "input"])
+@pytest.mark.parametrize(
+    ("type_name", "address", "wire"),
+    [
+        ("int48", 1128, "ED CB A9 87 65 44"),
+        ("int48", 1132, "65 44 A9 87 ED CB"),
+        ("int48", 1136, "CB ED 87 A9 44 65"),
+        ("int48", 1140, "44 65 87 A9 CB ED"),
+        ("uint48", 1144, "01 23 45 67 89 AB"),
+        ("uint48", 1148, "89 AB 45 67 01 23"),
+        ("uint48", 1152, "23 01 67 45 AB 89"),
+        ("uint48", 1156, "AB 89 67 45 23 01"),
+    ],
+)
+def test_48_bit_values_on_the_wire(type_name: str, address: int, wire: str, function: int) -> None:
+    order = ORDERS[(address - 1128) // 4 % 4]
+    assert typed_address(ValueType(type_name), WordOrder(order)) == address
+    assert read(RequestHandler({1: TypedMeter()}), function, address, 3) == bytes.fromhex(wire)
+
+
+@pytest.mark.parametrize(
+    ("order", "wire"),
+    [
+        ("ABCD", b"CG-SIM v1.0.3\x00\x00\x00"),
+        ("CDAB", b"\x00\x003\x000.1. vIM-SCG"),  # the registers in reverse order
+        ("BADC", b"GCS-MIv .1.0\x003\x00\x00"),  # the two bytes of each register swapped
+        ("DCBA", b"\x00\x00\x003.0.1v MIS-GC"),  # the whole text reversed
+    ],
+)
+def test_the_string_block_in_every_order(order: str, wire: bytes) -> None:
+    address = typed_address(ValueType.STRING, WordOrder(order))
+    assert address == TYPED_TEXT_ADDRESS + 8 * ORDERS.index(order)
+    assert read(RequestHandler({1: TypedMeter()}), 3, address, 8) == wire
+    assert TypedMeter().texts()[f"holding_string_{order.lower()}"] == TYPED_TEXT

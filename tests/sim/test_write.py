@@ -107,7 +107,7 @@ def test_eastron_write_rules(request_pdu: str, response_pdu: str) -> None:
 def test_read_only_ranges_of_the_typed_meter() -> None:
     meter = TypedMeter()
     handler = RequestHandler({1: meter})
-    assert meter.writable(Table.HOLDING_REGISTERS) == [(TYPED_BASE_ADDRESS, 1128)]
+    assert meter.writable(Table.HOLDING_REGISTERS) == [(TYPED_BASE_ADDRESS, 1160)]
     assert meter.writable(Table.INPUT_REGISTERS) == []
     assert handler.handle_request(1, h("10 006B 0001 02 0001")) == h("90 02")  # spec example
     assert handler.handle_request(1, h("03 006B 0001")) == h("03 02 022B")  # unchanged

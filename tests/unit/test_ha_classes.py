@@ -21,7 +21,7 @@ from citygate.cli import main
 from citygate.drivers.api import CANONICAL_UNITS, CONVERSIONS, DecodeError
 from citygate.drivers.ble import bthome, pvvx, ruuvi
 from citygate.drivers.mbus.decode import decode_user_data
-from citygate.drivers.modbus.profile import builtin_profiles, load_profile
+from citygate.drivers.modbus.profile import builtin_profiles, is_identity, load_profile
 from citygate.ha_classes import (
     HaClass,
     allowed_state_classes,
@@ -263,7 +263,8 @@ def profile_readings() -> set[tuple[str, str | None]]:
     found = set()
     for path in builtin_profiles().values():
         for register in load_profile(path).registers:
-            found.add((register.name, canonical(register.unit)))
+            if not is_identity(register):  # read once into the status, never a sensor
+                found.add((register.name, canonical(register.unit)))
     return found
 
 

@@ -60,8 +60,41 @@ def test_every_type_appears_at_every_start_that_fits() -> None:
     assert ("float32", 4) not in starts
     assert ("float64", 1) in starts
     assert ("float64", 2) not in starts
-    assert {t for t, _ in starts} == set(ASSISTANT_TYPES)
+    assert ("int48", 2) in starts
+    assert ("int48", 3) not in starts
+    assert {t for t, _ in starts} == {*ASSISTANT_TYPES, "string"}
+    assert {a for t, a in starts if t == "string"} == {0}  # once, over every register
     assert {o for _, _, o in found} == {"ABCD", "CDAB", "BADC", "DCBA"}
+
+
+def test_a_48_bit_counter_is_shown_under_every_order() -> None:
+    # 0x0123456789AB as a meter sending its low register first (CDAB)
+    found = decodings([0x89AB, 0x4567, 0x0123], 0x10)
+    assert found[("uint48", 0x10, "CDAB")]["value"] == 0x0123456789AB
+    assert found[("int48", 0x10, "DCBA")]["value"] == int.from_bytes(
+        bytes.fromhex("23016745AB89"), "big", signed=True
+    )
+    assert "1250999896491" in format_assistant([0x89AB, 0x4567, 0x0123], 0x10)
+
+
+def test_a_text_is_shown_under_every_order_and_garbage_is_marked() -> None:
+    words = [0x5344, 0x4D36, 0x3330, 0x0000]  # "SDM630" and a NUL register
+    found = decodings(words, 0xFC00)
+    assert found[("string", 0xFC00, "ABCD")] == {
+        "value": "SDM630",
+        "text": '"SDM630"',
+        "plausible": True,
+    }
+    assert found[("string", 0xFC00, "BADC")]["value"] == "DS6M03"
+    # CDAB and DCBA put the NULs first: not a text, shown escaped in parentheses
+    assert found[("string", 0xFC00, "CDAB")] == {
+        "value": None,
+        "text": '"\\x00\\x0030M6SD"',
+        "plausible": False,
+    }
+    text = format_assistant(words, 0xFC00)
+    assert '"SDM630"' in text
+    assert '("\\x00\\x00036MDS")' in text
 
 
 def test_plausibility_rule() -> None:

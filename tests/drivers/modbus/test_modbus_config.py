@@ -23,6 +23,7 @@ from citygate.drivers.modbus.profile import (
     REGISTER_FIELDS,
     builtin_profile_dirs,
     builtin_profiles,
+    is_identity,
     load_profile,
     parse_registers,
 )
@@ -78,7 +79,13 @@ def test_builtin_eastron_profiles_load(name: str) -> None:
     assert profile.source
     assert profile.max_gap is None  # the device default (16) coalesces
     assert profile.max_registers == 80
+    identity = [spec for spec in profile.registers if is_identity(spec)]
+    assert [(s.name, s.address, s.table, s.type) for s in identity] == [
+        ("serial_number", 0xFC00, "holding", "uint32")
+    ]
     for spec in profile.registers:
+        if is_identity(spec):
+            continue
         assert (spec.table, spec.type, spec.order) == ("input", "float32", "ABCD")
         assert spec.address % 2 == 0
         assert spec.unit is not None
@@ -227,7 +234,7 @@ def test_factory_declares_the_contract() -> None:
     }  # fmt: skip
     assert FIELDS["registers"].fields is REGISTER_FIELDS
     assert set(REGISTER_FIELDS) == {
-        "name", "address", "table", "type", "order", "scale", "offset", "unit",
+        "name", "address", "table", "type", "count", "order", "scale", "offset", "unit",
         "writable", "min", "max",
     }  # fmt: skip
     assert factory.version

@@ -82,14 +82,18 @@ async def test_profile_reads_exactly_what_the_meter_serves(
         readings = await driver.poll()
     truth = sim.meters[unit].truth()
     profile = load_profile(builtin_profiles()[profile_name])
-    assert [m.name for m in readings] == [r.name for r in profile.registers]
+    assert [m.name for m in readings] == [
+        r.name for r in profile.registers if r.name != "serial_number"
+    ]
     for reading in readings:
         assert reading.value == f32(truth[reading.name]), reading.name
+    # the identity register: read once, in the status, not among the readings
+    assert driver.status_facts() == {"meter": {"serial_number": str(truth["serial_number"])}}
     units = {m.name: m.unit for m in readings}
     assert units["energy_import"] == "kWh"
     assert units["power_factor"] == "/"
     assert units["phase_angle"] == "deg"
-    assert sim.requests_by_unit[unit] - before == 4
+    assert sim.requests_by_unit[unit] - before == 4 + 1  # and the identity read
     assert sim.exception_count == 0
     assert sim.dropped_count == 0
 
@@ -181,7 +185,9 @@ def split_lines(caplog: pytest.LogCaptureFixture) -> list[str]:
     return [
         r.getMessage()
         for r in caplog.records
-        if r.name == "citygate.drivers.modbus.driver" and r.levelno == logging.INFO
+        if r.name == "citygate.drivers.modbus.driver"
+        and r.levelno == logging.INFO
+        and "refuses reads" in r.getMessage()
     ]
 
 
@@ -234,7 +240,8 @@ async def test_strict_meter_is_read_in_gap_free_requests(
     async with driver:
         first, requests, exceptions = await counted_poll(strict_sim, unit, driver)
         # every bridging request was refused once, then read in its gap-free parts
-        assert (requests, exceptions) == (len(gap_free) + bridging, bridging)
+        # (and the serial number was read, once)
+        assert (requests, exceptions) == (len(gap_free) + bridging + 1, bridging)
         assert [(r.address, r.count) for r in driver.config.plan.requests] == gap_free
         second, requests, exceptions = await counted_poll(strict_sim, unit, driver)
         assert (requests, exceptions) == (len(gap_free), 0)
@@ -255,7 +262,7 @@ async def test_strict_meter_is_read_in_gap_free_requests(
     assert isinstance(reopened, ModbusTcpDriver)
     async with reopened:
         third, requests, exceptions = await counted_poll(strict_sim, unit, reopened)
-    assert (requests, exceptions) == (len(gap_free), 0)
+    assert (requests, exceptions) == (len(gap_free) + 1, 0)  # the identity read again
     assert third == second
     assert len(split_lines(caplog)) == 1
 
@@ -267,6 +274,8 @@ async def test_lenient_meter_keeps_the_coalesced_requests(
     driver = make_driver(tmp_path, port=sim.port, unit=SDM630, profile="eastron-sdm630")
     coalesced = driver.config.plan.requests
     async with driver:
+        await driver.poll()  # the first poll also reads the identity registers (and logs them)
+        caplog.clear()
         for _ in range(2):
             _, requests, exceptions = await counted_poll(sim, SDM630, driver)
             assert (requests, exceptions) == (4, 0)

@@ -117,8 +117,17 @@ async def test_each_profile_reads_its_meter(sim: Any, tmp_path: Path, profile: s
         assert {name for name in got if name in truth} == set(got)
         for name, measurement in got.items():
             assert measurement.value == f32(truth[name]), name
-    # the plan's requests, and nothing else, went to this unit
-    assert sim.requests_by_unit[unit] == len(driver.config.plan.requests)
+    # the plan's requests and the identity read, and nothing else, went to this unit
+    config = driver.config
+    assert sim.requests_by_unit[unit] == len(config.plan.requests) + len(
+        config.identity_plan.requests
+    )
+    # the identity registers the profile names, as the meter serves them, in the status
+    served = {**meter.truth(), **meter.texts()}
+    assert config.identity
+    assert driver.status_facts() == {
+        "meter": {spec.name: str(served[spec.name]) for spec in config.identity}
+    }
 
 
 async def test_without_a_line_owner_the_driver_fails_clearly(sim: Any, tmp_path: Path) -> None:
@@ -178,6 +187,7 @@ async def test_an_exception_reply_is_a_device_error(
 ) -> None:
     driver = make_driver(tmp_path, line, sim.port, "meter-1", unit=1, profile="eastron-sdm630")
     async with driver:
+        await driver.poll()  # reads the identity registers too: not again on this connection
         sim.set_fault(1, citygate_sim.Fault.exception(4))
         with pytest.raises(ModbusExceptionError, match="exception 4") as caught:
             await driver.poll()

@@ -2,7 +2,9 @@
 
 Models (:func:`make_meter`): ``sdm630``, ``sdm120`` (Eastron register maps,
 values from a simulated building supply), ``generic<N>`` (N random-walk float32
-input registers) and ``typed`` (known values of every type in every word order).
+input registers) and ``typed`` (known values of every type in every word order,
+48-bit integers and a string too). The meter models also serve the identity
+registers of their documents (serial number, model, firmware version).
 
 Layers, each usable alone:
 
@@ -67,6 +69,9 @@ from ._synthetic import (
     SPEC_COILS_ON,
     SPEC_DISCRETE_INPUTS_ON,
     TYPED_BASE_ADDRESS,
+    TYPED_TEXT,
+    TYPED_TEXT_ADDRESS,
+    TYPED_TEXT_REGISTERS,
     TYPED_VALUES,
     GenericMeter,
     TypedMeter,
@@ -75,6 +80,7 @@ from ._synthetic import (
 from ._values import (
     ValueType,
     WordOrder,
+    decode_text,
     decode_value,
     encode_value,
     rearrange,
@@ -99,6 +105,9 @@ __all__ = [
     "SPEC_COILS_ON",
     "SPEC_DISCRETE_INPUTS_ON",
     "TYPED_BASE_ADDRESS",
+    "TYPED_TEXT",
+    "TYPED_TEXT_ADDRESS",
+    "TYPED_TEXT_REGISTERS",
     "TYPED_VALUES",
     "UNMAPPED_POLICIES",
     "AddressRanges",
@@ -135,6 +144,7 @@ __all__ = [
     "ValueType",
     "WordOrder",
     "crc16",
+    "decode_text",
     "decode_value",
     "encode_adu",
     "encode_value",

@@ -23,10 +23,13 @@ from ._banks import AddressRanges, BitBank, RegisterBank
 from ._pdu import MAX_READ_REGISTERS, ExceptionCode, FunctionCode, Table
 from ._values import (
     FLOAT_TYPES,
+    STRUCT_TYPES,
     ValueType,
     WordOrder,
     big_endian_struct,
+    decode_text,
     decode_value,
+    encode_value,
     rearrange,
     register_count,
 )
@@ -60,7 +63,10 @@ _BIT_TABLES = (Table.COILS, Table.DISCRETE_INPUTS)
 
 @dataclass(frozen=True, slots=True)
 class Register:
-    """One entry of a register map: a named value at an address of a table."""
+    """One entry of a register map: a named value at an address of a table.
+
+    ``length`` is the number of registers of a ``string`` (2 ASCII characters each).
+    """
 
     name: str
     address: int
@@ -69,10 +75,15 @@ class Register:
     unit: str | None
     description: str
     order: WordOrder = WordOrder.ABCD
+    length: int | None = None
 
     @property
     def count(self) -> int:
         """Registers (or bits) the value occupies."""
+        if self.type is ValueType.STRING:
+            if self.length is None or self.length < 1:
+                raise ValueError(f"{self.name}: a string register needs a length of 1 or more")
+            return self.length
         return register_count(self.type)
 
 
@@ -86,9 +97,10 @@ class _Slot:
     count: int
     image: bytearray
     offset: int
-    packer: struct.Struct
+    packer: struct.Struct | None  # None: 48-bit and string values, encoded by encode_value
     order: WordOrder
     is_float: bool
+    type: ValueType
 
 
 class Meter:
@@ -189,9 +201,10 @@ class Meter:
                     register.count,
                     image,
                     offset,
-                    big_endian_struct(register.type),
+                    big_endian_struct(register.type) if register.type in STRUCT_TYPES else None,
                     register.order,
                     register.type in FLOAT_TYPES,
+                    register.type,
                 )
             )
         self._last_advance = clock()
@@ -242,10 +255,13 @@ class Meter:
         Values are exactly what a client decodes from the wire: float32 registers
         give float32-rounded values, integer registers give ``int``, bits ``bool``.
         Units are the registers' (:attr:`registers`), those of the datasheet.
+        String registers are in :meth:`texts`.
         """
         self.refresh()
         values: dict[str, float] = {}
         for register in self._registers:
+            if register.type is ValueType.STRING:
+                continue
             if register.type is ValueType.BOOL:
                 values[register.name] = self._bit_banks[register.table].get(register.address)
                 continue
@@ -253,6 +269,17 @@ class Meter:
             assert data is not None  # every register lies in a mapped range
             values[register.name] = decode_value(data, register.type, register.order)
         return values
+
+    def texts(self) -> dict[str, str]:
+        """The texts of the string registers served right now, by register name."""
+        self.refresh()
+        texts: dict[str, str] = {}
+        for register in self._registers:
+            if register.type is ValueType.STRING:
+                data = self._register_banks[register.table].read(register.address, register.count)
+                assert data is not None  # every register lies in a mapped range
+                texts[register.name] = decode_text(data, register.order)
+        return texts
 
     # -- what a PDU handler calls ------------------------------------------------------
 
@@ -341,8 +368,8 @@ class Meter:
     def _advance(self, elapsed: float) -> None:
         """Move the physical state on by ``elapsed`` clock seconds (default: static)."""
 
-    def _values(self) -> Mapping[str, float]:
-        """The physical value of every register, by name."""
+    def _values(self) -> Mapping[str, float | str]:
+        """The physical value of every register, by name (a str for a string register)."""
         raise NotImplementedError
 
     def _publish(self) -> None:
@@ -355,6 +382,10 @@ class Meter:
                 slot.image[slot.offset : slot.offset + len(data)] = data
                 continue
             value = values[slot.name]
+            if slot.packer is None or isinstance(value, str):
+                encoded = encode_value(value, slot.type, slot.order, slot.count)
+                slot.image[slot.offset : slot.offset + len(encoded)] = encoded
+                continue
             if not slot.is_float:
                 value = int(value)
             if slot.order is WordOrder.ABCD:

@@ -11,13 +11,16 @@ profiles.
 
 The electrical values come from a simulated building supply (the same physics
 as the SDM630 simulator, seeded per model), so the meters' readings move like
-real ones and agree with each other.
+real ones and agree with each other. Each model also serves the identity
+registers its document gives (:func:`identity`: serial number, model code or
+name, firmware version), fixed per seed.
 """
 
 from __future__ import annotations
 
+import random
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from ._eastron import Sdm630
@@ -25,7 +28,7 @@ from ._meter import Clock, Meter, Register, Unmapped
 from ._pdu import Table
 from ._values import ValueType, WordOrder
 
-__all__ = ["OTHER_MODELS", "MappedMeter", "Row", "make_other"]
+__all__ = ["OTHER_MODELS", "MappedMeter", "Row", "identity", "make_other"]
 
 _IN = Table.INPUT_REGISTERS
 _HOLD = Table.HOLDING_REGISTERS
@@ -142,6 +145,41 @@ OTHER_MODELS: dict[str, tuple[Row, ...]] = {
 }
 """The models of this module and their datasheet rows."""
 
+_STR = ValueType.STRING
+
+
+def identity(model: str, seed: int = 0) -> tuple[tuple[Register, float | str], ...]:
+    """The identity registers of ``model`` (one of :data:`OTHER_MODELS`) and their
+    values for ``seed``: what the documents cited in citygate's profiles place there."""
+    rng = random.Random(f"{model}/identity/{seed}")
+    serial = rng.randrange(10_000_000, 100_000_000)
+
+    def reg(
+        name: str, address: int, table: Table, kind: ValueType, length: int | None = None
+    ) -> Register:
+        return Register(name, address, table, kind, None, name, _ABCD, length)
+
+    if model == "sdm72d":  # holding 464513: serial number, unsigned int32
+        return ((reg("serial_number", 0xFC00, _HOLD, _U32), serial),)
+    if model == "em24":  # 000Bh identification code; 5000h serial number, 7 registers ASCII
+        return (
+            (reg("model", 0x000B, _IN, ValueType.UINT16), 1648),
+            (reg("serial_number", 0x5000, _HOLD, _STR, 7), f"KY{rng.randrange(10**10, 10**11)}"),
+        )
+    if model == "abb-b23":  # 8900 serial number; 8908 firmware version, ASCII, NUL-padded
+        return (
+            (reg("serial_number", 0x8900, _HOLD, _U32), serial),
+            (reg("firmware_version", 0x8908, _HOLD, _STR, 8), "1.4.0"),
+        )
+    if model == "iem3255":  # System table: model, manufacturer, serial, firmware (DLF)
+        return (
+            (reg("model", 0x0031, _HOLD, _STR, 20), "iEM3255"),
+            (reg("manufacturer", 0x0045, _HOLD, _STR, 20), "Schneider Electric"),
+            (reg("serial_number", 0x0081, _HOLD, _U32), serial),
+            (reg("firmware_version", 0x0664, _HOLD, ValueType.UINT16), 132),
+        )
+    return ()
+
 
 class MappedMeter(Meter):
     """A meter serving ``rows`` with values from a simulated three-phase supply."""
@@ -156,12 +194,15 @@ class MappedMeter(Meter):
         speed: float = 1.0,
         start_time: float | None = None,
         unmapped: Unmapped = "zero_in_map",
+        identity: Sequence[tuple[Register, float | str]] = (),
     ) -> None:
         self.rows = {row.name: row for row in rows}
         registers = [
             Register(row.name, row.address, row.table, row.type, row.unit, row.name, row.order)
             for row in rows
         ]
+        registers += [register for register, _ in identity]
+        self._identity: dict[str, float | str] = {r.name: value for r, value in identity}
         super().__init__(model, registers, clock=clock, unmapped=unmapped)
         # The building behind the meter: the SDM630 simulator's physics, seeded per model.
         self._supply = Sdm630(
@@ -178,9 +219,9 @@ class MappedMeter(Meter):
             for name, row in self.rows.items()
         }
 
-    def _values(self) -> Mapping[str, float]:
+    def _values(self) -> Mapping[str, float | str]:
         supply = self._supply.truth()
-        values: dict[str, float] = {}
+        values: dict[str, float | str] = dict(self._identity)
         for name, row in self.rows.items():
             value = supply[row.source or name] * row.factor
             if row.type is not ValueType.FLOAT32:
@@ -208,4 +249,5 @@ def make_other(
         speed=speed,
         start_time=start_time,
         unmapped="zero_in_map" if unmapped is None else unmapped,
+        identity=identity(model, seed),
     )

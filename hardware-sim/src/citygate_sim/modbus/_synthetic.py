@@ -1,4 +1,5 @@
-"""Synthetic units: ``generic<N>`` (benchmark load) and ``typed`` (every type × order).
+"""Synthetic units: ``generic<N>`` (benchmark load) and ``typed`` (every type × order,
+a string in every order).
 
 ``typed`` is built by struct-packing documented values directly, so a driver's
 decoder can be checked against it without sharing any code with it. It also
@@ -22,6 +23,9 @@ __all__ = [
     "SPEC_COILS_ON",
     "SPEC_DISCRETE_INPUTS_ON",
     "TYPED_BASE_ADDRESS",
+    "TYPED_TEXT",
+    "TYPED_TEXT_ADDRESS",
+    "TYPED_TEXT_REGISTERS",
     "TYPED_VALUES",
     "GenericMeter",
     "TypedMeter",
@@ -43,9 +47,18 @@ TYPED_VALUES: dict[ValueType, float] = {
     # 230.2 V as the SDM meter of vectors/modbus M1 sends it: bits 0x43663334
     ValueType.FLOAT32: struct.unpack(">f", bytes.fromhex("43663334"))[0],
     ValueType.FLOAT64: -1234.5678,  # 0xC0934A456D5CFAAD
+    ValueType.INT48: -0x123456789ABC,  # 0xEDCBA9876544
+    ValueType.UINT48: 0x0123456789AB,  # 81985529216939
 }
-"""One value per type; each has eight (or two, four) different bytes, so any
+"""One value per type; each has eight (or two, four, six) different bytes, so any
 mix-up of byte or word order shows."""
+
+TYPED_TEXT = "CG-SIM v1.0.3"
+"""The text of the typed map's string registers: 13 ASCII characters, NUL-padded."""
+TYPED_TEXT_ADDRESS = 1200
+"""First register of the string block (holding and input tables alike)."""
+TYPED_TEXT_REGISTERS = 8
+"""Registers of each string (16 bytes: the text and 3 NULs)."""
 
 _TYPES = tuple(TYPED_VALUES)
 _ORDERS = tuple(WordOrder)
@@ -57,9 +70,12 @@ def typed_address(value_type: ValueType, order: WordOrder) -> int:
     """Address of ``value_type`` in ``order``: base + 16 × type index + 4 × order index.
 
     Type index: int16 0, uint16 1, int32 2, uint32 3, int64 4, uint64 5, float32 6,
-    float64 7; order index: ABCD 0, CDAB 1, BADC 2, DCBA 3. A slot is 4 registers;
-    registers after a shorter value hold 0 and are mapped.
+    float64 7, int48 8, uint48 9; order index: ABCD 0, CDAB 1, BADC 2, DCBA 3. A slot
+    is 4 registers; registers after a shorter value hold 0 and are mapped. A string:
+    :data:`TYPED_TEXT_ADDRESS` + 8 × order index.
     """
+    if value_type is ValueType.STRING:
+        return TYPED_TEXT_ADDRESS + TYPED_TEXT_REGISTERS * _ORDERS.index(order)
     return (
         TYPED_BASE_ADDRESS
         + _SLOT_REGISTERS * len(_ORDERS) * _TYPES.index(value_type)
@@ -99,6 +115,19 @@ def _typed_registers() -> list[Register]:
                         order,
                     )
                 )
+        for order in _ORDERS:
+            registers.append(
+                Register(
+                    f"{table}_string_{order.lower()}",
+                    typed_address(ValueType.STRING, order),
+                    table,
+                    ValueType.STRING,
+                    None,
+                    f"string {TYPED_TEXT!r} in order {order}",
+                    order,
+                    TYPED_TEXT_REGISTERS,
+                )
+            )
     for address, word in _SPEC_HOLDING.items():
         registers.append(
             Register(
@@ -139,7 +168,9 @@ class TypedMeter(Meter):
 
     Holding and input registers ``1000..1127`` hold :data:`TYPED_VALUES` at
     :func:`typed_address` (named ``<table>_<type>_<order>``, e.g.
-    ``holding_float32_cdab``). Holding 100..119 and input 0..15 are mapped and
+    ``holding_float32_cdab``), and :data:`TYPED_TEXT` in 8 registers per order from
+    :data:`TYPED_TEXT_ADDRESS` (``<table>_string_<order>``, read-only). Holding
+    100..119 and input 0..15 are mapped and
     hold the spec examples' words (others 0); coils 0..63 and discrete inputs
     0..255 hold the spec examples' bits. Answers function codes 01 to 04, and
     05, 06, 15, 16: the typed holding block and the coils may be written (a
@@ -165,9 +196,11 @@ class TypedMeter(Meter):
                 Table.COILS: [(0, _COIL_COUNT)],
             },
         )
-        self._fixed: dict[str, float] = {}
+        self._fixed: dict[str, float | str] = {}
         for register in self.registers:
-            if register.type is ValueType.BOOL:
+            if register.type is ValueType.STRING:
+                self._fixed[register.name] = TYPED_TEXT
+            elif register.type is ValueType.BOOL:
                 on = SPEC_COILS_ON if register.table is Table.COILS else SPEC_DISCRETE_INPUTS_ON
                 self._fixed[register.name] = register.address in on
             elif register.name.startswith("spec_holding_"):
@@ -178,7 +211,7 @@ class TypedMeter(Meter):
                 self._fixed[register.name] = TYPED_VALUES[register.type]
         self._publish()
 
-    def _values(self) -> Mapping[str, float]:
+    def _values(self) -> Mapping[str, float | str]:
         return self._fixed
 
 

@@ -9,6 +9,10 @@ high byte first), then rearranged:
 
 Each rearrangement is its own inverse, so the same function turns wire bytes back
 into big-endian bytes. For a one-register value CDAB is ABCD and DCBA is BADC.
+
+48-bit integers (three registers; ``struct`` has no code for them) are six
+big-endian bytes rearranged the same way. A string is its ASCII text padded
+with NULs to its registers, first character first, rearranged the same way.
 """
 
 from __future__ import annotations
@@ -24,11 +28,14 @@ class ValueType(StrEnum):
     UINT16 = "uint16"
     INT32 = "int32"
     UINT32 = "uint32"
+    INT48 = "int48"
+    UINT48 = "uint48"
     INT64 = "int64"
     UINT64 = "uint64"
     FLOAT32 = "float32"
     FLOAT64 = "float64"
     BOOL = "bool"
+    STRING = "string"
 
 
 class WordOrder(StrEnum):
@@ -52,12 +59,22 @@ _FORMATS: dict[ValueType, str] = {
 }
 
 FLOAT_TYPES = frozenset({ValueType.FLOAT32, ValueType.FLOAT64})
+INT48_TYPES = frozenset({ValueType.INT48, ValueType.UINT48})
+STRUCT_TYPES = frozenset(_FORMATS)
+"""The types one ``struct`` code packs (not bool, 48-bit or string)."""
 
 
 def register_count(value_type: ValueType) -> int:
-    """How many 16-bit registers a value of ``value_type`` occupies (a bit: 1)."""
+    """How many 16-bit registers a value of ``value_type`` occupies (a bit: 1).
+
+    Raises ValueError for a string: its length is its register's.
+    """
     if value_type is ValueType.BOOL:
         return 1
+    if value_type in INT48_TYPES:
+        return 3
+    if value_type is ValueType.STRING:
+        raise ValueError("a string spans as many registers as its register says")
     return struct.calcsize(_FORMATS[value_type]) // 2
 
 
@@ -78,10 +95,30 @@ def rearrange(data: bytes, order: WordOrder) -> bytes:
     return b"".join(word[::-1] for word in words)
 
 
-def encode_value(value: float, value_type: ValueType, order: WordOrder = WordOrder.ABCD) -> bytes:
-    """Wire bytes of ``value``; integer types take ``int(value)``, out of range raises."""
+def encode_value(
+    value: float | str,
+    value_type: ValueType,
+    order: WordOrder = WordOrder.ABCD,
+    registers: int | None = None,
+) -> bytes:
+    """Wire bytes of ``value``; integer types take ``int(value)``, out of range raises.
+
+    A string (``value`` a str of ASCII) takes ``registers`` registers, NUL-padded.
+    """
     if value_type is ValueType.BOOL:
         raise ValueError("a bit is not a register value")
+    if value_type is ValueType.STRING:
+        if not isinstance(value, str) or registers is None:
+            raise ValueError("a string register needs a str and its number of registers")
+        text = value.encode("ascii")
+        if len(text) > 2 * registers:
+            raise ValueError(f"{value!r} does not fit in {registers} registers")
+        return rearrange(text.ljust(2 * registers, b"\x00"), order)
+    if isinstance(value, str):
+        raise ValueError(f"a {value_type} register holds a number, not {value!r}")
+    if value_type in INT48_TYPES:
+        signed = value_type is ValueType.INT48
+        return rearrange(int(value).to_bytes(6, "big", signed=signed), order)
     packer = big_endian_struct(value_type)
     raw = packer.pack(value if value_type in FLOAT_TYPES else int(value))
     return rearrange(raw, order)
@@ -89,7 +126,14 @@ def encode_value(value: float, value_type: ValueType, order: WordOrder = WordOrd
 
 def decode_value(data: bytes, value_type: ValueType, order: WordOrder = WordOrder.ABCD) -> float:
     """The value of wire bytes ``data`` (an ``int`` for integer types)."""
-    if value_type is ValueType.BOOL:
-        raise ValueError("a bit is not a register value")
+    if value_type is ValueType.BOOL or value_type is ValueType.STRING:
+        raise ValueError(f"a {value_type} is not a number (decode_text reads a string)")
+    if value_type in INT48_TYPES:
+        return int.from_bytes(rearrange(data, order), "big", signed=value_type is ValueType.INT48)
     value: float = big_endian_struct(value_type).unpack(rearrange(data, order))[0]
     return value
+
+
+def decode_text(data: bytes, order: WordOrder = WordOrder.ABCD) -> str:
+    """The text of a string register's wire bytes, trailing NULs dropped."""
+    return rearrange(data, order).rstrip(b"\x00").decode("ascii")

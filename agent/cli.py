@@ -213,14 +213,18 @@ def _check(path: Path, as_json: bool) -> int:
             print(exc, file=sys.stderr)
             print(f"{exc.count} error(s); nothing was started", file=sys.stderr)
         return EXIT_USAGE
+    from citygate import sizing
+
     summary = _summary(config)
+    sized = sizing.size(config, registry.factories())
     all_warnings = [*config.warnings, *ha_warnings(config)]
     if as_json:
         warnings = [
             {"file": str(p.file), "line": p.line, "col": p.col, "message": p.message}
             for p in all_warnings
         ]
-        print(json.dumps({"ok": True, "warnings": warnings, **summary}, indent=2))
+        document = {"ok": True, "warnings": warnings, **summary, "sizing": sized.to_json()}
+        print(json.dumps(document, indent=2))
         return EXIT_OK
     for warning in all_warnings:
         print(warning, file=sys.stderr)
@@ -234,6 +238,8 @@ def _check(path: Path, as_json: bool) -> int:
         print(f"  serial    {line_id}: {line}")
     print(f"  broker    {summary['broker']}")
     print(f"  data_dir  {summary['data_dir']}")
+    for line in sizing.summary_lines(sized):
+        print(line)
     return EXIT_OK
 
 

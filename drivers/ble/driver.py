@@ -412,6 +412,12 @@ class BleFactory:
             tally=tally,
         )
 
+    def expected_readings(self, driver_config: config.BleDeviceConfig) -> int | None:
+        """Readings per sample (``citygate check`` sizing), with ``rssi``: what the format
+        decodes; None for ``auto`` and ``bthome`` (an advert's contents tell)."""
+        per_format = {"pvvx": 6, "atc": 6, "ruuvi": 11}
+        return per_format.get(driver_config.format)
+
     @property
     def scan(self) -> ScanCommand:
         """``citygate scan ble``: the sensors heard, their values, config snippets."""

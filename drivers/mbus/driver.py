@@ -446,6 +446,11 @@ class MbusFactory:
             config, context.device_id, context.lines.get(config.serial.id), stats=stats
         )
 
+    def expected_readings(self, config: MbusConfig) -> int | None:
+        """Readings per sample (``citygate check`` sizing): the kept records and
+        ``meter_status``; None without ``records`` (only a readout can tell)."""
+        return None if config.records is None else len(config.records) + 1
+
     @property
     def scan(self) -> ScanCommand:
         """``citygate scan mbus``: the primary probe and the secondary search."""

@@ -27,6 +27,7 @@ PARTS: dict[str, str] = {
     "framer": "tests.bench.framer",  # issue 12: framers' CPU per KB of a babbling device
     "wire": "tests.bench.wire",  # issue 13: bytes per reading, SenML JSON and CBOR
     "commands": "tests.bench.commands",  # issue 14: read round trip, TCP and busy RTU line
+    "sdwear": "tests.bench.sdwear",  # issue 16: bytes stored and written per sample/reading
 }
 
 

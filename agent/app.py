@@ -9,6 +9,7 @@
     ├── housekeeping       max_age expiry, health → systemd WATCHDOG=1, STATUS=
     ├── pace               is the publisher falling behind the polling?
     ├── loop-lag           event-loop lag (metrics ``loop_lag_max_ms``); skipped-poll episodes
+    ├── live-view          ``top.json`` for ``citygate top`` while it watches (agent/livesnap.py)
     ├── commands           remote commands, when ``[commands] enabled`` (agent/commands.py)
     └── sources (TaskGroup, inside the body)
         ├── device <id>    one supervisor per device
@@ -74,6 +75,7 @@ from citygate.drivers.api import (
 )
 from citygate.homeassistant import DeviceInfo, HomeAssistant, known_devices
 from citygate.lines import LineSet
+from citygate.livesnap import LiveSnapshot
 from citygate.looplag import GC_FREEZE_AFTER_S, LoopLagMonitor, SkipEpisodes
 from citygate.mqtt import Publisher
 from citygate.mqtt.announce import METRICS_INTERVAL_S
@@ -144,6 +146,12 @@ class Agent:
         enabled = [d for d in config.devices if d.enabled]
         self._devices: dict[str, DeviceConfig] = {d.id: d for d in enabled}
         self.board = StatusBoard([d.id for d in enabled])
+        self.live = LiveSnapshot(
+            config.gateway.data_dir,
+            self.board,
+            self.live_facts,
+            lambda: {d.id: d.driver for d in self._devices.values()},
+        )
         self.buffer = AsyncBuffer(buffer_path(config), config.buffer, timebase=self._timebase)
         self.lines = _line_set(config, enabled)
         # One BLE scanner per adapter, shared by every BLE device.
@@ -217,6 +225,28 @@ class Agent:
         statuses = {d: s.to_json() for d, s in self.board.devices.items()}
         statuses["#publisher"] = json.dumps({"refused_samples": self.publisher.refused_samples})
         return status_report([d.id for d in self.config.devices], stats, statuses)
+
+    async def live_facts(self) -> dict[str, Any]:
+        """The header of ``citygate top``'s snapshot: gateway, broker link, backlog."""
+        try:
+            async with asyncio.timeout(BUFFER_CHECK_TIMEOUT_S):
+                stats = await self.buffer.stats()
+            backlog: dict[str, Any] | None = {
+                "samples": stats.backlog_samples,
+                "bytes": stats.backlog_bytes,
+                "oldest_unsent_age_s": stats.oldest_unsent_age_s,
+                "dropped": stats.dropped_samples,
+            }
+        except TimeoutError:
+            backlog = None
+        urls = self.config.mqtt.urls or (self.config.mqtt.url,)
+        return {
+            "gateway": self.config.gateway.id,
+            "connected": self.publisher.connected,
+            "broker": urls[0] + (f" (+{len(urls) - 1} more)" if len(urls) > 1 else ""),
+            "backlog": backlog,
+            "refused": self.publisher.refused_samples,
+        }
 
     # Bound to the agent, not to one publisher or line set: a reload may replace them.
     def _notify_publisher(self, readings: int) -> None:
@@ -300,7 +330,7 @@ class Agent:
             device.id,
             device.interval,
             self._make_driver(device),
-            self.writer.submit,
+            self.live.tap(self.writer.submit),
             self.board,
             self.counters,
             self._timebase.synced,
@@ -334,6 +364,7 @@ class Agent:
                 housekeeping_task = sinks.create_task(self._housekeeping(), name="housekeeping")
                 pace_task = sinks.create_task(self._watch_pace(), name="pace")
                 lag_task = sinks.create_task(self.loop_lag.run(), name="loop-lag")
+                live_task = sinks.create_task(self.live.run(), name="live-view")
                 commands_task = None
                 if self.commands is not None:
                     commands_task = sinks.create_task(self.commands.run(), name="commands")
@@ -370,6 +401,7 @@ class Agent:
                 housekeeping_task.cancel()
                 pace_task.cancel()
                 lag_task.cancel()
+                live_task.cancel()
                 if commands_task is not None:
                     commands_task.cancel()
             self.lines.close()

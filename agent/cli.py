@@ -78,6 +78,9 @@ def _parser(scans: Mapping[str, ScanCommand]) -> argparse.ArgumentParser:
     with_config(p)
     p.add_argument("--json", action="store_true")
 
+    p = sub.add_parser("top", help="a live view of the running agent (from data_dir)")
+    with_config(p)
+
     sub.add_parser("drivers", help="list installed drivers")
 
     p = sub.add_parser("scan", help="discover devices; the Modbus byte-order assistant")
@@ -136,6 +139,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _read(args.config, args.device, args.json)
         if command == "status":
             return _status(args.config, args.json)
+        if command == "top":
+            return _top(args.config)
         if command == "drivers":
             return _drivers()
         if command == "scan":
@@ -394,6 +399,22 @@ def _status(path: Path, as_json: bool) -> int:
         error = f"  ({d['error']})" if d["error"] else ""
         print(f"  {device_id:<24} {d['state']:<8} last sample {last}{error}")
     return EXIT_OK
+
+
+# ---------------------------------------------------------------------------- top
+
+
+def _top(path: Path) -> int:
+    config = _load(path)
+    if not (sys.stdin.isatty() and sys.stdout.isatty()):
+        print(
+            "citygate top: needs a terminal (for a one-shot report: citygate status)",
+            file=sys.stderr,
+        )
+        return EXIT_USAGE
+    from citygate.top import run_top
+
+    return asyncio.run(run_top(config))
 
 
 # ---------------------------------------------------------------------------- drivers

@@ -1,15 +1,19 @@
-"""``citygate demo``: simulators, a broker, the agent, and a live view of what arrives.
+"""``citygate demo``: simulators, a broker, the agent, and a live view.
 
 Everything runs in this one process on loopback: the hardware simulators
 (package ``citygate_sim``), an embedded MQTT broker (amqtt, bound to 127.0.0.1 only)
 unless ``--broker URL`` names a real one, and the agent on a generated config
 that is written to a temporary folder (its path is printed, so it can be read
-and copied). Ctrl-C stops everything in order.
+and copied). On a terminal the view is ``citygate top``'s (agent/top.py) over the
+demo's data_dir, and the agent's log lines are kept until the demo ends (the latest
+shows in the footer for a while); otherwise one plain line per message that reaches
+the broker. Ctrl-C (or ``q`` in the view) stops everything in order.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import json
 import logging
@@ -18,14 +22,14 @@ import socket
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Iterator, Mapping
 from pathlib import Path
 from urllib.parse import urlsplit
 
 import aiomqtt
 
 from citygate import logs, registry, senml
-from citygate.config import load
+from citygate.config import Config, load
 
 GATEWAY_ID = "gw-demo"
 
@@ -185,15 +189,11 @@ def _format_value(record: Mapping[str, object]) -> str:
 
 
 class LiveView:
-    """Prints what reaches the broker: a refreshed table on a terminal, lines otherwise."""
+    """Prints one line per message that reaches the broker (stdout is not a terminal)."""
 
-    def __init__(self, tty: bool) -> None:
-        self.tty = tty
+    def __init__(self) -> None:
         self.latest: dict[str, dict[str, str]] = {}
         self.seq: dict[str, int] = {}
-        self.arrived: dict[str, float] = {}
-        self.status: dict[str, str] = {}
-        self.messages = 0
 
     def on_message(self, topic: str, payload: bytes) -> None:
         parts = topic.split("/")
@@ -204,44 +204,41 @@ class LiveView:
                 if isinstance(seq := record.get("seq"), int):
                     self.seq[device] = seq
                 values[str(record["n"]).rsplit("/", 1)[-1]] = _format_value(record)
-            self.arrived[device] = time.time()
-            self.messages += 1
-            if not self.tty:
-                shown = ", ".join(f"{n}={v}" for n, v in list(values.items())[:6])
-                print(
-                    f"{device} seq {self.seq.get(device)}: {shown}, … ({len(values)} readings)",
-                    flush=True,
-                )
+            shown = ", ".join(f"{n}={v}" for n, v in list(values.items())[:6])
+            print(
+                f"{device} seq {self.seq.get(device)}: {shown}, … ({len(values)} readings)",
+                flush=True,
+            )
         elif len(parts) == 4 and parts[3] == "status":
-            state = json.loads(payload).get("state", "?")
-            self.status[parts[2]] = state
-            if not self.tty:
-                print(f"{parts[2]} is {state}", flush=True)
-        elif len(parts) == 3 and parts[2] == "status" and not self.tty:
+            print(f"{parts[2]} is {json.loads(payload).get('state', '?')}", flush=True)
+        elif len(parts) == 3 and parts[2] == "status":
             print(f"gateway {parts[1]} is {payload.decode(errors='replace')}", flush=True)
 
-    def render(self, header: str) -> None:
-        if not self.tty:
-            return
-        lines = [header, ""]
-        for device in sorted(self.latest):
-            age = time.time() - self.arrived.get(device, time.time())
-            lines.append(
-                f"\x1b[1m{device}\x1b[0m  {self.status.get(device, '?')}  "
-                f"seq {self.seq.get(device)}  "
-                f"({age:.0f} s ago)"
-            )
-            items = list(self.latest[device].items())
-            for i in range(0, len(items), 3):
-                row = items[i : i + 3]
-                lines.append("  " + "".join(f"{n:<26}{v:>16}   " for n, v in row))
-            lines.append("")
-        lines.append(f"{self.messages} data messages received.  Ctrl-C stops the demo.")
-        sys.stdout.write("\x1b[H\x1b[2J" + "\n".join(lines) + "\n")
-        sys.stdout.flush()
+
+class KeptLog(logging.Handler):
+    """The agent's log lines while the full-screen view is up: kept (bounded), the latest
+    offered to the view's footer for :data:`NOTICE_S`, all printed when the demo ends."""
+
+    NOTICE_S = 10.0
+
+    def __init__(self, keep: int = 200) -> None:
+        super().__init__()
+        self.lines: collections.deque[str] = collections.deque(maxlen=keep)
+        self._last = 0.0
+        self.setFormatter(logging.Formatter("%(asctime)s %(levelname)-7s %(message)s", "%H:%M:%S"))
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(self.format(record))
+        self._last = time.monotonic()
+
+    def notice(self) -> str | None:
+        """The latest line, while it is recent."""
+        if self.lines and time.monotonic() - self._last < self.NOTICE_S:
+            return self.lines[-1]
+        return None
 
 
-async def _watch(broker_url: str, protocol: str, view: LiveView, header: str) -> None:
+async def _watch(broker_url: str, protocol: str, view: LiveView) -> None:
     url = urlsplit(broker_url)
     version = aiomqtt.ProtocolVersion.V5 if protocol == "5" else aiomqtt.ProtocolVersion.V311
     while True:
@@ -253,7 +250,6 @@ async def _watch(broker_url: str, protocol: str, view: LiveView, header: str) ->
                 identifier="citygate-demo-view",
             ) as client:
                 await client.subscribe(f"city/{GATEWAY_ID}/#", qos=1)
-                last_render = 0.0
                 async for message in client.messages:
                     payload = (
                         message.payload
@@ -261,12 +257,33 @@ async def _watch(broker_url: str, protocol: str, view: LiveView, header: str) ->
                         else str(message.payload).encode()
                     )
                     view.on_message(str(message.topic), payload)
-                    if time.monotonic() - last_render > 0.5:
-                        view.render(header)
-                        last_render = time.monotonic()
         except aiomqtt.MqttError as exc:
             log.debug("live view: %s; reconnecting", exc)
             await asyncio.sleep(1.0)
+
+
+async def _top_view(config: Config, stop: asyncio.Event, kept: KeptLog) -> None:
+    from citygate.top import run_top
+
+    await run_top(config, stop=stop, title="citygate demo", notice=kept.notice)
+    stop.set()  # `q`
+
+
+@contextlib.contextmanager
+def _logs_kept(kept: KeptLog | None) -> Iterator[None]:
+    """While the full-screen view is up, log lines go to ``kept`` (printed at the end)."""
+    if kept is None:
+        yield
+        return
+    root = logging.getLogger()
+    handlers = root.handlers[:]
+    root.handlers[:] = [kept]
+    try:
+        yield
+    finally:
+        root.handlers[:] = handlers
+        for line in kept.lines:
+            print(line, file=sys.stderr)
 
 
 async def _demo(broker: str | None, homeassistant: bool = False) -> None:
@@ -279,6 +296,7 @@ async def _demo(broker: str | None, homeassistant: bool = False) -> None:
         ) from None
     from citygate.app import Agent
 
+    terminal = sys.stdin.isatty() and sys.stdout.isatty()
     with tempfile.TemporaryDirectory(prefix="citygate-demo-") as tmp:
         workdir = Path(tmp)
         meters = {1: make_meter("sdm630", seed=1), 2: make_meter("sdm120", seed=2)}
@@ -328,21 +346,27 @@ async def _demo(broker: str | None, homeassistant: bool = False) -> None:
             )
             print(header, flush=True)
             agent = Agent(config, registry.factories())
-            view = LiveView(sys.stdout.isatty())
             loop = asyncio.get_running_loop()
             stop = asyncio.Event()
             for sig in (signal.SIGINT, signal.SIGTERM):
                 loop.add_signal_handler(sig, stop.set)
-            async with asyncio.TaskGroup() as tg:
-                agent_task = tg.create_task(agent.run(), name="agent")
-                watch_task = tg.create_task(
-                    _watch(broker_url, protocol, view, header), name="live-view"
-                )
-                await stop.wait()
-                print("\nstopping the demo…", flush=True)
-                agent.request_stop()
-                await agent_task
-                watch_task.cancel()
+            kept = KeptLog() if terminal else None
+            with _logs_kept(kept):
+                async with asyncio.TaskGroup() as tg:
+                    agent_task = tg.create_task(agent.run(), name="agent")
+                    if kept is not None:
+                        view_task = tg.create_task(_top_view(config, stop, kept), name="live-view")
+                    else:
+                        view_task = tg.create_task(
+                            _watch(broker_url, protocol, LiveView()), name="live-view"
+                        )
+                    await stop.wait()
+                    if kept is not None:
+                        await view_task  # leaves the full screen within half a second
+                    print("\nstopping the demo…", flush=True)
+                    agent.request_stop()
+                    await agent_task
+                    view_task.cancel()
 
 
 def run_demo(broker: str | None = None, homeassistant: bool = False) -> int:

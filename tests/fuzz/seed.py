@@ -22,7 +22,8 @@ from citygate.drivers.ble.bthome import BTHOME_UUID
 from citygate.drivers.ble.pvvx import ENVIRONMENT_UUID
 from citygate.drivers.ble.ruuvi import RUUVI_COMPANY_ID
 from citygate.drivers.modbus.rtu import rtu_frame
-from tests.fuzz.targets import TARGETS, rtu_input, tcp_input
+from tests.drivers.wmbus.vectors import HOMEGEAR_MODE7, VECTORS
+from tests.fuzz.targets import TARGETS, WMBUS_KEYS, rtu_input, tcp_input, wmbus_input
 
 ROOT = Path(__file__).resolve().parents[2]
 CORPUS = Path(__file__).parent / "corpus"
@@ -184,6 +185,18 @@ def _modbus() -> tuple[dict[str, bytes], dict[str, bytes]]:
     return rtu, tcp
 
 
+def _wmbus() -> dict[str, bytes]:
+    """The real telegrams of tests/drivers/wmbus/vectors.py with their key, if it is one of
+    the target's, else without a key (and flipped to the other CRC setting once)."""
+    seeds: dict[str, bytes] = {}
+    for vector in VECTORS:
+        key = WMBUS_KEYS.index(vector.key_bytes) if vector.key_bytes in WMBUS_KEYS else 0
+        seeds[vector.name] = wmbus_input(key, vector.crc, 0, vector.predecrypted, vector.data)
+        seeds[f"{vector.name}-nokey"] = wmbus_input(0, not vector.crc, 0, False, vector.data)
+    seeds["homegear-mode7"] = wmbus_input(3, False, 0, False, HOMEGEAR_MODE7)
+    return seeds
+
+
 def _configs() -> dict[str, bytes]:
     seeds: dict[str, bytes] = {}
     paths = [ROOT / "config" / "gateway.example.toml", *sorted(ROOT.glob("drivers/*/sample.toml"))]
@@ -214,6 +227,7 @@ def seeds() -> dict[str, dict[str, bytes]]:
         "modbus_rtu": rtu,
         "modbus_tcp": tcp,
         "config": _configs(),
+        "wmbus": _wmbus(),
     }
     assert set(corpus) == set(TARGETS), set(corpus) ^ set(TARGETS)
     for target, edges in EDGES.items():

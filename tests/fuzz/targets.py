@@ -56,6 +56,8 @@ from citygate.drivers.modbus.frame import (
     parse_read_reply,
 )
 from citygate.drivers.modbus.rtu import ExceptionReply, RegisterReply, RtuReplyFramer
+from citygate.drivers.wmbus.decode import decode_telegram, inspect
+from citygate.drivers.wmbus.frame import FrameFormat, WmbusError
 from citygate.registry import factories
 
 __all__ = [
@@ -66,6 +68,7 @@ __all__ = [
     "check",
     "rtu_input",
     "tcp_input",
+    "wmbus_input",
 ]
 
 # The encrypted vector of bthome.io's encryption page: lets a fuzzed packet reach decryption.
@@ -208,6 +211,46 @@ def capture(data: bytes) -> None:
         else:  # pragma: no cover - only if run() started waiting on something real
             coroutine.close()
             raise AssertionError("ReplaySource.run suspended")
+
+
+# --------------------------------------------------------------------------- wireless M-Bus
+
+# None, then the keys of real telegrams in tests/drivers/wmbus/vectors.py (kadenwater mode 5,
+# Kamstrup ELL AES-CTR, Homegear mode 7): lets fuzzed telegrams reach decryption.
+WMBUS_KEYS: tuple[bytes | None, ...] = (
+    None,
+    bytes.fromhex("82B0551191F51D66EFCDAB8967452301"),
+    bytes.fromhex("28F64A24988064A079AA2C807D6102AE"),
+    bytes.fromhex("00112233445566778899AABBCCDDEEFF"),
+)
+_WMBUS_FORMATS: tuple[FrameFormat | None, ...] = (None, "A", "B", None)
+
+
+def wmbus_input(key: int, crc_present: bool, fmt: int, predecrypted: bool, frame: bytes) -> bytes:
+    """A wmbus target input: one flag byte (key index bits 0–1, CRCs bit 2, frame format
+    bits 3–4, predecrypted bit 5), then the telegram from its L-field on."""
+    flags = key & 3 | crc_present << 2 | (fmt & 3) << 3 | predecrypted << 5
+    return bytes((flags,)) + frame
+
+
+def wmbus(data: bytes) -> None:
+    """A wireless M-Bus telegram through every layer and the records; ``inspect`` too.
+    Raises WmbusError only."""
+    if not data:
+        return
+    flags, frame = data[0], data[1:]
+    crc_present = bool(flags & 4)
+    frame_format = _WMBUS_FORMATS[(flags >> 3) & 3]
+    with contextlib.suppress(WmbusError):
+        inspect(frame, crc_present, frame_format=frame_format)
+    telegram = decode_telegram(
+        frame,
+        WMBUS_KEYS[flags & 3],
+        crc_present,
+        frame_format=frame_format,
+        predecrypted=bool(flags & 32),
+    )
+    _application(telegram)
 
 
 # --------------------------------------------------------------------------- Modbus
@@ -377,6 +420,7 @@ TARGETS: dict[str, Target] = {
         Target("bthome", bthome_target, (bthome.BTHomeError,), max_len=256),
         Target("pvvx", pvvx_target, (pvvx.PvvxError,), max_len=64),
         Target("ruuvi", ruuvi_target, (ruuvi.RuuviError,), max_len=64),
+        Target("wmbus", wmbus, (WmbusError,), max_len=300),
         Target("capture", capture, (), max_len=4096),
         Target("modbus_rtu", modbus_rtu, (), max_len=1024),
         Target("modbus_tcp", modbus_tcp, (DecodeError,), max_len=2048),

@@ -5,7 +5,8 @@ is every ``importlib.import_module("…")`` with a literal name. The rules:
 
 * nothing imports the old top-level names ``agent``, ``drivers`` or ``hwsim``;
 * a built-in driver (``citygate.drivers.<name>``, the folder drivers/<name>/) imports only
-  ``citygate.drivers.api`` and its own folder — no runtime module, no other driver;
+  ``citygate.drivers.api`` and its own folder — no runtime module, no other driver — except
+  the sans-I/O protocol modules listed in ``SHARED`` for the drivers named there;
 * the API (``citygate.drivers.api``, with its private helpers ``citygate.drivers._*``)
   imports nothing of citygate but those;
 * the runtime (``citygate.*``, agent/) reaches drivers only through the entry-point registry:
@@ -33,6 +34,11 @@ ROOT = Path(__file__).resolve().parents[2]
 LEGACY = ("agent", "drivers", "hwsim")
 API = "citygate.drivers.api"
 OWN = ("citygate", "citygate_sim", *LEGACY)
+SHARED: dict[str, tuple[str, ...]] = {
+    # EN 13757-3 records are the same on wired and wireless M-Bus
+    "citygate.drivers.mbus.decode": ("citygate.drivers.wmbus",),
+}
+"""Sans-I/O protocol module → the other drivers that may import it."""
 
 
 def source_roots(root: Path) -> dict[str, Path]:
@@ -171,6 +177,8 @@ def rule_broken(found: Import, template_packages: frozenset[str]) -> str | None:
     own_driver = _driver_package(importer)
     if own_driver is not None:
         if _within(target, own_driver) or _within(target, API):
+            return None
+        if own_driver in SHARED.get(target, ()):
             return None
         return "a driver imports only citygate.drivers.api and its own folder"
     if _api_side(importer):

@@ -46,6 +46,17 @@ PLANTED = [
         "a driver imports only citygate.drivers.api and its own folder",
     ),
     (
+        # only mbus.decode is shared with wmbus (tests/tools/imports.py SHARED)
+        "drivers/wmbus/frame.py",
+        "from citygate.drivers.mbus.link import Frame",
+        "a driver imports only citygate.drivers.api and its own folder",
+    ),
+    (
+        "drivers/mbus/link.py",
+        "from citygate.drivers.wmbus.frame import crc16",
+        "a driver imports only citygate.drivers.api and its own folder",
+    ),
+    (
         "drivers/ble/advert.py",
         "import citygate",
         "a driver imports only citygate.drivers.api and its own folder",

@@ -76,6 +76,8 @@ class DeviceInfo:
     manufacturer: str | None = None
     model: str | None = None
     medium: str | None = None  # an M-Bus meter's (water, gas, …): classes of its volumes
+    serial_number: str | None = None  # a meter's identity facts (status "meter")
+    sw_version: str | None = None
 
 
 def device_identifier(gateway_id: str, device_id: str | None = None) -> str:
@@ -126,6 +128,10 @@ def device_discovery(
         info["manufacturer"] = device.manufacturer
     if device.model:
         info["model"] = device.model
+    if device.serial_number:
+        info["serial_number"] = device.serial_number
+    if device.sw_version:
+        info["sw_version"] = device.sw_version
     info["via_device"] = device_identifier(gateway_id)
     availability = _availability(topic_base, device.id)
     components: dict[str, dict[str, Any]] = {}
@@ -237,9 +243,18 @@ def _facts_info(device: DeviceInfo, facts: Mapping[str, Any]) -> DeviceInfo:
     """Fill manufacturer, model and medium from a driver's status facts (an M-Bus meter's
     header, a BLE decoder's)."""
     manufacturer, model, medium = device.manufacturer, device.model, device.medium
+    serial_number, sw_version = device.serial_number, device.sw_version
     for source in (facts, facts.get("meter")):
         if not isinstance(source, Mapping):
             continue
+        # A Modbus meter's identity registers; a (wireless) M-Bus meter's id is its serial.
+        for key in ("serial_number", "id"):
+            found = source.get(key)
+            if serial_number is None and isinstance(found, str) and 0 < len(found) <= 64:
+                serial_number = found
+        found = source.get("firmware_version")
+        if sw_version is None and isinstance(found, str) and 0 < len(found) <= 64:
+            sw_version = found
         found = source.get("manufacturer")
         if manufacturer is None and isinstance(found, str) and found:
             manufacturer = found
@@ -249,7 +264,9 @@ def _facts_info(device: DeviceInfo, facts: Mapping[str, Any]) -> DeviceInfo:
         found = source.get("medium")
         if medium is None and isinstance(found, str) and found:
             medium = found
-    return DeviceInfo(device.id, device.driver, manufacturer, model, medium)
+    return DeviceInfo(
+        device.id, device.driver, manufacturer, model, medium, serial_number, sw_version
+    )
 
 
 Publish = Callable[[str, bytes], Awaitable[None]]

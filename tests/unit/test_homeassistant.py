@@ -370,3 +370,29 @@ def test_a_file_with_wildcard_topics_is_not_trusted(tmp_path: Path) -> None:
         return broker
 
     assert asyncio.run(main()).log == ["ha/device/gw_m1/config", "city/gw/m1/state"]
+
+
+def test_meter_identity_facts_fill_the_device_registry(tmp_path: Path) -> None:
+    """Issue 16's identity registers (status "meter") reach Home Assistant's device page:
+    serial number and firmware; a hostile fact (not a string, too long) is left out."""
+    facts: dict[str, dict[str, Any]] = {
+        "m1": {
+            "meter": {"serial_number": "41029311", "model": "SDM630", "firmware_version": "3.04"}
+        },
+        "m2": {"meter": {"serial_number": 7, "firmware_version": "x" * 500, "id": "92752244"}},
+    }
+
+    async def main() -> Broker:
+        broker = Broker()
+        h = HomeAssistant(ON, BASE, "gw", tmp_path, devices("m1", "m2"), facts=facts.__getitem__)
+        h.acked(sample(1, "m1"))
+        h.acked(sample(2, "m2"))
+        await h.send_pending(broker.publish)
+        return broker
+
+    broker = asyncio.run(main())
+    m1 = broker.json("homeassistant/device/gw_m1/config")["device"]
+    assert (m1["serial_number"], m1["model"], m1["sw_version"]) == ("41029311", "SDM630", "3.04")
+    m2 = broker.json("homeassistant/device/gw_m2/config")["device"]
+    assert m2["serial_number"] == "92752244"  # an M-Bus header's id
+    assert "sw_version" not in m2

@@ -510,6 +510,8 @@ class Agent:
         for device_id in [*plan.added, *plan.restarted]:
             self._start_device(wanted[device_id])
         if plan.publisher_restart:
+            if self.commands is not None:  # the new session subscribes the new topics
+                self.commands.retarget(new.mqtt.topic_prefix, new.gateway.id)
             await self._restart_publisher(new)
         else:
             self.publisher.update_announcement(_announced(wanted.values()), new.gateway)

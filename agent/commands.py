@@ -268,6 +268,7 @@ class CommandChannel:
     ) -> None:
         self._handlers = dict(handlers or {})
         self._base = f"{prefix}/{gateway_id}/cmd"
+        self._stale: set[str] = set()
         self._store_path = data_dir / STORE_FILE
         self._counters = counters
         self._settings = settings
@@ -284,6 +285,26 @@ class CommandChannel:
     def topic_filter(self) -> str:
         """``P/G/cmd/+``."""
         return f"{self._base}/+"
+
+    def retarget(self, prefix: str, gateway_id: str) -> None:
+        """Listen on ``prefix/gateway_id/cmd/+`` from the next session on (a reload changed
+        ``mqtt.topic_prefix``); the old filter becomes stale (see :meth:`take_stale`)."""
+        base = f"{prefix}/{gateway_id}/cmd"
+        if base != self._base:
+            self._stale.add(self.topic_filter)
+            self._base = base
+            self._stale.discard(self.topic_filter)
+
+    def take_stale(self) -> list[str]:
+        """Filters an earlier session subscribed and nobody wants any more: the broker keeps
+        them in the persistent session until they are unsubscribed."""
+        stale = sorted(self._stale)
+        self._stale.clear()
+        return stale
+
+    def keep_stale(self, topic_filter: str) -> None:
+        """An unsubscribe that did not go through: try again with the next session."""
+        self._stale.add(topic_filter)
 
     def bind(self, client: Client) -> None:
         """Replies go out on ``client`` (the publisher's, for its life)."""

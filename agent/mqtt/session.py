@@ -122,6 +122,14 @@ class CommandRoute(Protocol):
         """A request arrived (on the event loop; must not block)."""
         ...
 
+    def take_stale(self) -> list[str]:
+        """Filters of an earlier prefix, to unsubscribe (the session keeps them)."""
+        ...
+
+    def keep_stale(self, topic_filter: str) -> None:
+        """An unsubscribe that failed: offered again next time."""
+        ...
+
 
 class FullJitter(Backoff):
     """Capped exponential backoff with full jitter: uniform in [0, min(cap, start·2ⁿ)]."""
@@ -308,6 +316,13 @@ class Session:
         await self._handler.open(client)
         if self._commands is not None:
             await self._subscribe(client, self._commands.topic_filter)
+            for stale in self._commands.take_stale():
+                try:
+                    await client.unsubscribe(stale, within=self.ack_timeout)
+                except MqttError:
+                    self._commands.keep_stale(stale)
+                    raise
+                log.info("commands: unsubscribed from %s (the topic prefix changed)", stale)
         self.connected = True
         self._handler.start(client, tg)
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import signal
 import stat
 import threading
 import time
@@ -315,6 +316,58 @@ def test_retained_and_duplicate_requests_also_after_restart(tmp_path: Path) -> N
     finally:
         requester.stop()
         agent.stop()
+        sim.stop()
+        broker.stop()
+    assert "Traceback" not in agent.log
+
+
+def test_reload_moves_commands_to_a_new_topic_prefix(tmp_path: Path) -> None:
+    """A reload that changes `mqtt.topic_prefix` moves the command channel with it: requests on
+    the new prefix are answered, and the old subscription (kept by the broker in the agent's
+    persistent session) is undone, so nothing on the old prefix reaches the agent."""
+    broker = Mosquitto(tmp_path / "mosquitto")
+    broker.start()
+    sim = SimProcess({1: "sdm630"})
+    config = _config(tmp_path, broker, sim)
+    metrics = Subscriber(broker.port, f"town/{GW}/metrics").start()
+    agent = AgentProcess(config, metrics_interval=0.3)
+    url = f"mqtt://127.0.0.1:{broker.port}"
+
+    def town_answers() -> bool:
+        done = run_cli("cmd", GW, "status", "--broker", url, "--prefix", "town", "--timeout", "2")
+        return done.returncode == 0
+
+    try:
+        agent.wait_for_log("broker mqtt://")
+        until(lambda: subscribed(broker.port), 10, "the agent's subscription")
+        commands = "[commands]\nenabled = true\nmax_per_minute = 20\n"
+        modbus_config(
+            config,
+            broker_port=broker.port,
+            data_dir=tmp_path / "var",
+            devices=[
+                {
+                    "id": "meter-townhall",
+                    "driver": "modbus",
+                    "host": "127.0.0.1",
+                    "port": sim.port,
+                    "unit": 1,
+                    "profile": "eastron-sdm630",
+                    "interval": "30s",
+                }
+            ],
+            extra=f'topic_prefix = "town"\n\n{commands}',
+        )
+        agent.signal(signal.SIGHUP)
+        until(town_answers, 30, "an answer on the new prefix")
+        assert not subscribed(broker.port)  # the old prefix: no answer
+        seen = len(metrics.snapshot())
+        metrics.wait_for(lambda: len(metrics.snapshot()) > seen + 1, what="metrics")
+        assert json.loads(metrics.snapshot()[-1].payload)["unsolicited_messages"] == 0
+        assert "commands: unsubscribed from city/gw-e2e/cmd/+" in agent.log
+    finally:
+        agent.stop()
+        metrics.stop()
         sim.stop()
         broker.stop()
     assert "Traceback" not in agent.log

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from typing import Final, Literal
 
 from citygate.drivers.api import DecodeError
+from citygate.drivers.mbus.decode import MEDIUMS  # the wired and wireless headers share it
 
 __all__ = [
     "MEDIUMS",
@@ -50,45 +51,6 @@ HEADER_LENGTH: Final = 10
 _BLOCK: Final = 16
 _FORMAT_B_FIRST: Final = 126
 """Format B: blocks 1 and 2 (L … byte 125) share one CRC."""
-
-MEDIUMS: Final[dict[int, str]] = {
-    0x00: "other",
-    0x01: "oil",
-    0x02: "electricity",
-    0x03: "gas",
-    0x04: "heat",
-    0x05: "steam",
-    0x06: "warm_water",
-    0x07: "water",
-    0x08: "heat_cost_allocator",
-    0x09: "compressed_air",
-    0x0A: "cooling_outlet",
-    0x0B: "cooling_inlet",
-    0x0C: "heat_inlet",
-    0x0D: "heat_cooling",
-    0x0E: "bus_system",
-    0x0F: "unknown",
-    0x15: "hot_water",
-    0x16: "cold_water",
-    0x17: "dual_water",
-    0x18: "pressure",
-    0x19: "ad_converter",
-    0x1A: "smoke_detector",
-    0x1B: "room_sensor",
-    0x1C: "gas_detector",
-    0x20: "breaker",
-    0x21: "valve",
-    0x25: "customer_unit",
-    0x28: "waste_water",
-    0x29: "garbage",
-    0x2A: "carbon_dioxide",
-    0x31: "communication_controller",
-    0x32: "unidirectional_repeater",
-    0x33: "bidirectional_repeater",
-    0x36: "radio_converter_system",
-    0x37: "radio_converter_meter",
-}
-"""EN 13757-3 device types (medium) as the wired decoder names them; others: ``medium_0xNN``."""
 
 
 class WmbusError(DecodeError):

@@ -94,7 +94,7 @@ class Requester:
         self.client.loop_stop()
 
 
-def _config(tmp: Path, broker: Mosquitto, sim: SimProcess, extra: str = "") -> Path:
+def _config(tmp: Path, broker: Mosquitto, sim: SimProcess, extra: str = "", mqtt: str = "") -> Path:
     return modbus_config(
         tmp / "gateway.toml",
         broker_port=broker.port,
@@ -110,7 +110,7 @@ def _config(tmp: Path, broker: Mosquitto, sim: SimProcess, extra: str = "") -> P
                 "interval": "30s",  # a read command's sample is then the only recent one
             }
         ],
-        extra="[commands]\nenabled = true\nmax_per_minute = 20\n" + extra,
+        extra=mqtt + "\n[commands]\nenabled = true\nmax_per_minute = 20\n" + extra,
     )
 
 
@@ -340,24 +340,7 @@ def test_reload_moves_commands_to_a_new_topic_prefix(tmp_path: Path) -> None:
     try:
         agent.wait_for_log("broker mqtt://")
         until(lambda: subscribed(broker.port), 10, "the agent's subscription")
-        commands = "[commands]\nenabled = true\nmax_per_minute = 20\n"
-        modbus_config(
-            config,
-            broker_port=broker.port,
-            data_dir=tmp_path / "var",
-            devices=[
-                {
-                    "id": "meter-townhall",
-                    "driver": "modbus",
-                    "host": "127.0.0.1",
-                    "port": sim.port,
-                    "unit": 1,
-                    "profile": "eastron-sdm630",
-                    "interval": "30s",
-                }
-            ],
-            extra=f'topic_prefix = "town"\n\n{commands}',
-        )
+        _config(tmp_path, broker, sim, mqtt='topic_prefix = "town"\n')
         agent.signal(signal.SIGHUP)
         until(town_answers, 30, "an answer on the new prefix")
         assert not subscribed(broker.port)  # the old prefix: no answer

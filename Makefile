@@ -6,7 +6,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: help venv test lint typecheck pytest demo bench soak fuzz mosquitto clean install uninstall wheels
+.PHONY: help venv test lint typecheck pytest demo bench soak fuzz mosquitto postgresql clean install uninstall wheels
 
 help:
 	@echo "make demo   set up and run the zero-setup demo (simulators, broker, agent, live view)"
@@ -24,7 +24,7 @@ $(STAMP): pyproject.toml hardware-sim/pyproject.toml
 		else echo "python3-venv is missing: run  sudo apt-get install python3-venv"; exit 1; fi; }
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[dev,demo]' -e ./hardware-sim
+	$(PY) -m pip install --quiet -e '.[dev,demo,sink]' -e ./hardware-sim
 	@touch $(STAMP)
 
 mosquitto:
@@ -32,6 +32,13 @@ mosquitto:
 		if [ "$$(id -u)" = 0 ]; then echo "installing mosquitto (Debian package) for the tests"; \
 			apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq mosquitto >/dev/null; \
 		else echo "the tests need a real Mosquitto broker: run  sudo apt-get install mosquitto"; exit 1; fi; }
+
+# The sink's tests start their own PostgreSQL cluster (tests/support/postgres.py).
+postgresql:
+	@command -v initdb >/dev/null 2>&1 || ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || { \
+		if [ "$$(id -u)" = 0 ]; then echo "installing postgresql (Debian package) for the tests"; \
+			apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null; \
+		else echo "the tests need PostgreSQL: run  sudo apt-get install postgresql"; exit 1; fi; }
 
 lint: venv
 	$(VENV)/bin/ruff check .
@@ -41,7 +48,7 @@ lint: venv
 typecheck: venv
 	$(PY) -m tests.tools.typecheck
 
-pytest: venv mosquitto
+pytest: venv mosquitto postgresql
 	$(VENV)/bin/pytest -q
 
 test: lint typecheck pytest

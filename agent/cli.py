@@ -107,6 +107,11 @@ def _parser(scans: Mapping[str, ScanCommand]) -> argparse.ArgumentParser:
     p.add_argument("--timeout", type=float, default=10.0, help="seconds (default %(default)s)")
     p.add_argument("--prefix", default="city", help="the topic prefix (default %(default)s)")
 
+    from citygate.sink.command import add_arguments as sink_arguments
+
+    p = sub.add_parser("sink", help="the reference consumer: data messages into PostgreSQL")
+    sink_arguments(p)
+
     p = sub.add_parser(
         "demo", help="the zero-setup tour: simulators, a broker, the agent, live readings"
     )
@@ -149,6 +154,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             from citygate.remote import send_command
 
             return send_command(args)
+        if command == "sink":
+            from citygate.sink.command import run_sink
+
+            return run_sink(args)
         if command == "demo":
             from citygate.demo import run_demo
 

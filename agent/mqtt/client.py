@@ -75,6 +75,8 @@ class Incoming:
     retain: bool
     response_topic: str | None = None  # MQTT 5 Response Topic
     correlation_data: bytes | None = None  # MQTT 5 Correlation Data
+    mid: int = 0  # the packet id, for :meth:`Client.ack` (manual acknowledgement)
+    qos: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,7 +133,7 @@ class Client:
         client_id: str,
         protocol: str,
         keepalive: float,
-        will: Will,
+        will: Will | None,
         session_expiry: int,
         max_inflight: int,
         username: str | None = None,
@@ -141,6 +143,9 @@ class Client:
         cert_file: str | None = None,
         key_file: str | None = None,
         connect_timeout: float = 10.0,
+        manual_ack: bool = False,
+        receive_maximum: int = RECEIVE_MAXIMUM,
+        max_packet_size: int = MAX_PACKET_SIZE,
     ) -> None:
         self._loop = asyncio.get_running_loop()
         self._loop_thread = threading.get_ident()
@@ -152,7 +157,9 @@ class Client:
             protocol=paho.MQTTv5 if self.v5 else paho.MQTTv311,
             clean_session=None if self.v5 else False,
             reconnect_on_failure=False,
+            manual_ack=manual_ack,
         )
+        self._manual_ack = manual_ack
         client_logger = logging.Logger("mqtt")  # this client's own, not registered
         self._log = _PahoLog(client_logger)
         self._paho.enable_logger(client_logger)
@@ -162,13 +169,14 @@ class Client:
             self._paho.username_pw_set(username, password)
         if tls:
             self._paho.tls_set(ca_certs=ca_file, certfile=cert_file, keyfile=key_file)
-        self._paho.will_set(will.topic, will.payload, qos=will.qos, retain=will.retain)
+        if will is not None:
+            self._paho.will_set(will.topic, will.payload, qos=will.qos, retain=will.retain)
         self._properties: Properties | None = None
         if self.v5:
             props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
             props.SessionExpiryInterval = session_expiry
-            props.MaximumPacketSize = MAX_PACKET_SIZE
-            props.ReceiveMaximum = RECEIVE_MAXIMUM
+            props.MaximumPacketSize = max_packet_size
+            props.ReceiveMaximum = receive_maximum
             self._properties = props
         p = self._paho
         p.on_connect = self._on_connect
@@ -181,6 +189,7 @@ class Client:
         p.on_socket_register_write = self._on_socket_register_write
         p.on_socket_unregister_write = self._on_socket_unregister_write
         self._sock: Any = None  # the socket the event loop watches
+        self._paused = False  # pause_reading()
         self._connack: asyncio.Future[None] | None = None
         self.lost: asyncio.Future[None] = self._loop.create_future()
         """Fails with :class:`MqttError` (the reason) when the current connection ends."""
@@ -346,6 +355,32 @@ class Client:
             self._subscribes.pop(mid, None)
         return codes[0] if codes else None
 
+    def ack(self, incoming: Incoming) -> bool:
+        """With ``manual_ack``: send the PUBACK of a routed QoS 1 message (call on the event
+        loop, in the order the messages came, on the connection that brought it). False when
+        it could not be sent (no connection): the broker will send the message again."""
+        if not self._manual_ack or incoming.qos == 0:
+            return True
+        return self._paho.ack(incoming.mid, incoming.qos) == MQTTErrorCode.MQTT_ERR_SUCCESS
+
+    def pause_reading(self) -> None:
+        """Read nothing more from the broker until :meth:`resume_reading` (backpressure: TCP
+        holds what the broker sends meanwhile; a pause longer than the keepalive ends the
+        connection). A new connection reads again."""
+        if self._sock is not None and not self._paused:
+            self._paused = True
+            self._loop.remove_reader(self._sock)
+
+    def resume_reading(self) -> None:
+        """Read again after :meth:`pause_reading`."""
+        sock = self._sock
+        if not self._paused or sock is None:
+            return
+        self._paused = False
+        self._loop.add_reader(sock, self._read)
+        if isinstance(sock, ssl.SSLSocket) and sock.pending() > 0:
+            self._loop.call_soon(self._read)  # decrypted bytes the selector cannot see
+
     # ----------------------------------------------------------------- paho callbacks
 
     def _on_subscribe(
@@ -453,11 +488,15 @@ class Client:
                 bool(message.retain),
                 response if isinstance(response, str) else None,
                 bytes(correlation) if isinstance(correlation, bytes | bytearray) else None,
+                message.mid,
+                message.qos,
             )
             self._dispatch(route[1], incoming)
             return
         self.unsolicited += 1
         self.unsolicited_bytes += len(message.payload)
+        if self._manual_ack:
+            self._paho.ack(message.mid, message.qos)
 
     # ----------------------------------------------------------------- the socket
 
@@ -469,6 +508,7 @@ class Client:
 
     def _watch(self, sock: Any) -> None:
         self._sock = sock
+        self._paused = False
         self._loop.add_reader(sock, self._read)
         if self._paho.want_write():
             self._loop.add_writer(sock, self._write)
@@ -481,9 +521,11 @@ class Client:
 
     def _read(self) -> None:
         sock = self._sock
+        if sock is None or self._paused:
+            return
         self._paho.loop_read()
         # TLS: bytes already decrypted wait in the SSL object, invisible to the selector.
-        while sock is not None and sock is self._sock and isinstance(sock, ssl.SSLSocket):
+        while sock is self._sock and not self._paused and isinstance(sock, ssl.SSLSocket):
             if sock.pending() <= 0:
                 break
             self._paho.loop_read()

@@ -14,6 +14,7 @@
     └── sources (TaskGroup, inside the body)
         ├── device <id>    one supervisor per device
         ├── ble-scanner    the BLE hub, when BLE devices are configured
+        ├── wmbus-<id>     one per [[wmbus]] receiver its wmbus devices name
         └── reloader       SIGHUP: re-read the config, restart what changed
 
 Stopping (SIGTERM/SIGINT) goes in a fixed, time-boxed order: stop the sources →
@@ -72,6 +73,7 @@ from citygate.drivers.api import (
     Hub,
     PollDriver,
     PushDriver,
+    WmbusSettings,
 )
 from citygate.homeassistant import DeviceInfo, HomeAssistant, known_devices
 from citygate.lines import LineSet
@@ -156,6 +158,9 @@ class Agent:
         self.lines = _line_set(config, enabled)
         # One BLE scanner per adapter, shared by every BLE device.
         self.ble_hub = self._ble_hub(config, enabled)
+        # One receiver task per [[wmbus]] in use, shared by the meters it hears.
+        self.wmbus_receivers = self._wmbus_receivers(config, enabled)
+        self._receiver_tasks: list[asyncio.Task[None]] = []
         self.exit_status = 0
         self._metrics_interval = metrics_interval
         self._before_fetch = before_fetch
@@ -267,6 +272,13 @@ class Agent:
             return None
         return make_hub(config.ble or BleSettings())
 
+    def _wmbus_receivers(self, config: Config, enabled: Iterable[DeviceConfig]) -> dict[str, Hub]:
+        make: Callable[[WmbusSettings], Hub] | None = getattr(
+            self._factories.get("wmbus"), "receiver", None
+        )
+        used = _receivers_in_use(config, enabled)
+        return {} if make is None else {i: make(s) for i, s in used.items()}
+
     def request_stop(self) -> None:
         if not self.stop_requested.is_set():
             log.info("stopping")
@@ -319,7 +331,11 @@ class Agent:
             serial_lines=self.config.serial,
             labels=device.labels,
             lines=self.lines.owners,
-            hub=self.ble_hub if device.driver == "ble" else None,
+            hub=self.ble_hub
+            if device.driver == "ble"
+            else self.wmbus_receivers.get(str(device.options.get("receiver")))
+            if device.driver == "wmbus"
+            else None,
             state=FileDeviceState(self.config.gateway.data_dir, device.id),
         )
         return lambda: factory.create(device.driver_config, context)
@@ -347,6 +363,14 @@ class Agent:
         assert self._sources is not None
         if self.ble_hub is not None:
             self._hub_task = self._sources.create_task(self.ble_hub.run(), name="ble-scanner")
+        self._start_receivers()
+
+    def _start_receivers(self) -> None:
+        assert self._sources is not None
+        self._receiver_tasks = [
+            self._sources.create_task(receiver.run(), name=f"wmbus-{receiver_id}")
+            for receiver_id, receiver in self.wmbus_receivers.items()
+        ]
 
     async def run(self) -> None:
         """Run until :meth:`request_stop`; raise on a fatal (buffer) error."""
@@ -489,7 +513,14 @@ class Agent:
 
         if plan.unchanged:
             log.info("reload: no device, line or broker setting changed")
-        await self._stop_devices([*plan.removed, *plan.restarted])
+        # wmbus: new receivers (and their devices) when the receivers in use changed.
+        wmbus_restart = _receivers_in_use(self.config, self._devices.values()) != (
+            _receivers_in_use(new, wanted.values())
+        )
+        wmbus_too = [i for i in plan.untouched if wmbus_restart and wanted[i].driver == "wmbus"]
+        await self._stop_devices([*plan.removed, *plan.restarted, *wmbus_too])
+        if wmbus_restart:
+            await _cancel_and_wait(self._receiver_tasks, DEVICE_STOP_TIMEOUT_S, "wmbus receiver")
         for device_id in plan.removed:
             self.board.set_state(device_id, "disabled")  # no longer polled (retained status)
         if plan.hub_restart:
@@ -507,7 +538,10 @@ class Agent:
             self._start_hub()
         for device_id in plan.added:
             self.board.add(device_id)
-        for device_id in [*plan.added, *plan.restarted]:
+        if wmbus_restart:
+            self.wmbus_receivers = self._wmbus_receivers(new, wanted.values())
+            self._start_receivers()
+        for device_id in [*plan.added, *plan.restarted, *wmbus_too]:
             self._start_device(wanted[device_id])
         if plan.publisher_restart:
             if self.commands is not None:  # the new session subscribes the new topics
@@ -633,6 +667,12 @@ def watchdog_period(environ: Mapping[str, str]) -> float:
 def _line_set(config: Config, devices: Iterable[DeviceConfig]) -> LineSet:
     """One owner per [[serial]] line in use, shared by its devices."""
     return LineSet(config.serial, line_users(devices))
+
+
+def _receivers_in_use(config: Config, devices: Iterable[DeviceConfig]) -> dict[str, WmbusSettings]:
+    """The ``[[wmbus]]`` receivers the enabled wmbus devices name."""
+    named = {str(d.options.get("receiver")) for d in devices if d.driver == "wmbus"}
+    return {i: s for i, s in config.wmbus.items() if i in named}
 
 
 def _announced(devices: Iterable[DeviceConfig]) -> list[tuple[str, str]]:

@@ -473,6 +473,7 @@ class _ScanContext:
             serial_lines=config.serial,
             ble=config.ble,
             device_configs=[d.driver_config for d in config.devices if d.driver == self._driver],
+            wmbus=config.wmbus,
         )
 
     def serial_line(self, line_id: str) -> SerialLine:

@@ -69,6 +69,7 @@ from citygate.drivers.api import (
     DriverFactory,
     Field,
     SerialLineConfig,
+    WmbusSettings,
     one_of,
     show_value,
 )
@@ -90,6 +91,7 @@ __all__ = [
     "MQTT_FIELDS",
     "SECRET_MAX_BYTES",
     "SERIAL_FIELDS",
+    "WMBUS_FIELDS",
     "BleSettings",
     "BufferSettings",
     "Config",
@@ -242,6 +244,7 @@ class Config:
     files: tuple[Path, ...] = ()  # every TOML file read: main, includes
     commands: CommandSettings = field(default_factory=CommandSettings)
     homeassistant: HomeAssistantSettings = field(default_factory=HomeAssistantSettings)
+    wmbus: Mapping[str, WmbusSettings] = field(default_factory=dict)  # [[wmbus]] by id
 
 
 # --------------------------------------------------------------------------- values
@@ -439,6 +442,16 @@ BLE_FIELDS: Final[Mapping[str, Field]] = {
     "replay_loop": Field("bool", False),
 }
 
+WMBUS_FIELDS: Final[Mapping[str, Field]] = {
+    "id": Field("str", REQUIRED, help=_ID_HELP, pattern=ID_PATTERN),
+    "port": Field("str", None, help="the stick's serial port, /dev/serial/by-id/…"),
+    "dongle": Field("str", None, choices=("im871a", "amb8465"), help="the kind of stick"),
+    "mode": Field("str", "T1", choices=("T1", "C1", "S1"), help="the radio mode listened in"),
+    "replay": Field("path", None, help="a capture file to read telegrams from instead of a stick"),
+    "replay_loop": Field("bool", False),
+}
+"""``[[wmbus]]``: a wireless M-Bus receiver (config.md, driver = "wmbus")."""
+
 DEVICE_FIELDS: Final[Mapping[str, Field]] = {
     "id": Field("str", REQUIRED, help=_ID_HELP, pattern=ID_PATTERN),
     "driver": Field("str", REQUIRED),
@@ -461,11 +474,12 @@ _MAIN_KEYS: Final = (
     "homeassistant",
     "serial",
     "ble",
+    "wmbus",
     "device",
     "include",
 )
 _INCLUDED_KEYS: Final = ("serial", "device")
-_ARRAYS_OF_TABLES: Final = ("serial", "device")
+_ARRAYS_OF_TABLES: Final = ("serial", "wmbus", "device")
 
 _MISPLACED: Final = {"include": '; "include" belongs at the top, before the first [table]'}
 """Hints for top-level keys written under a table."""
@@ -823,6 +837,7 @@ class _Loader:
         device_tables = [t for s in sources for t in self.array_of_tables(s, "device")]
         serial = self.serial_lines(serial_tables, device_tables)
         devices = self.devices(device_tables, serial)
+        wmbus = self.wmbus_receivers(main, device_tables, devices)
 
         warnings = self.in_order(self.warnings)
         if self.errors:
@@ -843,6 +858,7 @@ class _Loader:
             files=tuple(self.files),
             commands=CommandSettings(**commands),
             homeassistant=HomeAssistantSettings(**homeassistant),
+            wmbus=wmbus,
         )
 
     def check_top_level(self, source: _Source, allowed: Sequence[str], where: str) -> None:
@@ -1025,6 +1041,54 @@ class _Loader:
         if values.get("replay") is not None:
             ok &= self.check_readable(_Place(main, ("ble",), "[ble]"), "replay", values["replay"])
         return BleSettings(**values) if ok else None
+
+    def wmbus_receivers(
+        self,
+        main: _Source,
+        device_tables: list[tuple[_Place, dict[str, Any]]],
+        devices: Sequence[DeviceConfig | None],
+    ) -> dict[str, WmbusSettings]:
+        """Every ``[[wmbus]]`` (exactly one of port / replay; dongle with port), and
+        that each wmbus device names one."""
+        receivers: dict[str, WmbusSettings] = {}
+        first_seen: dict[str, str] = {}
+        for place, table in self.array_of_tables(main, "wmbus"):
+            values, ok = self.check_table(table, WMBUS_FIELDS, place)
+            receiver_id = values.get("id")
+            if receiver_id is None or not self.unique(
+                "wmbus receiver", receiver_id, place, first_seen
+            ):
+                continue
+            port, replay = values.get("port"), values.get("replay")
+            if (port is None) == (replay is None):
+                self.at_table(
+                    place, f'[[wmbus]] "{receiver_id}": give exactly one of "port" or "replay"'
+                )
+                ok = False
+            elif port is not None and values.get("dongle") is None:
+                self.at_table(
+                    place,
+                    f'[[wmbus]] "{receiver_id}": missing required key "dongle" with "port" '
+                    '("im871a" or "amb8465")',
+                )
+                ok = False
+            if replay is not None:
+                ok &= self.check_readable(place, "replay", replay)
+            defaults = {k: f.default for k, f in WMBUS_FIELDS.items() if f.default is not REQUIRED}
+            receivers[receiver_id] = WmbusSettings(**{**defaults, **values})
+        for (place, _table), device in zip(device_tables, devices, strict=True):
+            if device is None or device.driver != "wmbus":
+                continue
+            name = device.options.get("receiver")
+            if isinstance(name, str) and name not in receivers:
+                known = ", ".join(_quote(k) for k in receivers) or "none is defined"
+                self.at_value(
+                    place,
+                    ("receiver",),
+                    f'"receiver": no [[wmbus]] receiver {_quote(name)}'
+                    f"{_did_you_mean(name, receivers)} (defined: {known})",
+                )
+        return receivers
 
     def check_readable(self, place: _Place, key: str, path: Path) -> bool:
         """Whether ``path`` is a regular file this process may open (reported if not)."""
@@ -1430,6 +1494,7 @@ _TOP_LEVEL_NAMES: Final = {
     "homeassistant": "[homeassistant]",
     "serial": "[[serial]]",
     "ble": "[ble]",
+    "wmbus": "[[wmbus]]",
     "device": "[[device]]",
     "include": '"include"',
 }

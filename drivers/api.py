@@ -120,6 +120,7 @@ __all__ = [
     "UnsafeFileError",
     "UsageError",
     "Value",
+    "WmbusSettings",
     "WritableDriver",
     "WriteRefused",
     "__version__",
@@ -324,6 +325,19 @@ class BleSettings:
 
     adapter: str = "hci0"
     mode: str = "passive"  # "passive" or "active"
+    replay: Path | None = None
+    replay_loop: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class WmbusSettings:
+    """A ``[[wmbus]]`` table, validated: one wireless M-Bus receiver (a stick on
+    ``port`` of kind ``dongle``, or a ``replay`` capture file)."""
+
+    id: str
+    port: str | None = None
+    dongle: str | None = None  # "im871a" or "amb8465", with port
+    mode: str = "T1"  # "T1", "C1" or "S1"
     replay: Path | None = None
     replay_loop: bool = False
 
@@ -575,6 +589,8 @@ class ScanConfig:
     serial_lines: Mapping[str, SerialLineConfig]
     ble: BleSettings | None
     device_configs: Sequence[Any]
+    wmbus: Mapping[str, WmbusSettings] = field(default_factory=dict)
+    """The ``[[wmbus]]`` receivers by id."""
 
 
 class ScanContext(Protocol):

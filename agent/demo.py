@@ -51,15 +51,46 @@ def demo_config(
     mbus_port: str | None = None,
     ble_capture: Path | None = None,
     homeassistant: bool = False,
+    wmbus_port: str | None = None,
 ) -> str:
     """The gateway.toml the demo runs (with the M-Bus water meter if ``mbus_port``,
-    the BLE sensors if ``ble_capture``, Home Assistant discovery if ``homeassistant``)."""
+    the BLE sensors if ``ble_capture``, Home Assistant discovery if ``homeassistant``,
+    the wireless water meter if ``wmbus_port``: its key file goes beside ``data_dir``)."""
     return (
         _modbus_part(modbus_port, broker_url, protocol, data_dir)
         + ("\n[homeassistant]\nenabled = true\n\n" if homeassistant else "")
         + (_mbus_part(mbus_port) if mbus_port is not None else "")
         + (_ble_part(ble_capture) if ble_capture is not None else "")
+        + (_wmbus_part(wmbus_port, data_dir.parent) if wmbus_port is not None else "")
     )
+
+
+def _wmbus_part(port: str, key_dir: Path) -> str:
+    """The encrypted water meter of the wireless M-Bus simulator, heard by its iM871A."""
+    from citygate_sim.wmbus import DEMO_METERS
+
+    meter = DEMO_METERS[0]
+    assert meter.key is not None
+    key_file = key_dir / f"wmbus-key-{meter.ident:08d}"
+    key_file.write_text(meter.key.hex() + "\n")
+    key_file.chmod(0o600)
+    return f"""
+# A wireless M-Bus water meter (OMS, AES mode 5) heard by a simulated IMST iM871A
+# stick on a pseudo-terminal; the stick also hears two meters nobody configured.
+[[wmbus]]
+id = "radio"
+port = "{port}"
+dongle = "im871a"
+mode = "T1"
+
+[[device]]
+id = "water-wireless"
+driver = "wmbus"
+receiver = "radio"
+meter_id = "{meter.ident:08d}"
+key_file = "{key_file}"
+interval = "10s"
+"""
 
 
 def _ble_part(capture: Path) -> str:
@@ -306,10 +337,19 @@ async def _demo(broker: str | None, homeassistant: bool = False) -> None:
         mbus = MbusSimulator([water], baudrate=2400)
         from citygate_sim.ble import BleSimulator
 
+        # The wireless water meter only when the wmbus driver is installed; its telegrams
+        # come 4 times faster than a real meter's 16 s.
+        wmbus = None
+        if "wmbus" in registry.factories():
+            from citygate_sim.wmbus import WmbusSimulator
+
+            wmbus = WmbusSimulator(fast=4.0, seed=5)
         capture = workdir / "ble-capture.jsonl"
         with capture.open("w") as stream:
             BleSimulator(seed=4).write_capture(stream, 3600.0)
         async with simulator, mbus, contextlib.AsyncExitStack() as stack:
+            if wmbus is not None:
+                await stack.enter_async_context(wmbus)
             if broker is None:
                 port = _free_port()
                 await stack.enter_async_context(_embedded_broker(port))
@@ -329,13 +369,15 @@ async def _demo(broker: str | None, homeassistant: bool = False) -> None:
                     mbus_port=mbus.port,
                     ble_capture=capture,
                     homeassistant=homeassistant,
+                    wmbus_port=wmbus.port if wmbus is not None else None,
                 )
             )
             config = load(config_path, registry.factories())
             header = (
                 f"citygate demo — Modbus TCP simulator on 127.0.0.1:{simulator.port}, "
                 f"M-Bus water meter on {mbus.port}, BLE sensors replayed, "
-                f"broker {broker_url}\n"
+                + (f"wireless M-Bus stick on {wmbus.port}, " if wmbus is not None else "")
+                + f"broker {broker_url}\n"
                 f"config: {config_path}"
                 + (
                     "\nHome Assistant discovery on homeassistant/device/#"

@@ -28,6 +28,7 @@ PARTS: dict[str, str] = {
     "wire": "tests.bench.wire",  # issue 13: bytes per reading, SenML JSON and CBOR
     "commands": "tests.bench.commands",  # issue 14: read round trip, TCP and busy RTU line
     "sdwear": "tests.bench.sdwear",  # issue 16: bytes stored and written per sample/reading
+    "wmbus": "tests.bench.wmbus",  # issue 17: telegrams decoded/s, CPU at 1,000 meters
 }
 
 

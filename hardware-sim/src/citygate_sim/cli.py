@@ -6,9 +6,11 @@
         --unit 1=sdm630 --unit 2=em24 ...
     citygate-sim mbus [--link PATH] [--baudrate 2400] --unit 5=12345678 \\
         --unit 6=12345699:telegrams=2 ...
+    citygate-sim wmbus [--link PATH] [--fast N] [--corrupt-rate R] [--record FILE]
 
 Prints exactly one line to stdout once ready, ``listening on HOST:PORT`` (TCP) or
-``serial port PATH`` (RTU, M-Bus: the pty, or the link to it); logs go to stderr
+``serial port PATH`` (RTU, M-Bus, wireless M-Bus: the pty, or the link to it; wmbus then
+lists its meters, one a line); logs go to stderr
 (requests at debug level, ``-v``). Exits 0 on SIGINT or SIGTERM, 2 on a usage
 error, 1 if it cannot listen.
 """
@@ -30,6 +32,7 @@ from citygate_sim.modbus import (
     ModbusTcpSimulator,
     make_meter,
 )
+from citygate_sim.wmbus import _cli as wmbus_cli
 
 logger = logging.getLogger("citygate_sim")
 
@@ -115,6 +118,7 @@ def _parser() -> argparse.ArgumentParser:
     rtu.add_argument("--unmapped", choices=UNMAPPED_POLICIES, default=None)
     rtu.add_argument("-v", "--verbose", action="store_true", help="log every request")
     mbus_cli.add_parser(commands)
+    wmbus_cli.add_parser(commands)
     return parser
 
 
@@ -129,6 +133,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     if args.command == "mbus":
         return mbus_cli.serve(args, parser)
+    if args.command == "wmbus":
+        return wmbus_cli.serve(args, parser)
     units: list[tuple[int, str]] = args.units or [(1, "sdm630")]
     meters: dict[int, Meter] = {}
     for unit, model in units:

@@ -525,6 +525,8 @@ class Receiver:
             "unreadable_telegrams": self.unreadable_telegrams,
             "reopened": self.failures_total,
         }
+        if isinstance(self.source, StickSource):  # since the port was (re)opened
+            facts["crc_errors"] = self.source.crc_errors
         if self.problem is not None:
             facts["problem"] = self.problem
         return facts

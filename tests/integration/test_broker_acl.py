@@ -49,17 +49,27 @@ PROTOCOLS = {"5": mqtt.MQTTv5, "3.1.1": mqtt.MQTTv311}
 _CLIENT_NUMBERS = itertools.count()  # two clients with one id would throw each other out
 
 
-@pytest.fixture
-def broker(tmp_path: Path) -> Iterator[Mosquitto]:
-    passwords = write_password_file(tmp_path / "mosquitto.passwd", PASSWORDS)
+@contextlib.contextmanager
+def reference_acl_broker(tmp_path: Path, accounts: dict[str, str]) -> Iterator[Mosquitto]:
+    """A Mosquitto enforcing the shipped config/mosquitto-acl.example, with these accounts
+    (user name → password; a gateway's user name is its id)."""
+    passwords = write_password_file(tmp_path / "mosquitto.passwd", accounts)
     b = Mosquitto(
         tmp_path / "mosquitto",
         anonymous=False,
         extra_conf=f"password_file {passwords}\nacl_file {ACL_FILE}\n",
     )
     b.start()
-    yield b
-    b.stop()
+    try:
+        yield b
+    finally:
+        b.stop()
+
+
+@pytest.fixture
+def broker(tmp_path: Path) -> Iterator[Mosquitto]:
+    with reference_acl_broker(tmp_path, PASSWORDS) as b:
+        yield b
 
 
 class Peer:

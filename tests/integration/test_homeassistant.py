@@ -18,8 +18,8 @@ import pytest
 
 from citygate import ha_classes
 from tests.faults.helpers import buffer_stats, modbus_devices, persistent_broker
-from tests.integration.test_broker_acl import ACL_FILE
-from tests.integration.test_mqtt_auth import secret_file, write_password_file
+from tests.integration.test_broker_acl import reference_acl_broker
+from tests.integration.test_mqtt_auth import secret_file
 from tests.support.broker import Mosquitto, Subscriber
 from tests.support.processes import AgentProcess, SimProcess, modbus_config
 from tests.support.wait import wait_until
@@ -314,15 +314,8 @@ ACL_PASSWORDS = {GW: "gw-e2e-Secret-1", "homeassistant": "homeassistant-Secret-4
 def acl_broker(tmp_path: Path) -> Iterator[Mosquitto]:
     """A Mosquitto enforcing the shipped config/mosquitto-acl.example, with accounts for the
     gateway (its username is its id) and Home Assistant."""
-    passwords = write_password_file(tmp_path / "mosquitto.passwd", ACL_PASSWORDS)
-    b = Mosquitto(
-        tmp_path / "mosquitto",
-        anonymous=False,
-        extra_conf=f"password_file {passwords}\nacl_file {ACL_FILE}\n",
-    )
-    b.start()
-    yield b
-    b.stop()
+    with reference_acl_broker(tmp_path, ACL_PASSWORDS) as b:
+        yield b
 
 
 def test_end_to_end_under_the_reference_acl(

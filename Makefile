@@ -6,12 +6,13 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: help venv test lint typecheck pytest demo bench soak fuzz mosquitto postgresql clean install uninstall wheels
+.PHONY: help venv test lint typecheck pytest demo bench soak fuzz mosquitto postgresql rabbitmq fleet clean install uninstall wheels
 
 help:
 	@echo "make demo   set up and run the zero-setup demo (simulators, broker, agent, live view)"
-	@echo "make test   set up and run every test (ruff, mypy, pytest with a real Mosquitto)"
+	@echo "make test   set up and run every test (ruff, mypy, pytest with real Mosquitto, PostgreSQL, RabbitMQ)"
 	@echo "make bench  performance figures (throughput, CPU per reading, RSS, latency)"
+	@echo "make fleet  1,000 gateways through a 3-node RabbitMQ cluster into PostgreSQL, a node killed (FLEET_ARGS)"
 	@echo "make fuzz   fuzz every decoder and framer for FUZZ_SECONDS (60) each; findings in build/fuzz/"
 
 venv: $(STAMP)
@@ -40,6 +41,15 @@ postgresql:
 			apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null; \
 		else echo "the tests need PostgreSQL: run  sudo apt-get install postgresql"; exit 1; fi; }
 
+# The fleet tests start their own 3-node RabbitMQ cluster (tests/support/rabbitmq.py); the
+# package's own service is stopped and disabled (the tests never use it).
+rabbitmq:
+	@[ -x /usr/lib/rabbitmq/bin/rabbitmq-server ] || { \
+		if [ "$$(id -u)" = 0 ]; then echo "installing rabbitmq-server (Debian package) for the fleet tests"; \
+			apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq rabbitmq-server >/dev/null; \
+			systemctl disable --now rabbitmq-server >/dev/null 2>&1 || service rabbitmq-server stop >/dev/null 2>&1 || true; \
+		else echo "the fleet tests need RabbitMQ: run  sudo apt-get install rabbitmq-server"; exit 1; fi; }
+
 lint: venv
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
@@ -48,7 +58,7 @@ lint: venv
 typecheck: venv
 	$(PY) -m tests.tools.typecheck
 
-pytest: venv mosquitto postgresql
+pytest: venv mosquitto postgresql rabbitmq
 	$(VENV)/bin/pytest -q
 
 test: lint typecheck pytest
@@ -58,6 +68,11 @@ demo: venv
 
 bench: venv mosquitto
 	$(PY) -m tests.bench
+
+# A fleet through a clustered broker into PostgreSQL, a node killed midway; prints the figures.
+# FLEET_ARGS: --gateways N --seconds S --short --broker mosquitto (see python -m tests.fleet -h).
+fleet: venv mosquitto postgresql rabbitmq
+	$(PY) -m tests.fleet $(FLEET_ARGS)
 
 # The long fault variants (20 SIGKILLs, 30 s broker outage, 10 restarts in 60 s, …).
 soak: venv mosquitto

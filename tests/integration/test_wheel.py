@@ -117,7 +117,7 @@ def test_installed_wheel_maps_the_folders(venv: tuple[Path, Path], tmp_path: Pat
     )
     lines = run(python, "-c", probe, cwd=tmp_path).split("\n")
     assert lines[0] == str(site / "citygate" / "drivers" / "api.py")
-    assert sorted(lines[1:-1]) == ["ble True", "mbus True", "modbus True"]
+    assert sorted(lines[1:-1]) == ["ble True", "mbus True", "modbus True", "wmbus True"]
 
 
 @pytest.mark.parametrize("project", [ROOT, ROOT / "hardware-sim"], ids=["citygate", "citygate-sim"])

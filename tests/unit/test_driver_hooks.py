@@ -78,7 +78,7 @@ def test_the_builtin_drivers_declare_their_hooks() -> None:
     assert registry.hub_factory(factories["mbus"]) is None
     builtin = {e.name: e for e in registry.discover() if e.builtin}
     commands = registry.scan_commands(list(builtin.values()))
-    assert sorted(commands) == ["ble", "mbus", "modbus"]
+    assert sorted(commands) == ["ble", "mbus", "modbus", "wmbus"]
 
 
 def test_scan_commands_are_those_the_factories_declare() -> None:
@@ -130,7 +130,7 @@ def test_scan_lists_the_subcommands_the_installed_drivers_declare(tmp_path: Path
         for line in result.stdout.splitlines()
         if line.startswith("    ") and not line.startswith("     ")
     ]
-    assert listed == ["ble", "echo", "mbus", "modbus"]  # not counting: it declares no scan
+    assert listed == ["ble", "echo", "mbus", "modbus", "wmbus"]  # not counting: no scan
     assert "Echo: say what the runtime handed over" in result.stdout
 
     config = write_config(tmp_path)

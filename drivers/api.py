@@ -61,6 +61,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
@@ -125,6 +126,8 @@ __all__ = [
     "WriteRefused",
     "__version__",
     "canonical",
+    "check_aes_key",
+    "check_records",
     "known_units",
     "one_of",
     "read_regular",
@@ -291,6 +294,50 @@ def one_of(choices: Sequence[object]) -> str:
     if len(shown) == 1:
         return shown[0]
     return ", ".join(shown[:-1]) + " or " + shown[-1]
+
+
+_AES_KEY = re.compile(r"[0-9a-fA-F]{32}")
+_QUANTITY_NAME = re.compile(r"[a-z][a-z0-9_]*")
+
+
+def check_aes_key(raw: str | None, key: str, issues: list[ConfigIssue]) -> bytes | None:
+    """The AES-128 key written under ``key`` (32 hex digits), or None when absent or wrong
+    (an issue is appended). The message says only what shape the text has: never the key."""
+    if raw is None:
+        return None
+    text = raw.strip()
+    if _AES_KEY.fullmatch(text):
+        return bytes.fromhex(text)
+    found = f"{len(text)} characters" if len(text) != 32 else "other characters"
+    issues.append(ConfigIssue((key,), f'"{key}": expected 32 hex digits, found {found}'))
+    return None
+
+
+def check_records(raw: Sequence[str] | None, issues: list[ConfigIssue]) -> frozenset[str] | None:
+    """A ``records`` list (keep only these quantity names), or None when absent; names that
+    are not quantity names, repeated names and an empty list append issues."""
+    if raw is None:
+        return None
+    seen: set[str] = set()
+    for index, name in enumerate(raw):
+        if not _QUANTITY_NAME.fullmatch(name):
+            issues.append(
+                ConfigIssue(
+                    ("records", index),
+                    f'"records": {show_value(name)} is not a quantity name '
+                    "(lower-case letters, digits and _, e.g. volume or energy_t1)",
+                )
+            )
+        elif name in seen:
+            issues.append(ConfigIssue(("records", index), f'"records": "{name}" is listed twice'))
+        seen.add(name)
+    if not raw:
+        issues.append(
+            ConfigIssue(
+                ("records",), '"records": empty list keeps nothing; leave it out to keep all'
+            )
+        )
+    return frozenset(raw)
 
 
 @dataclass(frozen=True, slots=True)

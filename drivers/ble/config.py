@@ -12,7 +12,14 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from citygate.drivers.api import REQUIRED, ConfigIssue, DeviceContext, DriverConfigError, Field
+from citygate.drivers.api import (
+    REQUIRED,
+    ConfigIssue,
+    DeviceContext,
+    DriverConfigError,
+    Field,
+    check_aes_key,
+)
 
 __all__ = ["DEFAULT_INTERVAL", "FIELDS", "FORMATS", "BleDeviceConfig", "configure"]
 
@@ -28,7 +35,6 @@ FIELDS: dict[str, Field] = {
 }
 
 _ADDRESS = re.compile(r"[0-9A-F]{2}(?::[0-9A-F]{2}){5}")
-_BINDKEY = re.compile(r"[0-9a-fA-F]{32}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,25 +63,9 @@ def configure(options: Mapping[str, Any], context: DeviceContext) -> BleDeviceCo
             )
         )
 
-    bindkey: bytes | None = None
     raw_key: str | None = options.get("bindkey")
+    bindkey = check_aes_key(raw_key, "bindkey", issues)
     if raw_key is not None:
-        key = raw_key.strip()
-        # Never echo a key: say only what shape it has.
-        if _BINDKEY.fullmatch(key):
-            bindkey = bytes.fromhex(key)
-        elif len(key) != 32:
-            issues.append(
-                ConfigIssue(
-                    ("bindkey",), f'"bindkey": expected 32 hex digits, found {len(key)} characters'
-                )
-            )
-        else:
-            issues.append(
-                ConfigIssue(
-                    ("bindkey",), '"bindkey": expected 32 hex digits, found other characters'
-                )
-            )
         advert_format = options.get("format")
         if advert_format not in ("auto", "bthome"):
             issues.append(

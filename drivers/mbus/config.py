@@ -20,6 +20,7 @@ from citygate.drivers.api import (
     DriverConfigError,
     Field,
     SerialLineConfig,
+    check_records,
 )
 
 __all__ = [
@@ -50,7 +51,6 @@ FIELDS: dict[str, Field] = {
     "records": Field("str_list", None, help="keep only these quantity names (default: all)"),
 }
 
-_RECORD_NAME = re.compile(r"[a-z][a-z0-9_]*")
 _SECONDARY = re.compile(r"[0-9F]{8}(?:[0-9A-F]{8})?")
 
 
@@ -141,31 +141,7 @@ def configure(options: Mapping[str, Any], context: DeviceContext) -> MbusConfig:
     except ValueError as exc:
         issues.append(ConfigIssue(("address",), f'"address": {exc}'))
 
-    records: frozenset[str] | None = None
-    raw_records: list[str] | None = options.get("records")
-    if raw_records is not None:
-        seen: set[str] = set()
-        for index, name in enumerate(raw_records):
-            if not _RECORD_NAME.fullmatch(name):
-                issues.append(
-                    ConfigIssue(
-                        ("records", index),
-                        f'"records": "{name}" is not a quantity name '
-                        "(lower-case letters, digits and _, e.g. volume or energy_t1)",
-                    )
-                )
-            elif name in seen:
-                issues.append(
-                    ConfigIssue(("records", index), f'"records": "{name}" is listed twice')
-                )
-            seen.add(name)
-        if not raw_records:
-            issues.append(
-                ConfigIssue(
-                    ("records",), '"records": empty list keeps nothing; leave it out to keep all'
-                )
-            )
-        records = frozenset(raw_records)
+    records = check_records(options.get("records"), issues)
 
     if issues or line is None or address is None:
         raise DriverConfigError(issues)

@@ -13,7 +13,15 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Final
 
-from citygate.drivers.api import REQUIRED, ConfigIssue, DeviceContext, DriverConfigError, Field
+from citygate.drivers.api import (
+    REQUIRED,
+    ConfigIssue,
+    DeviceContext,
+    DriverConfigError,
+    Field,
+    check_aes_key,
+    check_records,
+)
 
 __all__ = [
     "DEFAULT_INTERVAL",
@@ -38,8 +46,6 @@ FIELDS: dict[str, Field] = {
 }
 
 _METER_ID = re.compile(r"[0-9A-F]{8}")
-_KEY = re.compile(r"[0-9a-fA-F]{32}")
-_RECORD_NAME = re.compile(r"[a-z][a-z0-9_]*")
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,49 +74,8 @@ def configure(options: Mapping[str, Any], context: DeviceContext) -> WmbusDevice
             )
         )
 
-    key: bytes | None = None
-    raw_key: str | None = options.get("key")
-    if raw_key is not None:
-        text = raw_key.strip()
-        # Never echo a key: say only what shape it has.
-        if _KEY.fullmatch(text):
-            key = bytes.fromhex(text)
-        elif len(text) != 32:
-            issues.append(
-                ConfigIssue(
-                    ("key",), f'"key": expected 32 hex digits, found {len(text)} characters'
-                )
-            )
-        else:
-            issues.append(
-                ConfigIssue(("key",), '"key": expected 32 hex digits, found other characters')
-            )
-
-    records: frozenset[str] | None = None
-    raw_records: list[str] | None = options.get("records")
-    if raw_records is not None:
-        seen: set[str] = set()
-        for index, name in enumerate(raw_records):
-            if not _RECORD_NAME.fullmatch(name):
-                issues.append(
-                    ConfigIssue(
-                        ("records", index),
-                        f'"records": "{name[:40]}" is not a quantity name '
-                        "(lower-case letters, digits and _, e.g. volume or energy_t1)",
-                    )
-                )
-            elif name in seen:
-                issues.append(
-                    ConfigIssue(("records", index), f'"records": "{name}" is listed twice')
-                )
-            seen.add(name)
-        if not raw_records:
-            issues.append(
-                ConfigIssue(
-                    ("records",), '"records": empty list keeps nothing; leave it out to keep all'
-                )
-            )
-        records = frozenset(raw_records)
+    key = check_aes_key(options.get("key"), "key", issues)
+    records = check_records(options.get("records"), issues)
 
     if issues:
         raise DriverConfigError(issues)

@@ -98,6 +98,7 @@ __all__ = [
     "DriverError",
     "DriverFactory",
     "Emit",
+    "Episode",
     "FatalDriverError",
     "Field",
     "FieldKind",
@@ -294,6 +295,32 @@ def one_of(choices: Sequence[object]) -> str:
     if len(shown) == 1:
         return shown[0]
     return ", ".join(shown[:-1]) + " or " + shown[-1]
+
+
+class Episode:
+    """A run of one kind of trouble (refused adverts, undecodable telegrams, …), for a log
+    line when it starts and one when it ends: it ends after ``quiet`` seconds without one."""
+
+    __slots__ = ("count", "last", "quiet")
+
+    def __init__(self, quiet: float) -> None:
+        self.quiet = quiet
+        self.last: float | None = None
+        self.count = 0
+
+    def note(self, now: float, count: int = 1) -> bool:
+        """Count ``count`` more at ``now``; True when this starts an episode."""
+        started = self.last is None
+        self.last = now
+        self.count += count
+        return started
+
+    def ended(self, now: float) -> int | None:
+        """The episode's count when it has just ended (quiet long enough), else None."""
+        if self.last is None or now - self.last < self.quiet:
+            return None
+        count, self.count, self.last = self.count, 0, None
+        return count
 
 
 _AES_KEY = re.compile(r"[0-9a-fA-F]{32}")

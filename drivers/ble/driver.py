@@ -48,6 +48,7 @@ from citygate.drivers.api import (
     DeviceState,
     DriverFactory,
     Emit,
+    Episode,
     Field,
     Measurement,
     PushDriver,
@@ -91,31 +92,6 @@ class DeviceSilent(SilentDevice):
     """No decodable advert from a push device for 3 × its interval."""
 
 
-class _Episode:
-    """A run of one kind of trouble, logged when it starts and when it ends."""
-
-    __slots__ = ("count", "last", "quiet")
-
-    def __init__(self, quiet: float) -> None:
-        self.quiet = quiet
-        self.last: float | None = None
-        self.count = 0
-
-    def note(self, now: float, count: int = 1) -> bool:
-        """Count ``count`` more; True when this starts an episode."""
-        started = self.last is None
-        self.last = now
-        self.count += count
-        return started
-
-    def ended(self, now: float) -> int | None:
-        """The episode's count when it has just ended (quiet long enough), else None."""
-        if self.last is None or now - self.last < self.quiet:
-            return None
-        count, self.count, self.last = self.count, 0, None
-        return count
-
-
 class Tally:
     """What one device's drivers refused and dropped, kept across driver restarts."""
 
@@ -125,8 +101,8 @@ class Tally:
         self.rejected_adverts = 0
         self.replayed_adverts = 0
         self.dropped_events = 0
-        self.refusals = _Episode(EPISODE_QUIET_S)
-        self.drops = _Episode(EPISODE_QUIET_S)
+        self.refusals = Episode(EPISODE_QUIET_S)
+        self.drops = Episode(EPISODE_QUIET_S)
 
 
 def _key_fingerprint(bindkey: bytes) -> str:

@@ -29,6 +29,7 @@ from citygate.drivers.api import (
     DeviceContext,
     DriverFactory,
     Emit,
+    Episode,
     Field,
     Measurement,
     PushDriver,
@@ -68,31 +69,6 @@ class DeviceSilent(SilentDevice):
     """No decodable telegram from a wireless meter for 3 × its interval."""
 
 
-class _Episode:
-    """A run of one kind of trouble, logged when it starts and when it ends."""
-
-    __slots__ = ("count", "last", "quiet")
-
-    def __init__(self, quiet: float) -> None:
-        self.quiet = quiet
-        self.last: float | None = None
-        self.count = 0
-
-    def note(self, now: float) -> bool:
-        """Count one more; True when this starts an episode."""
-        started = self.last is None
-        self.last = now
-        self.count += 1
-        return started
-
-    def ended(self, now: float) -> int | None:
-        """The episode's count when it has just ended (quiet long enough), else None."""
-        if self.last is None or now - self.last < self.quiet:
-            return None
-        count, self.count, self.last = self.count, 0, None
-        return count
-
-
 class Tally:
     """What one device's drivers heard and refused, kept across driver restarts."""
 
@@ -114,8 +90,8 @@ class Tally:
         self.last_error: str | None = None
         self.meter: dict[str, str | int] | None = None
         self.rssi: int | None = None
-        self.errors = _Episode(EPISODE_QUIET_S)
-        self.refusals = _Episode(EPISODE_QUIET_S)
+        self.errors = Episode(EPISODE_QUIET_S)
+        self.refusals = Episode(EPISODE_QUIET_S)
 
 
 def make_receiver(settings: WmbusSettings) -> Receiver:

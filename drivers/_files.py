@@ -5,7 +5,10 @@ from __future__ import annotations
 import errno
 import os
 import stat
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 
 class UnsafeFileError(OSError):
@@ -52,3 +55,40 @@ def read_regular(path: Path, *, max_bytes: int, follow_symlinks: bool = True) ->
         return b"".join(chunks)
     finally:
         os.close(fd)
+
+
+def open_regular(path: Path, what: str) -> BinaryIO:
+    """``path`` open for reading in binary; OSError (naming ``what``) unless it is a regular
+    file. Opening never waits: a FIFO without a writer is refused, not waited for."""
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(f"{what} {path} is not a regular file")
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+@dataclass(frozen=True, slots=True)
+class OverlongLine:
+    """A line longer than the limit of :func:`bounded_lines`: skipped unread (``size`` bytes)."""
+
+    size: int
+
+
+def bounded_lines(stream: BinaryIO, limit: int) -> Iterator[str | OverlongLine]:
+    """Each line of ``stream`` as text (bad UTF-8 replaced), or an :class:`OverlongLine` for one
+    longer than ``limit`` bytes, whose rest is skipped in chunks of at most ``limit``."""
+    while True:
+        raw = stream.readline(limit + 1)
+        if not raw:
+            return
+        if len(raw) > limit and not raw.endswith(b"\n"):
+            size = len(raw)
+            while raw and not raw.endswith(b"\n"):
+                raw = stream.readline(limit)
+                size += len(raw)
+            yield OverlongLine(size)
+            continue
+        yield raw.decode("utf-8", errors="replace")

@@ -69,7 +69,13 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, ClassVar, Literal, Protocol, Self, TextIO, runtime_checkable
 
-from citygate.drivers._files import UnsafeFileError, read_regular
+from citygate.drivers._files import (
+    OverlongLine,
+    UnsafeFileError,
+    bounded_lines,
+    open_regular,
+    read_regular,
+)
 from citygate.drivers._floats import shortest_float32
 from citygate.drivers._units import (
     CANONICAL_UNITS,
@@ -105,6 +111,7 @@ __all__ = [
     "Hub",
     "HubFactory",
     "Measurement",
+    "OverlongLine",
     "PollDriver",
     "PushDriver",
     "ReplyFramer",
@@ -126,11 +133,13 @@ __all__ = [
     "WritableDriver",
     "WriteRefused",
     "__version__",
+    "bounded_lines",
     "canonical",
     "check_aes_key",
     "check_records",
     "known_units",
     "one_of",
+    "open_regular",
     "read_regular",
     "shortest_float32",
     "show_value",

@@ -13,14 +13,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
-import stat
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
 from typing import IO, BinaryIO, Final
 
+from citygate.drivers.api import OverlongLine, bounded_lines, open_regular
 from citygate.drivers.ble.advert import MAX_LINE_CHARS, Advert, CaptureError, from_line, to_line
 from citygate.drivers.ble.scanner import AdvertListener
 
@@ -34,32 +33,19 @@ _YIELD_EVERY: Final = 1000
 
 def open_capture(path: Path) -> BinaryIO:
     """Open a capture file for reading; OSError unless it is a regular file."""
-    # O_NONBLOCK: opening a FIFO must not wait for a writer.
-    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
-    try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise OSError(f"BLE capture {path} is not a regular file")
-        return os.fdopen(fd, "rb")
-    except BaseException:
-        os.close(fd)
-        raise
+    return open_regular(path, "BLE capture")
 
 
 def read_lines(stream: BinaryIO) -> Iterator[str | CaptureError]:
-    """Each line of ``stream`` (without its newline), or a CaptureError for one longer
-    than :data:`MAX_LINE_CHARS` bytes, whose rest is skipped unread in bounded chunks."""
-    while True:
-        raw = stream.readline(MAX_LINE_CHARS + 1)
-        if not raw:
-            return
-        if len(raw) > MAX_LINE_CHARS and not raw.endswith(b"\n"):
-            size = len(raw)
-            while raw and not raw.endswith(b"\n"):
-                raw = stream.readline(MAX_LINE_CHARS)
-                size += len(raw)
-            yield CaptureError(f"line longer than {MAX_LINE_CHARS} bytes ({size}); skipped unread")
-            continue
-        yield raw.decode("utf-8", errors="replace")
+    """Each line of ``stream``, or a CaptureError for one longer than
+    :data:`MAX_LINE_CHARS` bytes, whose rest is skipped unread in bounded chunks."""
+    for line in bounded_lines(stream, MAX_LINE_CHARS):
+        if isinstance(line, OverlongLine):
+            yield CaptureError(
+                f"line longer than {MAX_LINE_CHARS} bytes ({line.size}); skipped unread"
+            )
+        else:
+            yield line
 
 
 def _parse(line: str | CaptureError) -> Advert | CaptureError | None:

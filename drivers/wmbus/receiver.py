@@ -29,7 +29,6 @@ import math
 import os
 import random
 import select
-import stat
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
@@ -38,7 +37,13 @@ from typing import IO, Any, BinaryIO, Final, Protocol
 
 import serial
 
-from citygate.drivers.api import FatalDriverError, TransportError
+from citygate.drivers.api import (
+    FatalDriverError,
+    OverlongLine,
+    TransportError,
+    bounded_lines,
+    open_regular,
+)
 from citygate.drivers.wmbus import amb8465, im871a
 from citygate.drivers.wmbus.decode import Envelope, inspect
 from citygate.drivers.wmbus.frame import WmbusError
@@ -371,31 +376,14 @@ def from_line(line: str) -> CaptureLine:
     return CaptureLine(t, RadioTelegram(data, rssi))
 
 
-def _open_capture(path: Path) -> BinaryIO:
-    # O_NONBLOCK: opening a FIFO must not wait for a writer.
-    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
-    try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise OSError(f"wmbus capture {path} is not a regular file")
-        return os.fdopen(fd, "rb")
-    except BaseException:
-        os.close(fd)
-        raise
-
-
 def _read_lines(stream: BinaryIO) -> Iterator[str | CaptureError]:
-    while True:
-        raw = stream.readline(MAX_LINE_CHARS + 1)
-        if not raw:
-            return
-        if len(raw) > MAX_LINE_CHARS and not raw.endswith(b"\n"):
-            size = len(raw)
-            while raw and not raw.endswith(b"\n"):
-                raw = stream.readline(MAX_LINE_CHARS)
-                size += len(raw)
-            yield CaptureError(f"line longer than {MAX_LINE_CHARS} bytes ({size}); skipped unread")
-            continue
-        yield raw.decode("utf-8", errors="replace")
+    for line in bounded_lines(stream, MAX_LINE_CHARS):
+        if isinstance(line, OverlongLine):
+            yield CaptureError(
+                f"line longer than {MAX_LINE_CHARS} bytes ({line.size}); skipped unread"
+            )
+        else:
+            yield line
 
 
 class ReplaySource:
@@ -426,7 +414,7 @@ class ReplaySource:
     async def _play_once(self, deliver: Callable[[RadioTelegram], None]) -> int:
         delivered = 0
         previous: float | None = None
-        with _open_capture(self.path) as stream:
+        with open_regular(self.path, "wmbus capture") as stream:
             for number, line in enumerate(_read_lines(stream), start=1):
                 if number % _YIELD_EVERY == 0:
                     await asyncio.sleep(0)

@@ -313,6 +313,6 @@ def test_handler_rejects_unit_ids_out_of_range() -> None:
 
 
 def test_make_meter_rejects_unknown_models() -> None:
-    for model in ("sdm999", "generic", "generic0", "genericX", ""):
+    for model in ("sdm999", "generic", "generic0", "genericX", "generic4d7", "generic4d", ""):
         with pytest.raises(ValueError, match=r"generic|unknown"):
             make_meter(model)

@@ -8,11 +8,12 @@ from __future__ import annotations
 import cmath
 import math
 import random
+import struct
 import time
 
 import pytest
 
-from citygate_sim.modbus import ADVANCE_PERIOD, make_meter
+from citygate_sim.modbus import ADVANCE_PERIOD, Table, make_meter
 from citygate_sim.modbus._physics import Supply
 
 
@@ -208,6 +209,22 @@ def test_generic_values_walk() -> None:
     second = meter.truth()
     moved = [abs(second[name] - first[name]) for name in first]
     assert all(0 < step < 10 for step in moved)  # about 1 per square-root second
+
+
+def test_generic_values_rounded_to_decimals_are_short_float32() -> None:
+    """``generic<N>d1``: the registers hold a float32 of a one-decimal value (196.6)."""
+    clock = FakeClock()
+    meter = make_meter("generic50d1", seed=2, clock=clock)
+    assert meter.model == "generic50d1"
+    clock.now += 3.0
+    values = meter.truth()
+    assert len(values) == 50
+    for value in values.values():  # what the registers hold, widened to a double
+        assert value == struct.unpack(">f", struct.pack(">f", round(value, 1)))[0]
+    image = meter.read_registers(Table.INPUT_REGISTERS, 0, 100)
+    assert isinstance(image, bytes)
+    registers = [struct.unpack(">f", image[4 * i : 4 * i + 4])[0] for i in range(50)]
+    assert registers == list(values.values())
 
 
 def supply_at(curve: str, hour: float, pv_peak_power: float = 0.0) -> float:

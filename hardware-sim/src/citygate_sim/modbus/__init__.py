@@ -158,10 +158,11 @@ __all__ = [
     "typed_address",
 ]
 
-MODELS = ("sdm630", "sdm120", *OTHER_MODELS, "typed", "generic<N>")
-"""Model names :func:`make_meter` accepts (``generic<N>``: e.g. ``generic100``)."""
+MODELS = ("sdm630", "sdm120", *OTHER_MODELS, "typed", "generic<N>", "generic<N>d<D>")
+"""Model names :func:`make_meter` accepts (``generic<N>``: e.g. ``generic100``;
+``generic<N>d<D>``: its values rounded to D decimals, e.g. ``generic20d1``)."""
 
-_GENERIC = re.compile(r"generic([0-9]+)")
+_GENERIC = re.compile(r"generic([0-9]+)(?:d([0-9]))?")
 
 
 def make_meter(
@@ -213,5 +214,6 @@ def make_meter(
             clock=clock,
             speed=speed,
             unmapped="exception" if unmapped is None else unmapped,
+            decimals=None if generic[2] is None else int(generic[2]),
         )
     raise ValueError(f"unknown meter model {model!r}; models: {', '.join(MODELS)}")

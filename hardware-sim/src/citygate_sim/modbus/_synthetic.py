@@ -218,6 +218,7 @@ class TypedMeter(Meter):
 # -- generic ------------------------------------------------------------------------------
 
 MAX_GENERIC_VALUES = 32768
+MAX_GENERIC_DECIMALS = 6
 
 
 class GenericMeter(Meter):
@@ -225,6 +226,9 @@ class GenericMeter(Meter):
 
     Value ``i`` (named ``value_<i>``) lives at registers ``2i`` and ``2i + 1``;
     it starts between 0 and 1000 and moves by about 1 per square-root second.
+    With ``decimals`` each value is rounded to that many decimal places before it
+    becomes a float32 (a meter of 0.1 resolution, or a simulator set to 196.6);
+    without, registers hold the walk's full float32 precision.
     """
 
     def __init__(
@@ -235,19 +239,25 @@ class GenericMeter(Meter):
         clock: Clock = time.monotonic,
         speed: float = 1.0,
         unmapped: Unmapped = "exception",
+        decimals: int | None = None,
     ) -> None:
-        """``size`` values (1..32768); ``speed`` scales how fast they wander."""
+        """``size`` values (1..32768); ``speed`` scales how fast they wander; ``decimals``
+        (0..6) rounds them."""
         if not 1 <= size <= MAX_GENERIC_VALUES:
             raise ValueError(f"generic size {size} outside 1..{MAX_GENERIC_VALUES}")
         if not speed > 0 or not math.isfinite(speed):
             raise ValueError(f"speed must be a positive number, not {speed}")
+        if decimals is not None and not 0 <= decimals <= MAX_GENERIC_DECIMALS:
+            raise ValueError(f"generic decimals {decimals} outside 0..{MAX_GENERIC_DECIMALS}")
         registers = [
             Register(f"value_{i}", 2 * i, Table.INPUT_REGISTERS, ValueType.FLOAT32, None, "walk")
             for i in range(size)
         ]
-        super().__init__(f"generic{size}", registers, clock=clock, unmapped=unmapped)
+        model = f"generic{size}" if decimals is None else f"generic{size}d{decimals}"
+        super().__init__(model, registers, clock=clock, unmapped=unmapped)
         self._rng = random.Random(f"generic/{seed}")
         self._speed = speed
+        self._decimals = decimals
         self._names = [register.name for register in registers]
         self._walk = [self._rng.uniform(0.0, 1000.0) for _ in range(size)]
         self._publish()
@@ -258,4 +268,9 @@ class GenericMeter(Meter):
         self._walk = [value + spread * gauss(0.0, 1.0) for value in self._walk]
 
     def _values(self) -> Mapping[str, float]:
+        if self._decimals is not None:
+            decimals = self._decimals
+            return {
+                name: round(v, decimals) for name, v in zip(self._names, self._walk, strict=True)
+            }
         return dict(zip(self._names, self._walk, strict=True))

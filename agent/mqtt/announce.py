@@ -11,6 +11,8 @@
 * Home Assistant discovery and ``<prefix>/<gateway>/<device>/state`` (retained), when
   ``[homeassistant]`` is enabled or was (to clear what was announced): agent/homeassistant.py,
   one task per connection.
+* After a change of ``mqtt.topic_prefix``, the retained topics above under the old prefix are
+  emptied (agent/mqtt/retained.py).
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from citygate import __version__
 from citygate.buffer import AsyncBuffer
 from citygate.config import GatewaySettings
 from citygate.mqtt.client import Client, Will, reason_text
+from citygate.mqtt.retained import RetainedRecord
 from citygate.status import Counters, StatusBoard, rss_bytes
 from citygate.supervise import raise_if_cancelled
 
@@ -75,6 +78,7 @@ class Announcer:
         self.info_topic = f"{topic_base}/info"
         self.metrics_topic = f"{topic_base}/metrics"
         self._info_stale = asyncio.Event()  # the devices list or labels changed: publish info
+        self._retained = RetainedRecord(gateway.data_dir, topic_base, gateway.id)
 
     def will(self) -> Will:
         """The connection's will: ``offline``, as a clean stop says it."""
@@ -124,6 +128,8 @@ class Announcer:
         tg.create_task(self._send_statuses(client), name="mqtt-status")
         tg.create_task(self._send_metrics(client), name="mqtt-metrics")
         tg.create_task(self._send_info(client), name="mqtt-info")
+        if self._retained.to_clear:
+            tg.create_task(self._clear_old_prefix(client), name="mqtt-retained-clear")
         if self._homeassistant is not None:
 
             async def publish(topic: str, payload: bytes) -> None:
@@ -156,7 +162,18 @@ class Announcer:
             for device_id, status in self._status_watch.take():
                 topic = f"{self._base}/{device_id}/status"
                 await self._publish(client, topic, status.to_json().encode())
+                self._retained.status_published(device_id)
                 raise_if_cancelled()
+
+    async def _clear_old_prefix(self, client: Client) -> None:
+        """Empty the retained topics left under an earlier topic prefix (a refusal is logged by
+        :meth:`_publish` and not tried again)."""
+        topics = self._retained.to_clear
+        for topic in topics:
+            await self._publish(client, topic, b"")
+            self._retained.cleared(topic)
+            raise_if_cancelled()
+        log.info("cleared %d retained topics under the earlier topic prefix", len(topics))
 
     async def metrics(self) -> dict[str, Any]:
         """The metrics document of mqtt.md."""

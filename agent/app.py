@@ -630,6 +630,7 @@ class Agent:
                 expired = await self.buffer.expire()
                 if expired:
                     log.warning("buffer: %d samples older than buffer.max_age dropped", expired)
+            await self.buffer.flush_acks()  # acks no append has taken along (ACK_FOLD_S)
             problem, backlog = await self._health()
             if self.stop_requested.is_set():
                 problem = None  # stopping: the sinks end on purpose

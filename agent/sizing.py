@@ -13,7 +13,8 @@ drift shows. Costs are linear: ``per_sample + per_reading × readings`` of a sam
   grows by (pages in use).
 * Written: what reaches the block layer (``/proc/self/io`` ``write_bytes`` less
   ``cancelled_write_bytes``) for each sample, broker up (the sample is appended, fetched,
-  published and acknowledged: two commits) and broker down (appended only), with the
+  published and acknowledged; the delete rides on the next append's commit, agent/buffer/store.py
+  "Folded acks") and broker down (appended only), with the
   kernel's writeback emulated every few samples; and per ``expire`` call (once a minute).
   The file system's own journal (ext4's jbd2) is not in it.
 """
@@ -71,9 +72,9 @@ ACCOUNTED_BYTES: Final = Cost(per_sample=161.0, per_reading=11.2)
 FILE_BYTES: Final = Cost(per_sample=92.0, per_reading=15.4)
 """Growth of the buffer file (pages in use) per buffered sample."""
 WRITE_BYTES: Final[Mapping[tuple[str, bool], Cost]] = {
-    ("normal", True): Cost(per_sample=25_640.0, per_reading=0.0),
+    ("normal", True): Cost(per_sample=13_230.0, per_reading=0.0),
     ("normal", False): Cost(per_sample=13_870.0, per_reading=61.9),
-    ("full", True): Cost(per_sample=32_970.0, per_reading=0.0),
+    ("full", True): Cost(per_sample=16_490.0, per_reading=0.0),
     ("full", False): Cost(per_sample=17_125.0, per_reading=61.9),
 }
 """Bytes written to storage per sample, by (durability, broker up)."""

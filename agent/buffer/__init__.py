@@ -50,6 +50,8 @@ from citygate.buffer.errors import BufferError
 from citygate.buffer.schema import APPLICATION_ID, PAGE_SIZE, SCHEMA_VERSION, WAL_SIZE_LIMIT
 from citygate.buffer.seq import SEQ_RESERVE_BLOCK
 from citygate.buffer.store import (
+    ACK_FOLD_MAX,
+    ACK_FOLD_S,
     ROW_OVERHEAD,
     AppendResult,
     Buffer,
@@ -60,6 +62,8 @@ from citygate.buffer.store import (
 )
 
 __all__ = [
+    "ACK_FOLD_MAX",
+    "ACK_FOLD_S",
     "APPLICATION_ID",
     "PAGE_SIZE",
     "ROW_OVERHEAD",

@@ -108,9 +108,13 @@ class AsyncBuffer:
             self.call_timeout, self.buffer.fetch, after_seq, max_readings, max_samples
         )
 
-    async def ack(self, seqs: Iterable[int]) -> None:
+    async def ack(self, seqs: Iterable[int], *, fold: bool = False) -> None:
         """See :meth:`Buffer.ack`."""
-        await self._call(self.call_timeout, self.buffer.ack, list(seqs))
+        await self._call(self.call_timeout, self.buffer.ack, list(seqs), fold=fold)
+
+    async def flush_acks(self) -> None:
+        """See :meth:`Buffer.flush_acks`."""
+        await self._call(self.call_timeout, self.buffer.flush_acks)
 
     async def expire(self) -> int:
         """See :meth:`Buffer.expire`."""

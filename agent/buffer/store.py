@@ -36,6 +36,20 @@ to :attr:`AppendResult.dropped` or the return value of :meth:`Buffer.expire`.
 
 A full disk never raises: an append drops and counts its samples, acks and device statuses
 wait in memory and are written by the next transaction that succeeds.
+
+Folded acks
+-----------
+
+A delete of its own costs a commit: the row's page, the time index and the counters written
+to the WAL again, ~12 KiB on 4 KiB pages, as much as the append. The publisher therefore acks
+with ``fold=True``: the seqs wait in memory and the next transaction — the next append, as a
+rule — deletes them with its own pages, at most :data:`ACK_FOLD_S` later (then
+:meth:`Buffer.flush_acks`, called by the agent's housekeeping, or the next ack writes them) and
+never more than :data:`ACK_FOLD_MAX` of them. Meanwhile :meth:`Buffer.fetch` skips those rows
+and :meth:`Buffer.stats` leaves them out. A crash before the delete costs duplicates, never a
+loss (delivery is at least once); a clean close writes them. Another process reading the file
+(``citygate status`` while the agent runs) may count them in the backlog for up to
+:data:`ACK_FOLD_S`.
 """
 
 from __future__ import annotations
@@ -79,6 +93,8 @@ from citygate.datadir import DIR_MODE, DataDirError
 from citygate.datadir import check as check_data_dir
 
 __all__ = [
+    "ACK_FOLD_MAX",
+    "ACK_FOLD_S",
     "ROW_OVERHEAD",
     "VACUUM_PAGES_PER_CALL",
     "AppendResult",
@@ -93,6 +109,11 @@ log = logging.getLogger("citygate.buffer")  # one logger for the whole buffer
 _T = TypeVar("_T")
 
 ROW_OVERHEAD = 96  # bytes per row beyond its stored body; see "Size" above
+ACK_FOLD_S = 30.0
+"""How long folded acks may wait for the next transaction (Linux's dirty-page expiry: a commit
+in ``normal`` durability may wait as long for the card anyway)."""
+ACK_FOLD_MAX = 4096
+"""Folded acks written at once when this many wait."""
 VACUUM_PAGES_PER_CALL = 4096  # 16 MiB given back per expire(): ~0.1 s, not seconds at once
 _ZLIB_LEVEL = 1  # with a 4 KiB window: ~8 µs for a 100-reading body; level 6 saves only ~10 %
 _ZLIB_WBITS = 12
@@ -215,6 +236,7 @@ class Buffer:
         # Writes a full disk refused, carried by the next transaction that succeeds.
         self._unsaved_dropped = 0
         self._pending_acks: set[int] = set()
+        self._pending_acks_since = 0.0  # timebase.since_boot() when the first one came
         self._pending_statuses: dict[str, str] = {}
         self._disk_full = False
         self._disk_full_dropped = 0  # in this disk-full episode
@@ -533,7 +555,7 @@ class Buffer:
             )
             try:
                 for seq, device_id, t, synced, readings, blob in cursor:
-                    if seq in self._pending_acks:  # acked while the disk was full
+                    if seq in self._pending_acks:  # acked, not deleted yet (folded, or a full disk)
                         continue
                     if found and total + readings > max_readings:
                         break
@@ -568,15 +590,39 @@ class Buffer:
         with contextlib.suppress(_DiskFull):  # they are skipped again next time
             self._write(drop)
 
-    def ack(self, seqs: Iterable[int]) -> None:
-        """Delete these rows: the broker acknowledged them. Unknown seqs are ignored."""
+    def ack(self, seqs: Iterable[int], *, fold: bool = False) -> None:
+        """Delete these rows: the broker acknowledged them. Unknown seqs are ignored.
+
+        With ``fold`` the delete rides on the next transaction (see "Folded acks")."""
         wanted = [operator.index(seq) for seq in seqs]
         if not wanted:
             return
+        if fold:
+            self._hold_acks(wanted)
+            if len(self._pending_acks) < ACK_FOLD_MAX and not self._acks_due():
+                return
+            wanted = []  # _write deletes the held ones first
         try:
             self._write(lambda db, c: self._delete_seqs(db, c, wanted))
         except _DiskFull:
-            self._pending_acks.update(wanted)
+            self._hold_acks(wanted)
+
+    def _hold_acks(self, seqs: list[int]) -> None:
+        if not self._pending_acks:
+            self._pending_acks_since = self._timebase.since_boot()
+        self._pending_acks.update(seqs)
+
+    def _acks_due(self) -> bool:
+        return self._timebase.since_boot() - self._pending_acks_since >= ACK_FOLD_S
+
+    def flush_acks(self) -> None:
+        """Write folded acks that have waited :data:`ACK_FOLD_S` (no-op otherwise)."""
+        if not self._pending_acks or not self._acks_due():
+            return
+        if self._disk_full and not self._room_is_back():
+            return
+        with contextlib.suppress(_DiskFull):
+            self._write(lambda db, c: None)
 
     def expire(self) -> int:
         """Drop samples buffered longer than ``max_age`` (counted); returns how many.
@@ -629,16 +675,40 @@ class Buffer:
     # ------------------------------------------------------------------ bookkeeping
 
     def stats(self) -> BufferStats:
-        """The backlog now (cheap: counters in memory, one index lookup)."""
+        """The backlog now (cheap: counters in memory, one index lookup), acked rows not yet
+        deleted left out."""
         db = self._require_open()
+        samples, readings, body_bytes = (
+            self._counters.samples,
+            self._counters.readings,
+            self._counters.body_bytes,
+        )
         with self._errors("stats"):
-            oldest = _oldest_unsent_time(db)
-            first = first_line(db)
+            if self._pending_acks:
+                held = json.dumps(sorted(self._pending_acks))
+                n, held_readings, held_bytes = db.execute(
+                    "SELECT count(*), coalesce(sum(readings), 0), coalesce(sum(length(body)), 0)"
+                    " FROM sample WHERE seq IN (SELECT value FROM json_each(?))",
+                    (held,),
+                ).fetchone()
+                samples -= int(n)
+                readings -= int(held_readings)
+                body_bytes -= int(held_bytes)
+                oldest = _oldest_unsent_time(db, held)
+                row = db.execute(
+                    "SELECT line FROM sample WHERE seq NOT IN (SELECT value FROM json_each(?))"
+                    " ORDER BY seq LIMIT 1",
+                    (held,),
+                ).fetchone()
+                first = None if row is None else float(row[0])
+            else:
+                oldest = _oldest_unsent_time(db)
+                first = first_line(db)
         c = self._counters
         return BufferStats(
-            backlog_samples=c.samples,
-            backlog_readings=c.readings,
-            backlog_bytes=c.body_bytes + c.samples * ROW_OVERHEAD,
+            backlog_samples=samples,
+            backlog_readings=readings,
+            backlog_bytes=body_bytes + samples * ROW_OVERHEAD,
             oldest_unsent_time=oldest,
             oldest_unsent_age_s=age(self._timeline.now(), first),
             dropped_samples=c.dropped + self._unsaved_dropped,
@@ -671,11 +741,24 @@ class Buffer:
                 self._write(lambda db, c: None)
 
 
-def _oldest_unsent_time(db: sqlite3.Connection) -> float | None:
+def _oldest_unsent_time(db: sqlite3.Connection, held: str | None = None) -> float | None:
+    """The oldest synced sample's time, else the first row's; ``held``: a JSON list of seqs
+    to leave out (acked, not deleted yet)."""
     # Unsynced times are not comparable with synced ones; they count only when alone.
-    row = db.execute("SELECT min(time) FROM sample WHERE clock_synced = 1").fetchone()
-    if row[0] is None:
-        row = db.execute("SELECT time FROM sample ORDER BY seq LIMIT 1").fetchone()
+    if held is None:
+        row = db.execute("SELECT min(time) FROM sample WHERE clock_synced = 1").fetchone()
+        if row[0] is None:
+            row = db.execute("SELECT time FROM sample ORDER BY seq LIMIT 1").fetchone()
+    else:
+        not_held = "seq NOT IN (SELECT value FROM json_each(?))"
+        row = db.execute(
+            f"SELECT time FROM sample WHERE clock_synced = 1 AND {not_held} ORDER BY time LIMIT 1",
+            (held,),
+        ).fetchone()
+        if row is None:
+            row = db.execute(
+                f"SELECT time FROM sample WHERE {not_held} ORDER BY seq LIMIT 1", (held,)
+            ).fetchone()
     return None if row is None or row[0] is None else float(row[0])
 
 

@@ -434,7 +434,7 @@ class DataLoop:
                     await self.save_figures()
                 return
             self._accepted(message.device_id)
-            await self._buffer.ack(seqs)
+            await self._buffer.ack(seqs, fold=True)  # deleted by the next append
             if self._on_acked is not None:
                 self._on_acked(message.samples[-1])
             self._counters.samples_published += len(message.samples)

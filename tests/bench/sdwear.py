@@ -3,10 +3,11 @@
 
 The real :class:`~citygate.buffer.Buffer` on the real disk (``var/bench``, its file system is
 reported) runs the agent's cycle, one sample per commit as a gateway polling meters every few
-seconds does: broker up, each sample is appended, fetched and acknowledged (two commits);
-broker down, appended only. Samples are realistic: an Eastron SDM630's 84 readings (names and
-units of config/profiles/eastron-sdm630.toml, float32 values near plausible levels, counters
-that grow) and a BLE sensor's 6; a two-point linear fit gives bytes per sample + per reading.
+seconds does: broker up, each sample is appended, fetched and acknowledged (the ack folded
+into the next append's commit, as the publisher does); broker down, appended only. Samples
+are realistic: an Eastron SDM630's 84 readings (names and units of
+config/profiles/eastron-sdm630.toml, float32 values near plausible levels, counters that
+grow) and a BLE sensor's 6; a two-point linear fit gives bytes per sample + per reading.
 
 Written bytes are ``/proc/self/io`` ``write_bytes`` − ``cancelled_write_bytes``: pages this
 process dirtied in the page cache, counted when dirtied (at the block layer: 0 on tmpfs). A
@@ -178,7 +179,7 @@ def wear(
             if broker_up:
                 rows = buffer.fetch(cursor, 500)
                 cursor = rows[-1].seq
-                buffer.ack(row.seq for row in rows)
+                buffer.ack((row.seq for row in rows), fold=True)  # as the publisher does
             if (i + 1) % WRITEBACK_EVERY == 0:
                 _writeback(path)
 

@@ -16,7 +16,8 @@ Two kinds of driver:
 * poll drivers (:class:`PollDriver`): the runtime calls ``poll()`` once per
   interval and stamps the sample's time;
 * push drivers (:class:`PushDriver`): ``run(emit)`` runs until cancelled and
-  calls ``emit`` for every sample the device sends.
+  calls ``emit`` for every sample the device sends (a :class:`PushSchedule`
+  keeps the latest values, says when to emit and when the device is silent).
 
 Serial lines: the runtime owns each ``[[serial]]`` line (one owner per line,
 shared by every device on it) and hands every configured line to drivers as a
@@ -62,7 +63,7 @@ from __future__ import annotations
 import argparse
 import json
 import re
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -114,6 +115,7 @@ __all__ = [
     "OverlongLine",
     "PollDriver",
     "PushDriver",
+    "PushSchedule",
     "ReplyFramer",
     "ReportsStatus",
     "ScanCommand",
@@ -330,6 +332,99 @@ class Episode:
             return None
         count, self.count, self.last = self.count, 0, None
         return count
+
+
+class PushSchedule:
+    """When a push driver emits, and how long its device has been silent (sans-I/O).
+
+    It keeps the latest :class:`Measurement` of each name, at most ``max_names``
+    names: values of further names are dropped and counted in :attr:`dropped`, so
+    a device that babbles new names cannot grow memory. :meth:`take` returns the
+    values to emit at once when nothing was emitted yet or ``interval`` has passed
+    since the last emit, else holds them; :meth:`due`, called every :attr:`tick`
+    seconds, returns held values once the interval has passed. Silence counts from
+    :meth:`listening` or the last :meth:`take`, whichever is later: a driver
+    raises its :class:`SilentDevice` once :meth:`silent_for` reaches
+    :attr:`silence_limit`. ``now`` is always the caller's monotonic clock, in seconds.
+    """
+
+    __slots__ = (
+        "_last_emit",
+        "_last_taken",
+        "_latest",
+        "_listening_since",
+        "_pending",
+        "dropped",
+        "interval",
+        "max_names",
+        "silent_after",
+    )
+
+    def __init__(self, interval: float, *, max_names: int = 256, silent_after: int = 3) -> None:
+        if max_names < 1:
+            raise ValueError(f"max_names must be at least 1, not {max_names}")
+        self.interval = interval
+        self.max_names = max_names
+        self.silent_after = silent_after
+        self.dropped = 0
+        """Values dropped because ``max_names`` names were already kept."""
+        self._latest: dict[str, Measurement] = {}
+        self._pending = False
+        self._last_emit: float | None = None
+        self._last_taken: float | None = None
+        self._listening_since = 0.0
+
+    @property
+    def tick(self) -> float:
+        """Seconds between two calls of :meth:`due` (and silence checks)."""
+        return min(1.0, self.interval / 4)
+
+    @property
+    def silence_limit(self) -> float:
+        """Seconds without values after which the device is silent (also the age up
+        to which a value heard before listening started is still worth taking)."""
+        return self.silent_after * self.interval
+
+    @property
+    def pending(self) -> bool:
+        """Whether values taken since the last emit are held."""
+        return self._pending
+
+    def listening(self, now: float) -> None:
+        """The driver starts listening: silence counts from ``now`` at the earliest."""
+        self._listening_since = now
+
+    def take(self, measurements: Iterable[Measurement], now: float) -> list[Measurement] | None:
+        """Keep the latest value of each name; the values to emit now, or None (held)."""
+        latest = self._latest
+        for measurement in measurements:
+            if measurement.name in latest or len(latest) < self.max_names:
+                latest[measurement.name] = measurement
+            else:
+                self.dropped += 1
+        self._last_taken = now
+        self._pending = True
+        if self._last_emit is None or now - self._last_emit >= self.interval:
+            return self._emitted(now)
+        return None
+
+    def due(self, now: float) -> list[Measurement] | None:
+        """The held values once ``interval`` has passed since the last emit, else None."""
+        if self._pending and self._last_emit is not None and now - self._last_emit >= self.interval:
+            return self._emitted(now)
+        return None
+
+    def silent_for(self, now: float) -> float:
+        """Seconds since the last values, or since listening started if later."""
+        since = self._listening_since
+        if self._last_taken is not None and self._last_taken > since:
+            since = self._last_taken
+        return now - since
+
+    def _emitted(self, now: float) -> list[Measurement]:
+        self._pending = False
+        self._last_emit = now
+        return list(self._latest.values())
 
 
 _AES_KEY = re.compile(r"[0-9a-fA-F]{32}")

@@ -52,6 +52,7 @@ from citygate.drivers.api import (
     Field,
     Measurement,
     PushDriver,
+    PushSchedule,
     ScanCommand,
     SilentDevice,
     TransportError,
@@ -139,12 +140,9 @@ class BleDriver:
         self._sleep = sleep
         self._wall_clock = wall_clock
         self.decoder = AdvertDecoder(settings.format, settings.bindkey)
-        self._latest: dict[str, Measurement] = {}
+        self.schedule = PushSchedule(self.interval, silent_after=SILENT_AFTER_INTERVALS)
         self._events: list[Measurement] = []
-        self._pending = False
-        self._last_emit: float | None = None
-        self._last_decoded: float | None = None
-        self._listening_since = 0.0
+        self._names_warned = False
         self.adverts_heard = 0
         self.tally = Tally() if tally is None else tally
         quiet = max(EPISODE_QUIET_S, self.interval)
@@ -260,19 +258,18 @@ class BleDriver:
         self._saved_counter = counter
 
     async def _listen(self, hub: ScannerHub, emit: Emit) -> None:
-        tick = min(1.0, self.interval / 4)
-        self._listening_since = self._clock()
+        schedule = self.schedule
+        schedule.listening(self._clock())
 
         def on_advert(advert: Advert) -> None:
             self._take(advert, emit)
 
         with hub.subscribe(self.settings.address, on_advert):
             cached = hub.latest(self.settings.address)
-            fresh_for = SILENT_AFTER_INTERVALS * self.interval
-            if cached is not None and self._wall_clock() - cached.time < fresh_for:
+            if cached is not None and self._wall_clock() - cached.time < schedule.silence_limit:
                 self._take(cached, emit)
             while True:
-                await self._sleep(tick)
+                await self._sleep(schedule.tick)
                 self._tick(hub, emit)
 
     def _take(self, advert: Advert, emit: Emit) -> None:
@@ -285,14 +282,21 @@ class BleDriver:
         if decoded is None:
             return
         now = self._clock()
-        self._last_decoded = now
-        for measurement in decoded.measurements:
-            self._latest[measurement.name] = measurement
+        values = self.schedule.take(decoded.measurements, now)
+        self._warn_names()
         self._keep_events(decoded.events, now)
-        self._pending = True
         self._save(now)
-        if self._last_emit is None or now - self._last_emit >= self.interval:
-            self._flush(emit, now)
+        if values is not None:
+            self._flush(emit, values)
+
+    def _warn_names(self) -> None:
+        if self.schedule.dropped and not self._names_warned:
+            self._names_warned = True
+            log.warning(
+                "%s: adverts carry more than %d quantities; dropping the values of new ones",
+                self.device_id,
+                self.schedule.max_names,
+            )
 
     def _refused(self, advert: Advert) -> None:
         self.tally.rejected_adverts += 1
@@ -320,18 +324,17 @@ class BleDriver:
                     EVENTS_PER_INTERVAL,
                 )
 
-    def _flush(self, emit: Emit, now: float) -> None:
-        emit([*self._latest.values(), *self._events])
+    def _flush(self, emit: Emit, values: Sequence[Measurement]) -> None:
+        emit([*values, *self._events])
         self._events.clear()
-        self._pending = False
-        self._last_emit = now
 
     def _tick(self, hub: ScannerHub, emit: Emit) -> None:
         now = self._clock()
         if hub.gave_up:
             raise TransportError(f"BLE adapter {hub.name}: {hub.problem}")
-        if self._pending and self._last_emit is not None and now - self._last_emit >= self.interval:
-            self._flush(emit, now)
+        values = self.schedule.due(now)
+        if values is not None:
+            self._flush(emit, values)
         self._save(now)
         refused = self.tally.refusals.ended(now)
         if refused is not None:
@@ -340,9 +343,8 @@ class BleDriver:
         dropped = self.tally.drops.ended(now)
         if dropped is not None:
             log.info("%s: events no longer dropped (%d dropped)", self.device_id, dropped)
-        reference = max(self._last_decoded or self._listening_since, self._listening_since)
-        silent_for = now - reference
-        if silent_for >= SILENT_AFTER_INTERVALS * self.interval:
+        silent_for = self.schedule.silent_for(now)
+        if silent_for >= self.schedule.silence_limit:
             raise DeviceSilent(self._silence_message(hub, silent_for))
 
     def _silence_message(self, hub: ScannerHub, silent_for: float) -> str:

@@ -33,6 +33,7 @@ from citygate.drivers.api import (
     Field,
     Measurement,
     PushDriver,
+    PushSchedule,
     ScanCommand,
     SilentDevice,
     TransportError,
@@ -126,12 +127,9 @@ class WmbusDriver:
         self._clock = clock
         self._wall_clock = wall_clock
         self._sleep = sleep
-        self._latest: dict[str, Measurement] = {}
-        self._pending = False
-        self._last_emit: float | None = None
-        self._last_decoded: float | None = None
-        self._listening_since = 0.0
+        self.schedule = PushSchedule(self.interval, silent_after=SILENT_AFTER_INTERVALS)
         self._records_checked = False
+        self._names_warned = False
         self.tally = Tally() if tally is None else tally
         quiet = max(EPISODE_QUIET_S, self.interval)
         self.tally.errors.quiet = self.tally.refusals.quiet = quiet
@@ -155,19 +153,18 @@ class WmbusDriver:
                 f'wmbus receiver "{self.settings.receiver}" is not running: a wireless meter '
                 "is read by the agent (citygate run), which runs its [[wmbus]] receiver"
             )
-        tick = min(1.0, self.interval / 4)
-        self._listening_since = self._clock()
+        schedule = self.schedule
+        schedule.listening(self._clock())
 
         def on_telegram(heard: Heard) -> None:
             self._take(heard, emit)
 
         with receiver.subscribe(self.settings.meter_id, on_telegram):
             cached = receiver.latest(self.settings.meter_id)
-            fresh_for = SILENT_AFTER_INTERVALS * self.interval
-            if cached is not None and self._wall_clock() - cached.time < fresh_for:
+            if cached is not None and self._wall_clock() - cached.time < schedule.silence_limit:
                 self._take(cached, emit)
             while True:
-                await self._sleep(tick)
+                await self._sleep(schedule.tick)
                 self._tick(receiver, emit)
 
     def status_facts(self) -> Mapping[str, Any]:
@@ -222,16 +219,25 @@ class WmbusDriver:
             tally.meter = telegram.header.meter_info()
         keep = self.settings.records
         self._check_records(keep, [r.name for r in telegram.records])
-        self._last_decoded = now
-        for measurement in to_measurements(telegram, keep):
-            self._latest[measurement.name] = measurement
+        measurements = to_measurements(telegram, keep)
         rssi = heard.telegram.rssi
         if rssi is not None:
             tally.rssi = rssi
-            self._latest["rssi"] = Measurement("rssi", rssi, "dBm")
-        self._pending = True
-        if self._last_emit is None or now - self._last_emit >= self.interval:
-            self._flush(emit, now)
+            measurements.append(Measurement("rssi", rssi, "dBm"))
+        values = self.schedule.take(measurements, now)
+        self._warn_names()
+        if values is not None:
+            emit(values)
+
+    def _warn_names(self) -> None:
+        if self.schedule.dropped and not self._names_warned:
+            self._names_warned = True
+            log.warning(
+                "%s: meter %s sends more than %d quantities; dropping the values of new ones",
+                self.device_id,
+                self.settings.meter_id,
+                self.schedule.max_names,
+            )
 
     def _check_records(self, keep: frozenset[str] | None, names: list[str]) -> None:
         if keep is None or self._records_checked:
@@ -246,17 +252,13 @@ class WmbusDriver:
                 ", ".join(names) or "none",
             )
 
-    def _flush(self, emit: Emit, now: float) -> None:
-        emit(list(self._latest.values()))
-        self._pending = False
-        self._last_emit = now
-
     def _tick(self, receiver: Receiver, emit: Emit) -> None:
         now = self._clock()
         if receiver.gave_up:
             raise TransportError(f"wmbus receiver {receiver.name}: {receiver.problem}")
-        if self._pending and self._last_emit is not None and now - self._last_emit >= self.interval:
-            self._flush(emit, now)
+        values = self.schedule.due(now)
+        if values is not None:
+            emit(values)
         errors = self.tally.errors.ended(now)
         if errors is not None:
             log.info("%s: telegrams decode again (%d undecodable in all)", self.device_id, errors)
@@ -264,9 +266,8 @@ class WmbusDriver:
         if refused is not None:
             log.info("%s: no unencrypted telegram refused for a while (%d in all)", self.device_id,
                      refused)  # fmt: skip
-        reference = max(self._last_decoded or self._listening_since, self._listening_since)
-        silent_for = now - reference
-        if silent_for >= SILENT_AFTER_INTERVALS * self.interval:
+        silent_for = self.schedule.silent_for(now)
+        if silent_for >= self.schedule.silence_limit:
             raise DeviceSilent(self._silence_message(receiver, silent_for))
 
     def _silence_message(self, receiver: Receiver, silent_for: float) -> str:

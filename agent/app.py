@@ -273,9 +273,7 @@ class Agent:
         return make_hub(config.ble or BleSettings())
 
     def _wmbus_receivers(self, config: Config, enabled: Iterable[DeviceConfig]) -> dict[str, Hub]:
-        make: Callable[[WmbusSettings], Hub] | None = getattr(
-            self._factories.get("wmbus"), "receiver", None
-        )
+        make = registry.receiver_factory(self._factories.get("wmbus"))
         used = _receivers_in_use(config, enabled)
         return {} if make is None else {i: make(s) for i, s in used.items()}
 

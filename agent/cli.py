@@ -276,7 +276,7 @@ def _read(path: Path, device_id: str, as_json: bool) -> int:
     factory = factories[device.driver]
 
     async def first_sample(driver: PushDriver, hub: Hub | None) -> Sequence[Measurement]:
-        # A push device (BLE): wait up to one interval for its first sample.
+        # A push device (BLE, wmbus): wait up to one interval for its first sample.
         received: asyncio.Future[Sequence[Measurement]] = asyncio.get_running_loop().create_future()
 
         def emit(measurements: Sequence[Measurement]) -> None:
@@ -298,10 +298,20 @@ def _read(path: Path, device_id: str, as_json: bool) -> int:
         from citygate.lines import LineOwner
         from citygate.normalise import Normaliser
 
-        hub = None
+        hub: Hub | None = None
         make_hub = registry.hub_factory(factory)
+        make_receiver = registry.receiver_factory(factory)
+        receiver = config.wmbus.get(str(device.options.get("receiver")))
         if make_hub is not None and config.ble is not None:
             hub = make_hub(config.ble)
+        elif make_receiver is not None and receiver is not None:
+            hub = make_receiver(receiver)  # this device's [[wmbus]] receiver, for this read
+        if hub is not None:
+            print(
+                f"{device.id}: waiting up to {device.interval + 10.0:g} s for it to send "
+                "(Ctrl-C stops)",
+                file=sys.stderr,
+            )
         # The driver runs alone: private owners of the config's lines, closed after.
         drivers_by_line: dict[str, str] = {}
         for d in config.devices:

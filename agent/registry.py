@@ -11,11 +11,11 @@ whose hooks are None.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from importlib.metadata import entry_points
 
-from citygate.drivers.api import DriverFactory, HubFactory, ScanCommand
+from citygate.drivers.api import DriverFactory, Hub, HubFactory, ScanCommand, WmbusSettings
 
 GROUP = "citygate.drivers"
 log = logging.getLogger(__name__)
@@ -62,6 +62,13 @@ def discover() -> list[DriverEntry]:
 def hub_factory(factory: DriverFactory | None) -> HubFactory | None:
     """The factory's ``hub`` hook; None when it has none (or there is no factory)."""
     hook: HubFactory | None = getattr(factory, "hub", None)
+    return hook
+
+
+def receiver_factory(factory: DriverFactory | None) -> Callable[[WmbusSettings], Hub] | None:
+    """The factory's ``receiver`` hook (a ``[[wmbus]]`` receiver's hub, run by the caller and
+    handed to the devices naming it); None when it has none."""
+    hook: Callable[[WmbusSettings], Hub] | None = getattr(factory, "receiver", None)
     return hook
 
 

@@ -80,6 +80,18 @@ interval = "1s"
     row = next(line for line in scanned.stdout.splitlines() if line.startswith("  19228217"))
     assert "KDN" in row and "water" in row and "mode 5" in row and "-71 dBm" in row
 
+    # The technician's first tool: `read` listens on the device's receiver for its telegram.
+    read = run_cli("read", "water", "-c", str(config), "--json")
+    assert read.returncode == 0, read.stderr
+    assert "water: waiting up to 11 s for it to send" in read.stderr
+    document = json.loads(read.stdout)
+    values = {r["name"]: r["value"] for r in document["readings"]}
+    assert values["volume"] == 81.0976
+    assert document["meter"]["id"] == "19228217"
+    wrong = run_cli("read", "wrong", "-c", str(config))
+    assert wrong.returncode != 0
+    assert "Traceback" not in wrong.stderr
+
     sub = Subscriber(broker.port).start()
     agent = AgentProcess(config)
     try:

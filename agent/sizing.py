@@ -14,7 +14,8 @@ drift shows. Costs are linear: ``per_sample + per_reading × readings`` of a sam
 * Written: what reaches the block layer (``/proc/self/io`` ``write_bytes`` less
   ``cancelled_write_bytes``) for each sample, broker up (the sample is appended, fetched,
   published and acknowledged; the delete rides on the next append's commit, agent/buffer/store.py
-  "Folded acks") and broker down (appended only), with the
+  "Folded acks", unless the config's samples come further apart than ``ACK_FOLD_S``: then it is a
+  commit of its own) and broker down (appended only), with the
   kernel's writeback emulated every few samples; and per ``expire`` call (once a minute).
   The file system's own journal (ext4's jbd2) is not in it.
 """
@@ -26,6 +27,7 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from typing import Any, Final, Protocol, runtime_checkable
 
+from citygate.buffer import ACK_FOLD_S
 from citygate.config import Config
 from citygate.drivers.api import DriverFactory
 
@@ -36,6 +38,7 @@ __all__ = [
     "EXPIRE_EVERY_S",
     "EXPIRE_WRITE_BYTES",
     "FILE_BYTES",
+    "UNFOLDED_ACK_WRITE_BYTES",
     "WRITE_BYTES",
     "Cost",
     "DeviceLoad",
@@ -77,7 +80,11 @@ WRITE_BYTES: Final[Mapping[tuple[str, bool], Cost]] = {
     ("full", True): Cost(per_sample=16_490.0, per_reading=0.0),
     ("full", False): Cost(per_sample=17_125.0, per_reading=61.9),
 }
-"""Bytes written to storage per sample, by (durability, broker up)."""
+"""Bytes written to storage per sample, by (durability, broker up); broker up with each ack
+folded into the next append (agent/buffer/store.py, "Folded acks")."""
+UNFOLDED_ACK_WRITE_BYTES: Final[Mapping[str, float]] = {"normal": 12_410.0, "full": 16_480.0}
+"""Bytes an ack costs on top when the next append comes later than ``ACK_FOLD_S`` (a commit of
+its own)."""
 EXPIRE_WRITE_BYTES: Final[Mapping[str, float]] = {"normal": 8_397.0, "full": 8_397.0}
 """Bytes written by one ``expire`` call (nothing to expire: the counters' commit)."""
 EXPIRE_EVERY_S: Final = 60.0  # agent/app.py EXPIRE_EVERY_S (a test keeps them equal)
@@ -191,8 +198,11 @@ def size(config: Config, factories: Mapping[str, DriverFactory]) -> Sizing:
     accounted_per_min = ACCOUNTED_BYTES.of(samples, readings)
     lasts = settings.max_size / accounted_per_min * 60.0 if accounted_per_min > 0 else None
     expire = 86400.0 / EXPIRE_EVERY_S
+    # Appends further apart than ACK_FOLD_S leave each ack a commit of its own.
+    unfolded = 0.0 if samples * ACK_FOLD_S / 60.0 >= 1.0 else samples * per_day
     writes = {
         durability: WRITE_BYTES[durability, True].of(samples, readings) * per_day
+        + UNFOLDED_ACK_WRITE_BYTES[durability] * unfolded
         + EXPIRE_WRITE_BYTES[durability] * expire
         for durability in ("normal", "full")
     }

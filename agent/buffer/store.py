@@ -109,9 +109,10 @@ log = logging.getLogger("citygate.buffer")  # one logger for the whole buffer
 _T = TypeVar("_T")
 
 ROW_OVERHEAD = 96  # bytes per row beyond its stored body; see "Size" above
-ACK_FOLD_S = 30.0
-"""How long folded acks may wait for the next transaction (Linux's dirty-page expiry: a commit
-in ``normal`` durability may wait as long for the card anyway)."""
+ACK_FOLD_S = 10.0
+"""How long folded acks may wait for the next transaction. Where writes add up (samples every
+few seconds) an append always comes sooner; ``citygate status``, reading the file from another
+process, counts delivered samples for at most this long (plus a housekeeping period)."""
 ACK_FOLD_MAX = 4096
 """Folded acks written at once when this many wait."""
 VACUUM_PAGES_PER_CALL = 4096  # 16 MiB given back per expire(): ~0.1 s, not seconds at once

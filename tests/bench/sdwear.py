@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from citygate import sizing
-from citygate.buffer import PAGE_SIZE, Buffer, NewSample
+from citygate.buffer import ACK_FOLD_S, PAGE_SIZE, Buffer, NewSample
 from citygate.config import BufferSettings
 from citygate.drivers._floats import shortest_float32
 from citygate.drivers._units import canonical
@@ -164,7 +164,7 @@ def fill(path: Path, count: int, readings: int, *, maker: SampleMaker | None = N
 
 
 def wear(
-    path: Path, durability: str, readings: int, samples: int, *, broker_up: bool
+    path: Path, durability: str, readings: int, samples: int, *, broker_up: bool, fold: bool = True
 ) -> dict[str, float]:
     """Bytes written and stored per sample for one case, in a new buffer at ``path``."""
     maker = SampleMaker()
@@ -179,7 +179,7 @@ def wear(
             if broker_up:
                 rows = buffer.fetch(cursor, 500)
                 cursor = rows[-1].seq
-                buffer.ack((row.seq for row in rows), fold=True)  # as the publisher does
+                buffer.ack((row.seq for row in rows), fold=fold)  # as the publisher
             if (i + 1) % WRITEBACK_EVERY == 0:
                 _writeback(path)
 
@@ -236,7 +236,7 @@ def _files(workdir: Path) -> Iterator[Path]:
 def measure(workdir: Path, samples: int) -> dict[str, Any]:
     """Every figure of agent/sizing.py, measured in ``workdir``."""
     paths = _files(workdir)
-    out: dict[str, Any] = {"write": {}, "expire": {}}
+    out: dict[str, Any] = {"write": {}, "expire": {}, "unfolded": {}}
     stored: dict[int, dict[str, float]] = {}
     for durability in ("normal", "full"):
         for up in (True, False):
@@ -248,6 +248,16 @@ def measure(workdir: Path, samples: int) -> dict[str, Any]:
             out["write"][durability, up] = _fit(
                 per_size[SENSOR]["written_per_sample"], per_size[METER]["written_per_sample"]
             )
+        unfolded = _fit(
+            *(
+                wear(next(paths), durability, r, samples, broker_up=True, fold=False)[
+                    "written_per_sample"
+                ]
+                for r in (SENSOR, METER)
+            )
+        )
+        folded = out["write"][durability, True].per_sample
+        out["unfolded"][durability] = unfolded.per_sample - folded
         out["expire"][durability] = expire_cost(next(paths), durability, 20)
     out["accounted"] = _fit(
         stored[SENSOR]["accounted_per_sample"], stored[METER]["accounted_per_sample"]
@@ -289,6 +299,14 @@ def run(quick: bool) -> PartResult:
                 "B",
                 note=f"{_drift(value, getattr(constant, part))} ({getattr(constant, part):g})",
             )
+    for durability, value in figures["unfolded"].items():
+        result.details[f"unfolded_ack_{durability}"] = round(value)
+        result.add(
+            f"written per ack not folded (appends over {ACK_FOLD_S:g} s apart), {durability}",
+            round(value),
+            "B",
+            note=f"{_drift(value, sizing.UNFOLDED_ACK_WRITE_BYTES[durability])}",
+        )
     for durability, value in figures["expire"].items():
         result.details[f"expire_{durability}"] = round(value)
         result.add(

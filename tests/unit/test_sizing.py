@@ -149,6 +149,27 @@ def test_the_figures_of_a_known_config(tmp_path: Path) -> None:
         )
 
 
+def test_sparse_samples_pay_for_acks_of_their_own(tmp_path: Path) -> None:
+    """One sample a minute: the next append comes later than ACK_FOLD_S, so each ack is a
+    commit of its own (the config above, ~7 samples a minute, folds them)."""
+    path = tmp_path / "gateway.toml"
+    path.write_text(
+        '[gateway]\nid = "gw"\ndata_dir = "var"\n\n[[device]]\nid = "m"\ndriver = "modbus"\n'
+        'host = "127.0.0.1"\ninterval = "1m"\n  [[device.registers]]\n  name = "voltage_l1"\n'
+        '  address = 0\n  type = "float32"\n  unit = "V"\n'
+    )
+    sized = sizing.size(load(path, registry.factories()), registry.factories())
+    assert sized.samples_per_min == 1
+    for durability in ("normal", "full"):
+        folded = sizing.WRITE_BYTES[durability, True].of(1, 1) * 1440
+        expected = (
+            folded
+            + sizing.UNFOLDED_ACK_WRITE_BYTES[durability] * 1440
+            + sizing.EXPIRE_WRITE_BYTES[durability] * 1440
+        )
+        assert sized.write_bytes_per_day[durability] == pytest.approx(expected)
+
+
 def test_max_age_ends_the_outage_first(tmp_path: Path) -> None:
     config = load(_config(tmp_path, max_size="1GiB", max_age="2h"), registry.factories())
     sized = sizing.size(config, registry.factories())

@@ -299,22 +299,20 @@ def run(quick: bool) -> PartResult:
                 "B",
                 note=f"{_drift(value, getattr(constant, part))} ({getattr(constant, part):g})",
             )
-    for durability, value in figures["unfolded"].items():
-        result.details[f"unfolded_ack_{durability}"] = round(value)
-        result.add(
-            f"written per ack not folded (appends over {ACK_FOLD_S:g} s apart), {durability}",
-            round(value),
-            "B",
-            note=f"{_drift(value, sizing.UNFOLDED_ACK_WRITE_BYTES[durability])}",
-        )
-    for durability, value in figures["expire"].items():
-        result.details[f"expire_{durability}"] = round(value)
-        result.add(
-            f"written per expire call, {durability}",
-            round(value),
-            "B",
-            note=f"{_drift(value, sizing.EXPIRE_WRITE_BYTES[durability])}",
-        )
+    per_durability = (
+        ("unfolded_ack", f"written per ack not folded (appends over {ACK_FOLD_S:g} s apart)",
+         sizing.UNFOLDED_ACK_WRITE_BYTES),
+        ("expire", "written per expire call", sizing.EXPIRE_WRITE_BYTES),
+    )  # fmt: skip
+    for key, label, constants in per_durability:
+        for durability, value in figures[key.removesuffix("_ack")].items():
+            result.details[f"{key}_{durability}"] = round(value)
+            result.add(
+                f"{label}, {durability}",
+                round(value),
+                "B",
+                note=f"{_drift(value, constants[durability])}",
+            )
     result.figures[0].note += f"; files on {fs}, writeback every {WRITEBACK_EVERY} samples"
     if fs in ("tmpfs", "ramfs"):
         result.error = f"var/bench is on {fs}: write_bytes is 0 there, nothing was measured"

@@ -1,5 +1,10 @@
 """Measurements as drivers read them → readings in canonical units.
 
+A conversion by a power of ten (Wh → kWh, mA → A) is a decimal shift of the value's shortest
+text (:func:`~citygate.drivers.api.scale_decimal`: 906.6 Wh is 0.9066 kWh, not
+0.9066000000000001); other factors (J → kWh, l/s → m3/h) multiply the value's shortest text by
+the exact ratio (1/3,600,000; 3.6) and round once.
+
 A non-finite number (NaN, ±inf: a meter's "no value" or a wrong byte order) is
 dropped and counted, not the whole sample. A unit quantities.md does not know is
 passed through unchanged, with one warning per device and unit.
@@ -8,13 +13,32 @@ passed through unchanged, with one warning per device and unit.
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Sequence
+from fractions import Fraction
 from math import isfinite
 
-from citygate.drivers.api import CONVERSIONS, Measurement
+from citygate.drivers.api import CONVERSIONS, Measurement, decimal_exponent, scale_decimal
 from citygate.model import Reading
 
 log = logging.getLogger(__name__)
+
+# unit -> (canonical unit, factor, its power of ten or None, the exact ratio it stands for:
+# 1/3600000 for J -> kWh, whose float factor is not exact)
+_CONVERSIONS: dict[str, tuple[str, float, int | None, Fraction]] = {
+    unit: (canonical, factor, decimal_exponent(factor), Fraction(factor).limit_denominator(10**9))
+    for unit, (canonical, factor) in CONVERSIONS.items()
+}
+
+
+def _times_ratio(value: float | int, ratio: Fraction) -> float:
+    """``value``'s shortest text times ``ratio``, rounded once (3.6e6 J is 1.0 kWh, not
+    0.9999999999999999)."""
+    exact = Fraction(repr(value)) if type(value) is float else Fraction(value)
+    try:
+        return float(exact * ratio)
+    except OverflowError:
+        return math.inf
 
 
 class Normaliser:
@@ -30,7 +54,7 @@ class Normaliser:
     def __call__(self, measurements: Sequence[Measurement]) -> tuple[Reading, ...]:
         readings: list[Reading] = []
         append = readings.append
-        conversions = CONVERSIONS
+        conversions = _CONVERSIONS
         for m in measurements:
             value = m.value
             unit = m.unit
@@ -42,9 +66,15 @@ class Normaliser:
                 if conversion is None:
                     self._unknown_unit(unit, m.name)
                 else:
-                    unit, factor = conversion
+                    unit, factor, exponent, ratio = conversion
                     if factor != 1.0 and isinstance(value, int | float) and type(value) is not bool:
-                        value = value * factor
+                        if exponent is not None:
+                            value = scale_decimal(value, exponent)
+                        else:
+                            value = _times_ratio(value, ratio)
+                        if not isfinite(value):  # overflowed in the conversion
+                            self.invalid_readings += 1
+                            continue
             append(Reading(m.name, unit, value))
         return tuple(readings)
 

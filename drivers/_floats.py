@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import struct
+from decimal import Decimal
 
 _F32 = struct.Struct("<f")
 _LOG10_2 = math.log10(2.0)
@@ -112,3 +113,62 @@ def _slow_shortest(value: float) -> float:
         except OverflowError:  # rounded up past the largest float32
             continue
     return float(f"{value:.9g}")  # 9 significant digits always identify a float32
+
+
+_POW10_EXACT = tuple(10**k for k in range(23))  # ints; as floats every one is exact
+
+
+def decimal_exponent(factor: float) -> int | None:
+    """``k`` when ``factor`` is the double of 10**k (|k| ≤ 22: 1000.0, 0.001, 0.1), else None."""
+    if not math.isfinite(factor) or factor <= 0.0:
+        return None
+    k = round(math.log10(factor))
+    if -22 <= k <= 22 and factor == float(f"1e{k}"):
+        return k
+    return None
+
+
+def scale_decimal(value: float | int, exponent: int) -> float:
+    """``value`` × 10**``exponent`` as the double nearest to the exact decimal product of
+    ``value``'s shortest text (``repr``) and the power of ten.
+
+    A binary multiply by 0.001 turns 906.6 Wh into 0.9066000000000001 kWh (and 2301 × 0.1 into
+    230.10000000000002); this gives 0.9066 and 230.1: the same reading, shifted in decimal, so
+    its text stays as short as the value the device gave. A float32 value made shortest by
+    :func:`shortest_float32` converts back to the register's float32 after the inverse shift.
+    """
+    if exponent == 0 or value == 0:
+        return value * 1.0  # keeps the sign of -0.0
+    if type(value) is int:
+        if exponent > 0:
+            return (
+                float(value * _POW10_EXACT[exponent]) if exponent <= 22 else value * 10.0**exponent
+            )
+        if -exponent <= 22 and -(2**53) < value < 2**53:
+            return value / _POW10[-exponent]  # two exact doubles: one correct rounding
+        return float(f"{value}e{exponent}")
+    text = repr(value)
+    whole, point, rest = text.partition(".")
+    if not point or "e" in rest or not whole.lstrip("-").isdigit():
+        # "1e+16", "inf", "nan" (or a float subclass's repr): let float() do the decimal shift
+        mantissa, _, power = text.partition("e")
+        try:
+            return float(f"{mantissa}e{int(power or 0) + exponent}")
+        except ValueError:
+            return value * 10.0**exponent
+    digits = int(whole + rest)
+    places = len(rest) - exponent  # value × 10**exponent == digits / 10**places
+    if -(2**53) < digits < 2**53:
+        if 0 <= places <= 22:
+            return digits / _POW10[places]
+        if -22 <= places < 0:
+            return digits * _POW10[-places]
+    return float(f"{whole}.{rest}e{exponent}")
+
+
+def add_decimal(value: float, addend: float) -> float:
+    """``value`` + ``addend`` as the double nearest to the exact sum of their shortest texts
+    (-12.3 + 5.0 is -7.3, not -7.300000000000001): a register's offset, added in decimal."""
+    if not (math.isfinite(value) and math.isfinite(addend)):
+        return value + addend
+    return float(Decimal(repr(value)) + Decimal(repr(addend)))

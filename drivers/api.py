@@ -77,7 +77,12 @@ from citygate.drivers._files import (
     open_regular,
     read_regular,
 )
-from citygate.drivers._floats import shortest_float32
+from citygate.drivers._floats import (
+    add_decimal,
+    decimal_exponent,
+    scale_decimal,
+    shortest_float32,
+)
 from citygate.drivers._units import (
     CANONICAL_UNITS,
     CONVERSIONS,
@@ -135,14 +140,17 @@ __all__ = [
     "WritableDriver",
     "WriteRefused",
     "__version__",
+    "add_decimal",
     "bounded_lines",
     "canonical",
     "check_aes_key",
     "check_records",
+    "decimal_exponent",
     "known_units",
     "one_of",
     "open_regular",
     "read_regular",
+    "scale_decimal",
     "shortest_float32",
     "show_value",
 ]

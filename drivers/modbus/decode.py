@@ -41,7 +41,16 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Final, Literal, get_args
 
-from citygate.drivers.api import DecodeError, Measurement, Value, canonical, shortest_float32
+from citygate.drivers.api import (
+    DecodeError,
+    Measurement,
+    Value,
+    add_decimal,
+    canonical,
+    decimal_exponent,
+    scale_decimal,
+    shortest_float32,
+)
 
 __all__ = [
     "BIT_TABLES",
@@ -200,8 +209,11 @@ _LINEAR: Final = 1
 _NON_ZERO: Final = 2
 _FLOAT32: Final = 3
 _FLOAT32_LINEAR: Final = 4
+_DECIMAL: Final = 5  # multiplier 10**k: a decimal shift (230.1, not 230.10000000000002)
+_FLOAT32_DECIMAL: Final = 6
 
-_Post = tuple[str, str | None, int, float, float]  # name, unit, kind, factor, addend
+_Post = tuple[str, str | None, int, float, float]
+# name, unit, kind, factor (the decimal exponent for the _DECIMAL kinds), addend
 
 
 def _post(spec: RegisterSpec) -> _Post:
@@ -215,6 +227,12 @@ def _post(spec: RegisterSpec) -> _Post:
     single = spec.type == "float32"
     if multiplier == 1.0 and addend == 0.0:
         return (spec.name, unit, _FLOAT32 if single else _AS_IS, 1.0, 0.0)
+    scale_exponent = decimal_exponent(float(spec.scale))
+    unit_exponent = decimal_exponent(factor)
+    if scale_exponent is not None and unit_exponent is not None:
+        exponent = float(scale_exponent + unit_exponent)
+        addend = scale_decimal(float(spec.offset), unit_exponent)
+        return (spec.name, unit, _FLOAT32_DECIMAL if single else _DECIMAL, exponent, addend)
     return (spec.name, unit, _FLOAT32_LINEAR if single else _LINEAR, multiplier, addend)
 
 
@@ -363,6 +381,12 @@ class BlockDecoder:
                 append(Measurement(name, raw * multiplier + addend, unit))
             elif kind == _FLOAT32_LINEAR:
                 append(Measurement(name, shortest_float32(raw) * multiplier + addend, unit))
+            elif kind == _DECIMAL:
+                value = scale_decimal(raw, int(multiplier))
+                append(Measurement(name, add_decimal(value, addend) if addend else value, unit))
+            elif kind == _FLOAT32_DECIMAL:
+                value = scale_decimal(shortest_float32(raw), int(multiplier))
+                append(Measurement(name, add_decimal(value, addend) if addend else value, unit))
             else:
                 append(Measurement(name, raw != 0, unit))
         return measurements

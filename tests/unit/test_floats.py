@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 import random
 import struct
+from decimal import Decimal
 
 from hypothesis import example, given
 from hypothesis import strategies as st
@@ -117,3 +118,64 @@ def test_the_fast_path_answers_the_usual_magnitudes() -> None:
         _floats._slow_shortest = slow
     assert calls <= len(values) // 1000
     assert all(narrow(a) == v for a, v in zip(answers, values, strict=True))
+
+
+# -- decimal shifts and sums (unit factors and register scales that are powers of ten) ------
+
+
+@given(
+    value=st.one_of(
+        st.floats(allow_nan=False, allow_infinity=False),
+        st.integers(-(2**63), 2**63),
+        st.integers(0, 2**32 - 1).map(lambda bits: shortest_float32(widen(bits))),
+    ),
+    exponent=st.integers(-12, 12),
+)
+@example(value=906.6, exponent=-3)
+@example(value=2301, exponent=-1)
+@example(value=1e16, exponent=-3)
+@example(value=-0.0, exponent=3)
+def test_scale_decimal_is_the_exact_decimal_shift_rounded_once(
+    value: float | int, exponent: int
+) -> None:
+    if isinstance(value, float) and not math.isfinite(value):
+        return
+    result = _floats.scale_decimal(value, exponent)
+    text = repr(value) if isinstance(value, float) else str(value)
+    try:
+        expected = float(Decimal(text).scaleb(exponent))
+    except OverflowError:  # beyond the doubles: a multiply overflows as well
+        assert math.isinf(result)
+        return
+    assert result == expected
+    assert math.copysign(1.0, result) == math.copysign(1.0, float(value))
+    if isinstance(value, float) and result != 0.0 and math.isfinite(result):
+        # the shift never lengthens the text: the same digits read back as the result
+        assert significant_digits(result) <= significant_digits(value)
+
+
+def test_scale_decimal_examples() -> None:
+    assert repr(_floats.scale_decimal(906.6, -3)) == "0.9066"  # 906.6 * 0.001: 0.9066000000000001
+    assert repr(_floats.scale_decimal(2301, -1)) == "230.1"  # 2301 * 0.1: 230.10000000000002
+    assert _floats.scale_decimal(12, 3) == 12000.0
+    assert repr(_floats.scale_decimal(1.5e-7, 3)) == "0.00015"
+    assert math.isinf(_floats.scale_decimal(math.inf, -3))
+
+
+def test_decimal_exponent_knows_the_powers_of_ten_only() -> None:
+    cases = {1e-3: -3, 1e3: 3, 0.1: -1, 1.0: 0, 1e6: 6, 10.0: 1, 1e-22: -22}
+    for factor, exponent in cases.items():
+        assert _floats.decimal_exponent(factor) == exponent
+    for factor in (3.6, 2.5, 0.0, -1.0, math.inf, math.nan, 1 / 3.6e6, 0.1 * 0.001 * 3):
+        assert _floats.decimal_exponent(factor) is None
+
+
+@given(
+    st.floats(-1e12, 1e12, allow_nan=False),
+    st.floats(-1e6, 1e6, allow_nan=False),
+)
+@example(-12.3, 5.0)
+def test_add_decimal_is_the_exact_sum_rounded_once(value: float, addend: float) -> None:
+    result = _floats.add_decimal(value, addend)
+    assert result == float(Decimal(repr(value)) + Decimal(repr(addend)))
+    assert abs(result - (value + addend)) <= 2 * math.ulp(value + addend) + 1e-300

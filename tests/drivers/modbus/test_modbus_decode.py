@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import struct
+from decimal import Decimal
 
 import pytest
 from hypothesis import given, settings
@@ -122,7 +123,7 @@ def test_sixteen_bit_orders_only_swap_bytes() -> None:
 def test_scale_and_offset() -> None:
     # int16 -123 × 0.1 + 5 = -7.3
     measurement = one(RegisterSpec("t", 0, "input", "int16", scale=0.1, offset=5.0), [0xFF85])
-    assert measurement.value == pytest.approx(-7.3)
+    assert repr(measurement.value) == "-7.3"  # in decimal: not -7.300000000000001
     assert isinstance(measurement.value, float)
 
 
@@ -135,11 +136,49 @@ def test_unit_is_converted_to_the_canonical_unit() -> None:
         RegisterSpec("e", 0, "input", "uint32", unit="Wh"), wire_words("uint32", 123456, "ABCD")
     )
     assert wh.unit == "kWh"
-    assert wh.value == pytest.approx(123.456)
+    assert repr(wh.value) == "123.456"
     # scale, offset and factor together: (raw × 0.01 + 1) kV → V
     kv = one(RegisterSpec("v", 0, "input", "uint16", scale=0.01, offset=1.0, unit="kV"), [2300])
     assert (kv.name, kv.unit) == ("v", "V")
-    assert kv.value == pytest.approx(24000.0)
+    assert kv.value == 24000.0
+
+
+def test_decimal_scales_shift_the_digits_the_meter_gave() -> None:
+    # A binary multiply by 0.1 or 0.001 leaves noise in the last digits (2301 × 0.1 is
+    # 230.10000000000002, 906.6 × 0.001 is 0.9066000000000001); a scale or unit factor that is
+    # a power of ten shifts the decimal point instead.
+    volts = one(RegisterSpec("v", 0, "input", "uint16", scale=0.1, unit="V"), [2301])
+    assert repr(volts.value) == "230.1"
+    energy = one(
+        RegisterSpec("e", 0, "input", "float32", unit="Wh"), wire_words("float32", 906.6, "ABCD")
+    )
+    assert (energy.unit, repr(energy.value)) == ("kWh", "0.9066")
+    milli = one(RegisterSpec("i", 0, "input", "int16", scale=0.01, unit="mA"), [0xFFFF - 1234 + 1])
+    assert (milli.unit, repr(milli.value)) == ("A", "-0.01234")
+    # a factor that is no power of ten multiplies as before
+    odd = one(RegisterSpec("x", 0, "input", "uint16", scale=2.5), [3])
+    assert odd.value == 7.5
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    bits=st.integers(0, 2**32 - 1),
+    unit=st.sampled_from(["Wh", "kWh", "MWh", "mA", "kW"]),
+)
+def test_a_float32_converted_in_decimal_reads_back_as_the_register(bits: int, unit: str) -> None:
+    raw = struct.unpack(">f", bits.to_bytes(4, "big"))[0]
+    if not math.isfinite(raw):
+        return
+    words = list(struct.unpack(">2H", bits.to_bytes(4, "big")))
+    measurement = one(RegisterSpec("x", 0, "input", "float32", unit=unit), words)
+    exponent = {"Wh": -3, "kWh": 0, "MWh": 3, "mA": -3, "kW": 3}[unit]
+    value = float(measurement.value)
+    # exactly the meter's shortest decimal, shifted
+    expected = Decimal(repr(shortest_float32(raw))).scaleb(exponent)
+    assert value == float(expected)
+    # and a consumer who converts back to the register's unit and type gets the register
+    back = float(Decimal(repr(value)).scaleb(-exponent))
+    assert struct.unpack(">f", struct.pack(">f", back))[0] == raw
 
 
 def test_integers_stay_integers_only_without_scaling() -> None:

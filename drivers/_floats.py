@@ -172,3 +172,27 @@ def add_decimal(value: float, addend: float) -> float:
     if not (math.isfinite(value) and math.isfinite(addend)):
         return value + addend
     return float(Decimal(repr(value)) + Decimal(repr(addend)))
+
+
+_PLACES = {exponent: -math.floor((exponent - 24) * _LOG10_2) for exponent in _FAST}
+
+
+def shortest_float32_scaled(value: float, exponent: int) -> float:
+    """``scale_decimal(shortest_float32(value), exponent)``, without the detour through text for
+    the usual magnitudes: the shortest decimal's digits divided by one exact power of ten."""
+    binary_exponent = math.frexp(value)[1]
+    fast = _FAST.get(binary_exponent)
+    if fast is not None:
+        coarse, fine, half_ulp = fast
+        places = _PLACES[binary_exponent]
+        digits = (value * coarse + 0.5) // 1.0
+        gap = digits / coarse - value
+        if -half_ulp < gap < half_ulp or (abs(gap) == half_ulp and _even(value)):
+            shift = places - 1 - exponent
+        else:
+            digits = (value * fine + 0.5) // 1.0
+            gap = digits / fine - value
+            shift = places - exponent if -half_ulp < gap < half_ulp else -1
+        if 0 <= shift <= 22:
+            return digits / _POW10[shift]
+    return scale_decimal(shortest_float32(value), exponent)

@@ -82,6 +82,7 @@ from citygate.drivers._floats import (
     decimal_exponent,
     scale_decimal,
     shortest_float32,
+    shortest_float32_scaled,
 )
 from citygate.drivers._units import (
     CANONICAL_UNITS,
@@ -152,6 +153,7 @@ __all__ = [
     "read_regular",
     "scale_decimal",
     "shortest_float32",
+    "shortest_float32_scaled",
     "show_value",
 ]
 

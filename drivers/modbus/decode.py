@@ -50,6 +50,7 @@ from citygate.drivers.api import (
     decimal_exponent,
     scale_decimal,
     shortest_float32,
+    shortest_float32_scaled,
 )
 
 __all__ = [
@@ -385,7 +386,7 @@ class BlockDecoder:
                 value = scale_decimal(raw, int(multiplier))
                 append(Measurement(name, add_decimal(value, addend) if addend else value, unit))
             elif kind == _FLOAT32_DECIMAL:
-                value = scale_decimal(shortest_float32(raw), int(multiplier))
+                value = shortest_float32_scaled(raw, int(multiplier))
                 append(Measurement(name, add_decimal(value, addend) if addend else value, unit))
             else:
                 append(Measurement(name, raw != 0, unit))

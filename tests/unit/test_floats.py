@@ -179,3 +179,23 @@ def test_add_decimal_is_the_exact_sum_rounded_once(value: float, addend: float) 
     result = _floats.add_decimal(value, addend)
     assert result == float(Decimal(repr(value)) + Decimal(repr(addend)))
     assert abs(result - (value + addend)) <= 2 * math.ulp(value + addend) + 1e-300
+
+
+@given(st.integers(0, 2**32 - 1), st.integers(-9, 9))
+@example(bits=int.from_bytes(F32.pack(906.6), "little"), exponent=-3)
+def test_shortest_float32_scaled_is_the_shortest_decimal_shifted(bits: int, exponent: int) -> None:
+    value = widen(bits)
+    if not math.isfinite(value):
+        return
+    expected = _floats.scale_decimal(shortest_float32(value), exponent)
+    assert _floats.shortest_float32_scaled(value, exponent) == expected
+
+
+def test_shortest_float32_scaled_on_every_binary_exponent() -> None:
+    rng = random.Random(13)
+    for _ in range(200_000):
+        value = widen(rng.getrandbits(32))
+        if math.isfinite(value):
+            exponent = rng.randrange(-6, 7)
+            expected = _floats.scale_decimal(shortest_float32(value), exponent)
+            assert _floats.shortest_float32_scaled(value, exponent) == expected, (value, exponent)

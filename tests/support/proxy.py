@@ -14,6 +14,9 @@ returns at once. Faults it can make:
   cannot notice.
 * ``cut()``: close both sides of every open connection (RST to the client); new connections
   are still accepted.
+
+``Proxy(port, record_publishes=True)`` also keeps every PUBLISH packet the client sends, whole
+and as it went on the wire, in :attr:`Proxy.publishes` (see tests/support/mqtt_wire.py).
 """
 
 from __future__ import annotations
@@ -27,6 +30,8 @@ from typing import Literal, Self
 Direction = Literal["up", "down", "both"]
 
 _PUBACK = 0x40
+_PUBLISH = 0x30
+RECORD_LIMIT = 500_000  # PUBLISH packets kept at most (a test's memory stays bounded)
 _CHUNK = 64 * 1024
 
 
@@ -79,8 +84,12 @@ class _Connection:
 class Proxy:
     """``Proxy(upstream_port).start()`` listens on 127.0.0.1:``port``; ``close()`` ends it."""
 
-    def __init__(self, upstream_port: int) -> None:
+    def __init__(self, upstream_port: int, *, record_publishes: bool = False) -> None:
         self.upstream_port = upstream_port
+        self.record_publishes = record_publishes
+        self.publishes: list[tuple[int, bytes]] = []
+        """(connection number from 1, packet) of each PUBLISH the client sent (with
+        ``record_publishes``), oldest first."""
         self.port = 0
         self.accepted = 0  # connections accepted so far
         self.pubacks_dropped = 0
@@ -179,7 +188,8 @@ class Proxy:
         except OSError:
             writer.transport.abort()
             return
-        pumps = asyncio.ensure_future(self._pumps(reader, writer, up_reader, up_writer))
+        number = self.accepted
+        pumps = asyncio.ensure_future(self._pumps(reader, writer, up_reader, up_writer, number))
         connection = _Connection(writer, up_writer, pumps)
         self._connections.add(connection)
         try:
@@ -196,10 +206,12 @@ class Proxy:
         writer: asyncio.StreamWriter,
         up_reader: asyncio.StreamReader,
         up_writer: asyncio.StreamWriter,
+        number: int,
     ) -> None:
         try:
             async with asyncio.TaskGroup() as tg:
-                tg.create_task(self._pump(reader, up_writer, "up", None))
+                up_splitter = MqttSplitter() if self.record_publishes else None
+                tg.create_task(self._pump(reader, up_writer, "up", up_splitter, number))
                 tg.create_task(self._pump(up_reader, writer, "down", MqttSplitter()))
         except* (OSError, ValueError):
             pass  # a reset connection, or bytes that are not MQTT: the connection ends
@@ -210,10 +222,15 @@ class Proxy:
         sink: asyncio.StreamWriter,
         direction: str,
         splitter: MqttSplitter | None,
+        number: int = 0,
     ) -> None:
         while data := await source.read(_CHUNK):
             await self._flowing[direction].wait()
-            if splitter is not None:
+            if splitter is not None and direction == "up":
+                for packet in splitter.feed(data):
+                    if packet[0] & 0xF0 == _PUBLISH and len(self.publishes) < RECORD_LIMIT:
+                        self.publishes.append((number, packet))
+            elif splitter is not None:
                 packets = splitter.feed(data)
                 if self._drop_pubacks:
                     kept = [p for p in packets if p[0] != _PUBACK]

@@ -15,10 +15,12 @@ Reconnects. The loop outlives every connection of the session (agent/mqtt/sessio
 message in flight when the connection drops stays in the client's session: after the next
 CONNACK the client sends it again with the same packet identifier and DUP set, before anything
 new, and the publish that waits for its PUBACK (it outlives the connection) acks its rows when
-that PUBACK comes. The buffer's cursor therefore goes back only for refused rows (below) or a
-QoS 0 publish the client could not send; rows are otherwise sent a second time only at the next
-start. Delivery stays at least once, ordered per device (paho sends and re-sends in publish
-order).
+that PUBACK comes. Data messages name their topic by an MQTT 5 topic alias after the first on a
+connection (agent/mqtt/client.py); when one of those is cut, the client starts a new session
+instead, the waits fail and the cursor goes back to their rows. The buffer's cursor therefore
+goes back only for refused rows (below), a QoS 0 publish the client could not send, or aliased
+messages of a renewed session; rows are otherwise sent a second time only at the next start.
+Delivery stays at least once, ordered per device (paho sends and re-sends in publish order).
 
 Refusals (MQTT 5). A PUBACK with a reason code of 0x80 or above (not authorized, topic name
 invalid, quota exceeded, ...) leaves the message's rows in the buffer; the samples are counted
@@ -419,10 +421,11 @@ class DataLoop:
                 # No timeout here: the wait spans reconnects; watch_acks bounds it while
                 # connected, and stopping cancels it.
                 reason = await client.publish(
-                    topic, payload, qos=self._mqtt.qos, properties=self._properties
+                    topic, payload, qos=self._mqtt.qos, properties=self._properties, alias=True
                 )
             except MqttError:
-                # QoS 0 and not connected: send these rows again, after the next connect.
+                # QoS 0 and not connected, or the session was renewed (aliased publishes cut):
+                # send these rows again, after the next connect.
                 self._rewind(seqs[0] - 1)
                 self._online.clear()
                 self._not_sent.set()

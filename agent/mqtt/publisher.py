@@ -137,6 +137,12 @@ class Publisher:
         return self._data.last_progress
 
     @property
+    def session_renewals(self) -> int:
+        """New MQTT sessions started because publishes sent with a topic alias were cut."""
+        client = self._session.client
+        return 0 if client is None else client.renewals
+
+    @property
     def refused_samples(self) -> int:
         """Samples the broker refused (MQTT 5 PUBACK reason code ≥ 0x80), each counted once."""
         return self._data.refused_samples

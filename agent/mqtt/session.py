@@ -11,6 +11,9 @@ time from the buffer: after a cut under load the broker forwards each sample at 
 (measured: 6.4 duplicate copies per cut, see agent/mqtt/client.py), where a clean session with
 the buffer as the session (rewinding the cursor to the oldest unacknowledged row) re-sends
 everything fetched but unacknowledged (up to ``max_inflight × max_batch`` readings). The
+exception: data messages sent with an MQTT 5 topic alias cannot be re-sent on another
+connection, so a cut that catches one starts a new paho session and its rows go again from
+the buffer (agent/mqtt/client.py, "Topic aliases"). The
 price: a subscription planted in the session by another client using our
 client id (e.g. to ``#``) survives and the broker sends us that traffic. It cannot make the
 agent hold or process anything: every incoming message is counted (``unsolicited_messages``)

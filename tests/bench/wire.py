@@ -1,12 +1,14 @@
 """Issue 13 point 4: bytes per reading on the wire, SenML JSON and CBOR.
 
 `citygate run` polls simulated meters (float32 registers with 4-character quantity names and a
-meter's mix of units, as in the peers' comparison) into a real Mosquitto; an MQTT 5 subscriber
-takes every data message and counts what the PUBLISH packet is on the wire: fixed header, topic,
-packet id, properties (the content type) and payload, divided by the readings it carries.
+meter's mix of units, as in the peers' comparison) into a real Mosquitto through a loopback
+proxy that records every PUBLISH packet the agent sends: its whole size on the wire (fixed
+header, topic or topic alias, packet id, properties, payload), divided by the readings it
+carries.
 
 "Before" is the same data in the format the agent sent until issue 13: every record with its
-``u``, values as the float64 expansion of the float32 (``196.60000610351562``), no properties.
+``u``, values as the float64 expansion of the float32 (``196.60000610351562``), the full topic
+in every message, no properties.
 It is rebuilt from the received readings, so both figures describe the very same samples.
 
 Two configs: baseline (2 meters × 20 values every 0.1 s: 400 readings/s, the light-load run)
@@ -29,12 +31,15 @@ from pathlib import Path
 
 import cbor2
 
+from citygate.mqtt.data import CONTENT_TYPES
 from citygate.senml import resolve
 from tests.bench import rig
 from tests.bench.procs import scratch
 from tests.bench.report import PartResult
-from tests.support.broker import DataCatcher, Mosquitto
+from tests.support.broker import Mosquitto
+from tests.support.mqtt_wire import resolve_topics
 from tests.support.processes import SimProcess
+from tests.support.proxy import Proxy
 
 BEFORE_JSON_B = 37.5  # issue 13: what the peers' comparison measured for citygate
 THINGSBOARD_B = 20.7  # and for ThingsBoard's gateway
@@ -97,21 +102,27 @@ def _old_pack(records: list[dict[str, object]], base_name: str) -> bytes:
     return ("[" + ",".join(out) + "]").encode()
 
 
-def wire_figures(messages: list[tuple[str, bytes, str | None]]) -> tuple[float, float, int]:
-    """Bytes per reading on the wire now and in the format before issue 13, and the readings,
-    of the data messages (topic, payload, content type) a subscriber caught."""
-    now = before = readings = 0
-    for topic, raw, content_type in messages:
-        pack = cbor2.loads(raw) if content_type == "application/senml+cbor" else json.loads(raw)
+def wire_figures(packets: list[tuple[int, bytes]], skip: int = 0) -> tuple[float, float, int, int]:
+    """Bytes per reading on the wire now and in the format before issue 13, the readings and
+    the data messages, of the PUBLISH packets a proxy recorded (connection, packet) from index
+    ``skip`` on (the packets before it only set topic aliases)."""
+    now = before = readings = messages = 0
+    for topic, publish in resolve_topics(packets)[skip:]:
+        if publish.content_type not in CONTENT_TYPES.values():
+            continue  # status, info, metrics
+        raw = publish.payload
+        cbor = publish.content_type == "application/senml+cbor"
+        pack = cbor2.loads(raw) if cbor else json.loads(raw)
         records = resolve(pack)
         for i, r in enumerate(pack):
             if -3 in r or "bt" in r:
                 records[i]["bt"] = records[i]["t"]
         base_name = str(records[0]["n"]).rsplit("/", 1)[0] + "/"
         readings += len(records)
-        now += publish_size(topic, len(raw), content_type)
+        messages += 1
+        now += publish.size
         before += publish_size(topic, len(_old_pack(records, base_name)), None)
-    return now / max(1, readings), before / max(1, readings), readings
+    return now / max(1, readings), before / max(1, readings), readings, messages
 
 
 def run(quick: bool) -> PartResult:
@@ -120,7 +131,7 @@ def run(quick: bool) -> PartResult:
     with scratch("wire") as workdir:
         broker = Mosquitto(workdir / "mosquitto")
         broker.start()
-        counter = DataCatcher(broker.port)
+        proxy = Proxy(broker.port, record_publishes=True).start()
         sims: list[SimProcess] = []
         try:
             for data_label, suffix in DATA_SETS:
@@ -137,7 +148,7 @@ def run(quick: bool) -> PartResult:
                         name = f"{encoding}-{meters}x{values}{suffix}"
                         config = rig.gateway_config(
                             workdir / f"{name}.toml",
-                            broker_port=broker.port,
+                            broker_port=proxy.port,
                             sim_port=sim.port,
                             data_dir=workdir / name,
                             profile=wire_profile,
@@ -150,11 +161,16 @@ def run(quick: bool) -> PartResult:
                         spawned = rig.spawn_agent(config)
                         try:
                             time.sleep(1.5)  # warm up: connected, polling
-                            counter.reset()
+                            start = len(proxy.publishes)
                             time.sleep(window_s)
-                            caught = counter.snapshot()
-                            per_reading, before, readings = wire_figures(caught)
-                            messages = len(caught)
+                            # each run's own connection: the aliases it set count in full
+                            run_packets = proxy.publishes[start:]
+                            first = proxy.publishes[:start]
+                            connection = run_packets[0][0] if run_packets else 0
+                            setup = [p for p in first if p[0] == connection]
+                            per_reading, before, readings, messages = wire_figures(
+                                setup + run_packets, skip=len(setup)
+                            )
                         finally:
                             rig.stop_agent(spawned)
                         time.sleep(0.5)
@@ -180,7 +196,7 @@ def run(quick: bool) -> PartResult:
                             "messages": messages,
                         }
         finally:
-            counter.stop()
+            proxy.close()
             for sim in sims:
                 sim.stop()
             broker.stop()

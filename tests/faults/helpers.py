@@ -36,12 +36,12 @@ from tests.support.wait import until, wait_until  # noqa: F401  # the fault test
 
 
 def persistent_broker(
-    workdir: Path, *, port: int | None = None, log_all: bool = False
+    workdir: Path, *, port: int | None = None, log_all: bool = False, extra_conf: str = ""
 ) -> Mosquitto:
     """A Mosquitto that saves its sessions and queued messages on stop and restores them."""
     store = workdir / "store"
     store.mkdir(parents=True, exist_ok=True)
-    conf = f"persistence true\npersistence_location {store}/\n"
+    conf = f"persistence true\npersistence_location {store}/\n" + extra_conf
     if log_all:
         conf += "log_type all\n"
     return Mosquitto(workdir, port=port, extra_conf=conf)

@@ -311,6 +311,12 @@ class DataLoop:
                     for message in group_messages(rows, m.max_batch):
                         await slots.acquire()
                         await self._online.wait()
+                        if self._resend_after is not None:
+                            # The cursor went back while this batch waited (rows not sent, a
+                            # renewed session, a refusal ended): fetch again from there, or
+                            # newer rows of a device would overtake the ones going again.
+                            slots.release()
+                            break
                         self._in_flight += 1
                         self._sending.update(s.seq for s in message.samples)
                         self.last_progress = time.monotonic()

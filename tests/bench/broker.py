@@ -85,10 +85,12 @@ async def outages(workdir: Path, outage_s: float, count: int) -> list[float]:
         async with running(agent):
             await until(lambda: len(sub.distinct()) >= 20, 30, "data flowing")
             for _ in range(count):
-                broker.stop()
+                # Off the loop: stopping and starting Mosquitto waits for the process, and the
+                # agent shares this loop (a stall here made it skip polls at every outage).
+                await asyncio.to_thread(broker.stop)
                 await asyncio.sleep(outage_s)  # the outage itself
                 seen = max(sub.distinct())
-                broker.start()
+                await asyncio.to_thread(broker.start)
                 back = time.monotonic()
                 await until(lambda seen=seen: max(sub.distinct()) > seen, 60, "delivery")
                 delays.append(time.monotonic() - back)

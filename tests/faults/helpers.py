@@ -260,4 +260,7 @@ def caught_up(sub: SessionSubscriber, beyond: int) -> bool:
 
 
 def make_agent(config: Config) -> Agent:
+    """An in-process agent over the synthetic driver; its data_dir made first, as `citygate run`
+    does before its Agent (the agent writes its retained-topic record at once)."""
+    config.gateway.data_dir.mkdir(parents=True, exist_ok=True)
     return Agent(config, {"synthetic": synthetic}, metrics_interval=0.5)

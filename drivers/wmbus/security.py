@@ -25,7 +25,7 @@ corrupt) and nothing of it is used. Errors (:class:`SecurityError`, a ``WmbusErr
 from __future__ import annotations
 
 import hmac
-from typing import Final
+from typing import Final, Literal
 
 from citygate.drivers.wmbus.frame import MeterAddress, WmbusError, crc16
 from citygate.drivers.wmbus.transport import AuthenticationLayer, ExtendedLinkLayer
@@ -92,7 +92,7 @@ def verify_check_bytes(plain: bytes, detail: str) -> None:
 # loads this driver's entry point without a wireless meter (or one without keys) never decrypts.
 
 
-def _aes_decrypt(key: bytes, mode: str, iv: bytes, data: bytes) -> bytes:
+def _aes_decrypt(key: bytes, mode: Literal["CBC", "CTR"], iv: bytes, data: bytes) -> bytes:
     """AES-128 in ``mode`` ("CBC" or "CTR", ``iv`` its IV or initial counter) over ``data``."""
     from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes  # noqa: PLC0415
 
